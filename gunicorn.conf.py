@@ -1,0 +1,27 @@
+"""gunicorn settings for long-lived SSE streams; read by default from this folder.
+
+Command-line flags override these (``gunicorn -k gevent -w 4 -b 0.0.0.0:8000 wsgi:app``).
+"""
+
+import resource
+
+# Raise this process's open-files limit to its hard limit: each stream holds
+# one socket, and workers inherit the limit.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _hard == resource.RLIM_INFINITY:
+    _hard = 65536
+if _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+
+bind = "127.0.0.1:8000"
+worker_class = "gevent"
+# gunicorn's default is 1000: a worker holding 1000 streams would stop
+# answering anything, publish included. Leave room for log files and the store.
+worker_connections = max(1000, min(100_000, _hard - 256))
+# Streams end themselves on SIGTERM/SIGHUP (sse_notify.hub), so a reload takes
+# seconds; this is only the backstop for anything else still running.
+graceful_timeout = 10
+# Heartbeats keep the gevent worker's own notify loop alive; this bounds a worker
+# whose event loop is blocked.
+timeout = 30
+keepalive = 5

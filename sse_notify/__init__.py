@@ -1,0 +1,45 @@
+"""sse_notify: per-user notifications over Server-Sent Events for Flask + gunicorn + gevent."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .app import create_app as create_app
+from .brokers import Broker as Broker
+from .brokers import MemoryBroker as MemoryBroker
+from .brokers import SQLiteBroker as SQLiteBroker
+from .brokers import make_broker as make_broker
+from .errors import BrokerError as BrokerError
+from .errors import BrokerUnavailable as BrokerUnavailable
+from .errors import ConfigError as ConfigError
+from .errors import InvalidNotice as InvalidNotice
+from .errors import SSENotifyError as SSENotifyError
+from .extension import SSENotify as SSENotify
+from .extension import broadcast as broadcast
+from .extension import notify as notify
+from .extension import notify_many as notify_many
+from .notices import Notice as Notice
+
+try:
+    __version__ = version("sse-notify")
+except PackageNotFoundError:  # pragma: no cover - running from a plain checkout
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Broker",
+    "BrokerError",
+    "BrokerUnavailable",
+    "ConfigError",
+    "InvalidNotice",
+    "MemoryBroker",
+    "Notice",
+    "SQLiteBroker",
+    "SSENotify",
+    "SSENotifyError",
+    "__version__",
+    "broadcast",
+    "create_app",
+    "make_broker",
+    "notify",
+    "notify_many",
+]

@@ -1,0 +1,46 @@
+"""``create_app()``: the standalone server that ``wsgi.py`` and gunicorn run."""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from .config import DEFAULTS, load_env
+from .extension import SSENotify
+
+__all__ = ["create_app"]
+
+
+def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
+    """Build the app: defaults, then ``FLASK_*`` and ``SSE_NOTIFY_*`` environment, then ``test_config``."""
+    app = Flask("sse_notify", instance_relative_config=True)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env()
+    load_env(app.config)
+    if test_config is not None:
+        app.config.update(test_config)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        # Every error answers JSON, 404 and 405 included.
+        from .views import error_response
+
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, name, exc.description or "")
+
+    @app.errorhandler(Exception)
+    def _server_error(exc: Exception) -> tuple[Response, int]:
+        from .views import error_response
+
+        if isinstance(exc, HTTPException):
+            return _http_error(exc)
+        app.logger.exception("unhandled error")
+        return error_response(500, "internal_server_error", "the server failed; see its log")
+
+    SSENotify(app)
+    if not app.debug:
+        logging.getLogger("sse_notify").setLevel(logging.INFO)
+    return app

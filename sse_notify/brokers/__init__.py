@@ -1,0 +1,68 @@
+"""Notice stores behind one interface, chosen by URL.
+
+==========================  ==================================================
+``sqlite:///name.sqlite3``  default; a file in Flask's instance folder
+                            (``sqlite:////abs/path`` for an absolute path),
+                            shared by every worker on the host, durable
+``memory://``               this process only, nothing survives a restart
+==========================  ==================================================
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import ConfigError
+from .base import Broker, FeedCallback, Replay
+from .memory import MemoryBroker
+from .sqlite import SQLiteBroker
+
+__all__ = ["Broker", "FeedCallback", "MemoryBroker", "Replay", "SQLiteBroker", "make_broker"]
+
+
+def make_broker(
+    url: str,
+    *,
+    base_dir: str = ".",
+    retention_count: int = 1000,
+    retention_age: float = 7 * 86400,
+    poll_interval: float = 1.0,
+) -> Broker:
+    """Build the store named by ``url``.
+
+    :param base_dir: where a relative ``sqlite:///`` path lives (the instance folder).
+    :raises ConfigError: for an unknown scheme or a malformed URL.
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ConfigError(f"SSE_NOTIFY_BROKER_URL must look like scheme://..., got {url!r}")
+    scheme = scheme.lower()
+    if scheme == "memory":
+        return MemoryBroker(retention_count=retention_count, retention_age=retention_age)
+    if scheme == "sqlite":
+        parts = urlsplit(url)
+        if parts.netloc:
+            raise ConfigError(
+                f"SQLite URL {url!r} has a host; use sqlite:///relative/path or sqlite:////absolute/path"
+            )
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if not path:
+            raise ConfigError(f"SQLite URL {url!r} names no file")
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(options) - {"synchronous"}
+        if unknown:
+            raise ConfigError(f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}")
+        try:
+            return SQLiteBroker(
+                os.path.join(base_dir, path),
+                retention_count=retention_count,
+                retention_age=retention_age,
+                poll_interval=poll_interval,
+                synchronous=options.get("synchronous", "NORMAL"),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    raise ConfigError(
+        f"unknown store {scheme}:// in SSE_NOTIFY_BROKER_URL; this version supports sqlite:// and memory://"
+    )

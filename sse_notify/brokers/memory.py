@@ -1,0 +1,94 @@
+"""``memory://``: notices kept in this process only.
+
+For a single process (``flask run``, one gunicorn worker, tests). Nothing
+survives a restart and other processes see nothing: use ``sqlite://`` (the
+default) for several workers.
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+from collections import defaultdict, deque
+
+from ..notices import Notice, utc_iso_ago, utc_now_iso
+from .base import BROADCAST_KEY, FeedCallback, Replay, plan_replay
+
+__all__ = ["MemoryBroker"]
+
+
+class MemoryBroker:
+    """In-process store with the same guarantees as the others, minus durability."""
+
+    durable = False
+
+    def __init__(self, *, retention_count: int = 1000, retention_age: float = 7 * 86400) -> None:
+        self.retention_count = retention_count
+        self.retention_age = retention_age
+        self._lock = threading.RLock()
+        self._seq = 0
+        self._logs: dict[str, deque[Notice]] = defaultdict(deque)
+        self._floor: dict[str, int] = defaultdict(int)
+        self._callbacks: list[FeedCallback] = []
+
+    def _store(self, user_id: str | None, data_json: str, created_at: str) -> Notice:
+        self._seq += 1
+        notice = Notice(self._seq, user_id, created_at, data_json)
+        key = BROADCAST_KEY if user_id is None else user_id
+        log = self._logs[key]
+        log.append(notice)
+        while len(log) > self.retention_count:
+            self._floor[key] = log.popleft().id
+        return notice
+
+    def publish(self, user_id: str | None, data_json: str) -> Notice:
+        """Store one notice, then announce it."""
+        return self.publish_many([(user_id, data_json)])[0]
+
+    def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
+        """Store several notices at once, then announce them."""
+        created_at = utc_now_iso()
+        with self._lock:
+            notices = [self._store(user_id, data, created_at) for user_id, data in items]
+            # Announced under the lock so that concurrent publishers' notices
+            # reach the feed in cursor order.
+            for callback in self._callbacks:
+                callback(notices)
+        return notices
+
+    def replay(self, user_id: str, last_event_id: str) -> Replay:
+        """The user's notices and the broadcasts after the client's cursor."""
+        with self._lock:
+            floor = max(self._floor[user_id], self._floor[BROADCAST_KEY])
+            cursor, reset = plan_replay(last_event_id, floor, self._seq)
+            found = [n for key in (user_id, BROADCAST_KEY) for n in self._logs.get(key, ()) if n.id > cursor]
+        found.sort(key=lambda n: n.id)
+        return Replay(found, cursor, reset)
+
+    def head(self) -> int:
+        """The newest cursor issued."""
+        return self._seq
+
+    def subscribe(self, callback: FeedCallback) -> None:
+        """Deliver every new notice of this process to ``callback``."""
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def trim_expired(self) -> int:
+        """Drop notices older than the retention age."""
+        cutoff = utc_iso_ago(self.retention_age)
+        dropped = 0
+        with self._lock:
+            for key, log in self._logs.items():
+                while log and log[0].created_at < cutoff:
+                    self._floor[key] = log.popleft().id
+                    dropped += 1
+        return dropped
+
+    def ping(self) -> None:
+        """Always reachable."""
+
+    def close(self) -> None:
+        """Forget the feed subscribers."""
+        with self._lock:
+            self._callbacks.clear()

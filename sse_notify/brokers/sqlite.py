@@ -1,0 +1,279 @@
+"""``sqlite:///path``: the default store, an embedded SQLite file.
+
+Durable and shared by every process on one host, with no server to install:
+``gunicorn -w 4`` workers all read and write the same file (WAL mode, so
+readers never block the writer). Cursors come from one ``AUTOINCREMENT``
+column, so they follow commit order across processes and are never reused.
+
+Each process keeps one connection, opened lazily after gunicorn forks. Its
+feed is one background greenlet (or thread) that sleeps on a
+:class:`~sse_notify.brokers.wakeup.WakeChannel` and, when woken, reads the rows
+after the last cursor it announced: one query per wake-up per process, never
+one per connection.
+
+SQLite calls do not yield to gevent. They are short (a publish is one small
+transaction); ``busy_timeout`` covers the moments when another worker holds
+the write lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import typing as t
+
+from ..concurrency import spawn
+from ..errors import BrokerError, BrokerUnavailable
+from ..notices import Notice, utc_iso_ago, utc_now_iso
+from .base import BROADCAST_KEY, FeedCallback, Replay, plan_replay
+from .wakeup import WakeChannel
+
+__all__ = ["SQLiteBroker"]
+
+log = logging.getLogger("sse_notify.brokers.sqlite")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notices (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notices_by_user ON notices (user_id, seq);
+CREATE INDEX IF NOT EXISTS notices_by_age ON notices (created_at);
+CREATE TABLE IF NOT EXISTS trimmed (
+    user_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+"""
+
+_FEED_BATCH = 1000
+
+
+def _row_notice(row: tuple[int, str, str, str]) -> Notice:
+    seq, user_id, created_at, data = row
+    return Notice(seq, None if user_id == BROADCAST_KEY else user_id, created_at, data)
+
+
+class SQLiteBroker:
+    """Notices in one SQLite file, shared by every process on the host."""
+
+    durable = True
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        retention_count: int = 1000,
+        retention_age: float = 7 * 86400,
+        poll_interval: float = 1.0,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = os.path.abspath(path)
+        self.retention_count = retention_count
+        self.retention_age = retention_age
+        self.poll_interval = poll_interval
+        self.synchronous = synchronous.upper()
+        self.busy_timeout = busy_timeout
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        self._pid = -1
+        self._wake = WakeChannel(self.path)
+        self._closed = False
+        self._feeding = False
+
+    # -- connection -------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is not None and self._pid == os.getpid():
+            return self._db
+        # First use in this process (or a fork inherited a parent's handle,
+        # which SQLite forbids reusing): open our own.
+        try:
+            directory = os.path.dirname(self.path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            db = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise BrokerUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+        self._db, self._pid = db, os.getpid()
+        return db
+
+    def _run(self, work: t.Callable[[sqlite3.Connection], t.Any]) -> t.Any:
+        with self._lock:
+            db = self._conn()
+            try:
+                return work(db)
+            except sqlite3.OperationalError as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise BrokerUnavailable(f"SQLite store {self.path}: {exc}") from exc
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise BrokerError(f"SQLite store {self.path}: {exc}") from exc
+
+    # -- writing ----------------------------------------------------------
+
+    def publish(self, user_id: str | None, data_json: str) -> Notice:
+        """Store one notice, then wake every feed."""
+        return self.publish_many([(user_id, data_json)])[0]
+
+    def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
+        """Store several notices in one transaction, then wake every feed."""
+        created_at = utc_now_iso()
+        keys = [BROADCAST_KEY if user_id is None else user_id for user_id, _ in items]
+
+        def work(db: sqlite3.Connection) -> list[Notice]:
+            db.execute("BEGIN IMMEDIATE")
+            notices = []
+            for key, (user_id, data) in zip(keys, items, strict=True):
+                (seq,) = db.execute(
+                    "INSERT INTO notices (user_id, created_at, data) VALUES (?, ?, ?) RETURNING seq",
+                    (key, created_at, data),
+                ).fetchone()
+                notices.append(Notice(seq, user_id, created_at, data))
+            for key in dict.fromkeys(keys):
+                self._trim_user(db, key)
+            db.execute("COMMIT")
+            return notices
+
+        notices: list[Notice] = self._run(work)
+        self._wake.wake_all()
+        return notices
+
+    def _trim_user(self, db: sqlite3.Connection, key: str) -> None:
+        row = db.execute(
+            "SELECT seq FROM notices WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (key, self.retention_count),
+        ).fetchone()
+        if row is None:
+            return
+        db.execute("DELETE FROM notices WHERE user_id = ? AND seq <= ?", (key, row[0]))
+        self._raise_floor(db, key, row[0])
+
+    @staticmethod
+    def _raise_floor(db: sqlite3.Connection, key: str, seq: int) -> None:
+        db.execute(
+            "INSERT INTO trimmed (user_id, seq) VALUES (?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+            (key, seq),
+        )
+
+    def trim_expired(self) -> int:
+        """Drop notices older than the retention age; remember what each user lost."""
+        cutoff = utc_iso_ago(self.retention_age)
+
+        def work(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute(
+                "SELECT user_id, max(seq), count(*) FROM notices WHERE created_at < ? GROUP BY user_id",
+                (cutoff,),
+            ).fetchall()
+            for key, seq, _ in rows:
+                db.execute("DELETE FROM notices WHERE user_id = ? AND seq <= ?", (key, seq))
+                self._raise_floor(db, key, seq)
+            db.execute("COMMIT")
+            return sum(count for _, _, count in rows)
+
+        dropped: int = self._run(work)
+        return dropped
+
+    # -- reading ----------------------------------------------------------
+
+    def head(self) -> int:
+        """The newest cursor ever issued (AUTOINCREMENT never reuses one)."""
+        row = self._run(
+            lambda db: db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'notices'").fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def replay(self, user_id: str, last_event_id: str) -> Replay:
+        """The user's notices and the broadcasts after the client's cursor."""
+
+        def work(db: sqlite3.Connection) -> Replay:
+            db.execute("BEGIN")  # one snapshot for the checks and the rows
+            try:
+                (floor,) = db.execute(
+                    "SELECT coalesce(max(seq), 0) FROM trimmed WHERE user_id IN (?, ?)",
+                    (user_id, BROADCAST_KEY),
+                ).fetchone()
+                row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'notices'").fetchone()
+                cursor, reset = plan_replay(last_event_id, floor, int(row[0]) if row else 0)
+                rows = db.execute(
+                    "SELECT seq, user_id, created_at, data FROM notices "
+                    "WHERE user_id IN (?, ?) AND seq > ? ORDER BY seq",
+                    (user_id, BROADCAST_KEY, cursor),
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return Replay([_row_notice(r) for r in rows], cursor, reset)
+
+        replay: Replay = self._run(work)
+        return replay
+
+    def _after(self, cursor: int) -> list[Notice]:
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT seq, user_id, created_at, data FROM notices WHERE seq > ? ORDER BY seq LIMIT ?",
+                (cursor, _FEED_BATCH),
+            ).fetchall()
+        )
+        return [_row_notice(r) for r in rows]
+
+    # -- the feed ---------------------------------------------------------
+
+    def subscribe(self, callback: FeedCallback) -> None:
+        """Start this process's feed: every notice committed from now on, in order."""
+        with self._lock:
+            if self._feeding:
+                raise RuntimeError("this process already has a feed")
+            self._feeding = True
+            start = self.head()
+            self._wake.listen()
+        spawn(lambda: self._feed(callback, start), name="sse-notify-sqlite-feed")
+
+    def _feed(self, callback: FeedCallback, cursor: int) -> None:
+        while not self._closed:
+            try:
+                notices = self._after(cursor)
+            except BrokerError as exc:
+                log.warning("feed cannot read the store, retrying: %s", exc)
+                time.sleep(self.poll_interval)
+                continue
+            if notices:
+                cursor = notices[-1].id
+                try:
+                    callback(notices)
+                except Exception:
+                    log.exception("feed callback failed")
+                if len(notices) == _FEED_BATCH:
+                    continue
+            self._wake.wait(self.poll_interval)
+
+    def ping(self) -> None:
+        """Raise :class:`BrokerUnavailable` if the file cannot be read."""
+        self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    def close(self) -> None:
+        """Stop the feed and close this process's connection."""
+        self._closed = True
+        self._wake.close()
+        with self._lock:
+            if self._db is not None and self._pid == os.getpid():
+                self._db.close()
+            self._db = None

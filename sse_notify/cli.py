@@ -1,0 +1,53 @@
+"""Commands on the app's CLI: ``flask --app wsgi notify USER JSON``, ``... broadcast JSON``."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+import click
+from flask import Flask
+
+from .errors import SSENotifyError
+from .extension import get_state
+
+__all__ = ["register_commands"]
+
+
+def _parse_object(text: str) -> dict[str, t.Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="DATA") from exc
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object, e.g. '{\"text\": \"hi\"}'", param_hint="DATA")
+    return value
+
+
+def _publish(user_id: str | None, data: str) -> None:
+    try:
+        (notice,) = get_state().publish_many([(user_id, _parse_object(data))])
+    except SSENotifyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(notice.to_json())
+
+
+@click.command("notify")
+@click.argument("user_id")
+@click.argument("data")
+def notify_command(user_id: str, data: str) -> None:
+    """Send a notice (DATA: a JSON object) to USER_ID; prints the stored notice."""
+    _publish(user_id, data)
+
+
+@click.command("broadcast")
+@click.argument("data")
+def broadcast_command(data: str) -> None:
+    """Send a notice (DATA: a JSON object) to every user; prints the stored notice."""
+    _publish(None, data)
+
+
+def register_commands(app: Flask) -> None:
+    """Add the commands to ``app.cli``."""
+    app.cli.add_command(notify_command)
+    app.cli.add_command(broadcast_command)

@@ -1,0 +1,66 @@
+"""Waiting and background work that is right for the server we run under.
+
+Under ``gunicorn -k gevent`` the worker has monkey-patched the standard library
+before the app is imported, and we use gevent's own primitives (cheaper than
+patched ``threading`` ones; a stream costs one greenlet, not one thread). Under
+any other server (``flask run``, the test client, a sync worker) we use real
+threads. Nothing else in the package needs to know which one it is.
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+
+__all__ = ["Event", "gevent_active", "new_event", "spawn", "spawn_later"]
+
+
+def gevent_active() -> bool:
+    """Whether gevent has patched this process (as gunicorn's gevent worker does)."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
+class Event(t.Protocol):
+    """**Protocol:** the part of ``threading.Event`` we use."""
+
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def new_event() -> Event:
+    """A new event of the right kind for this process."""
+    if gevent_active():
+        import gevent.event
+
+        event: Event = gevent.event.Event()
+        return event
+    return threading.Event()
+
+
+def spawn(func: t.Callable[[], object], name: str) -> None:
+    """Run ``func`` in the background (a greenlet under gevent, else a daemon thread)."""
+    if gevent_active():
+        import gevent
+
+        gevent.spawn(func).name = name
+        return
+    threading.Thread(target=func, name=name, daemon=True).start()
+
+
+def spawn_later(delay: float, func: t.Callable[[], object], name: str) -> None:
+    """Run ``func`` after ``delay`` seconds in the background."""
+    if gevent_active():
+        import gevent
+
+        gevent.spawn_later(delay, func).name = name
+        return
+    timer = threading.Timer(delay, func)
+    timer.name = name
+    timer.daemon = True
+    timer.start()

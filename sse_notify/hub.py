@@ -1,0 +1,253 @@
+"""The per-process hub: ``user_id -> open connections`` and the fan-out to them.
+
+One hub per process (per gunicorn worker). It subscribes once to the store's
+feed; for each new notice it encodes the SSE bytes once and hands the same
+``bytes`` object to every local connection of that user (every connection, for
+a broadcast). Each connection has a bounded buffer; one that falls behind is
+closed and resumes from its ``Last-Event-ID``, so nothing is lost and memory
+never grows without bound.
+
+Everything is started lazily in the process that serves streams, because
+gunicorn may import the app in its master before forking workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import typing as t
+
+from .brokers import Broker
+from .concurrency import Event, gevent_active, new_event, spawn
+from .events import encode_event
+from .notices import Notice
+
+__all__ = ["Connection", "Hub"]
+
+log = logging.getLogger("sse_notify.hub")
+
+
+def encode_notice(notice: Notice) -> bytes:
+    """The SSE frame of a notice: ``id``, ``event: notice``, JSON ``data``."""
+    return encode_event(notice.to_json(), event="notice", id=notice.id)
+
+
+class Connection:
+    """One open stream: a bounded buffer of frames and the wake-up of its writer."""
+
+    __slots__ = (
+        "_event",
+        "_frames",
+        "_greenlet",
+        "close_reason",
+        "closed",
+        "cursor",
+        "max_pending",
+        "pending",
+        "user_id",
+        "writing_since",
+    )
+
+    def __init__(self, user_id: str, max_pending: int, event: Event) -> None:
+        self.user_id = user_id
+        self.max_pending = max_pending
+        self._event = event
+        self._frames: list[tuple[int, bytes]] = []
+        self.pending = 0
+        self.cursor = 0
+        self.closed = False
+        self.close_reason = ""
+        self.writing_since = 0.0
+        self._greenlet: t.Any = None
+        if gevent_active():
+            import gevent
+
+            self._greenlet = gevent.getcurrent()
+
+    def put(self, seq: int, frame: bytes) -> bool:
+        """Queue a frame; ``False`` if that would exceed the buffer (the caller evicts)."""
+        if self.closed:
+            return True
+        self.pending += len(frame)
+        if self.pending > self.max_pending:
+            return False
+        self._frames.append((seq, frame))
+        self._event.set()
+        return True
+
+    def take(self, timeout: float) -> bytes | None:
+        """Wait up to ``timeout`` for frames; return them joined, ``b""`` on timeout, ``None`` once closed.
+
+        Frames at or below :attr:`cursor` (already sent by a replay) are skipped.
+        """
+        if not self._frames and not self.closed:
+            self._event.wait(timeout)
+        if self.closed:
+            return None
+        self._event.clear()
+        frames, self._frames, self.pending = self._frames, [], 0
+        cursor = self.cursor
+        fresh = [frame for seq, frame in frames if seq > cursor]
+        if frames:
+            self.cursor = max(cursor, frames[-1][0])
+        return b"".join(fresh)
+
+    def close(self, reason: str) -> None:
+        """End the stream at its next wake-up (the client reconnects and resumes)."""
+        if not self.closed:
+            self.closed = True
+            self.close_reason = reason
+            self._frames.clear()
+            self.pending = 0
+            self._event.set()
+
+    def abort(self) -> None:
+        """Break a write that is stuck (the client stopped reading): drop the socket."""
+        greenlet = self._greenlet
+        if greenlet is not None and not greenlet.dead:
+            import errno
+
+            error = ConnectionResetError(errno.ECONNRESET, "send timeout: client stopped reading")
+            greenlet.kill(error, block=False)
+
+
+class Hub:
+    """Per-process registry of open connections and fan-out of the store's feed."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        max_pending: int = 1 << 20,
+        send_timeout: float = 30.0,
+        sweep_interval: float = 60.0,
+        retry: int = 2000,
+    ) -> None:
+        self.broker = broker
+        self.max_pending = max_pending
+        self.send_timeout = send_timeout
+        self.sweep_interval = sweep_interval
+        self.retry = retry
+        self.users: dict[str, set[Connection]] = {}
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self._pid = -1
+        self._lock = threading.Lock()
+        self.evicted = 0
+
+    # -- lifecycle --------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        """Subscribe this process to the store's feed, once (after a fork, again)."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self.users, self.connections, self.stopping = {}, set(), False
+            self.broker.subscribe(self.dispatch)
+            self._install_shutdown_signal()
+            spawn(self._housekeeping, name="sse-notify-housekeeping")
+            self._pid = os.getpid()
+
+    def _install_shutdown_signal(self) -> None:
+        # gunicorn's worker turns SIGTERM (stop, or the old workers of a HUP
+        # reload) into "finish current requests, up to graceful_timeout". Open
+        # streams never finish by themselves, so we end them ourselves and the
+        # worker exits in seconds. We chain to the handler that was there.
+        # (signal.signal raises ValueError outside the main thread, e.g. under
+        # a threaded dev server: then there is no worker signal to follow.)
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: t.Any) -> None:
+            spawn(self.shutdown, name="sse-notify-shutdown")
+            if callable(previous):
+                previous(signum, frame)
+
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGTERM, on_term)
+
+    def shutdown(self) -> None:
+        """End every open stream now; clients reconnect (to another worker) and resume."""
+        self.stopping = True
+        for conn in list(self.connections):
+            conn.close("shutdown")
+        log.info("closed %d streams for shutdown", len(self.connections))
+
+    def _housekeeping(self) -> None:
+        last_sweep = time.monotonic()
+        tick = max(0.2, min(5.0, self.send_timeout / 4))
+        while True:
+            time.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                since = conn.writing_since
+                if since and now - since > self.send_timeout:
+                    self._evict(conn, "send timeout")
+                    conn.abort()
+            if now - last_sweep >= self.sweep_interval:
+                last_sweep = now
+                try:
+                    dropped = self.broker.trim_expired()
+                except Exception:
+                    log.exception("retention sweep failed")
+                else:
+                    if dropped:
+                        log.info("retention dropped %d expired notices", dropped)
+
+    # -- connections ------------------------------------------------------
+
+    def connect(self, user_id: str) -> Connection:
+        """Register a new stream of ``user_id``; it gets every notice dispatched from now on."""
+        self.ensure_started()
+        conn = Connection(user_id, self.max_pending, new_event())
+        if self.stopping:
+            conn.close("shutdown")
+            return conn
+        self.connections.add(conn)
+        self.users.setdefault(user_id, set()).add(conn)
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        """Forget a stream (idempotent)."""
+        self.connections.discard(conn)
+        conns = self.users.get(conn.user_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.users[conn.user_id]
+        conn.close(conn.close_reason or "disconnected")
+
+    def _evict(self, conn: Connection, reason: str) -> None:
+        self.evicted += 1
+        log.info("closing a stream of %s: %s", conn.user_id, reason)
+        conn.close(reason)
+        self.disconnect(conn)
+
+    def dispatch(self, notices: t.Sequence[Notice]) -> None:
+        """Fan notices out to this process's connections (called by the store's feed)."""
+        for notice in notices:
+            if notice.user_id is None:
+                targets: t.Iterable[Connection] = list(self.connections)
+            else:
+                found = self.users.get(notice.user_id)
+                if not found:
+                    continue
+                targets = list(found)
+            frame = encode_notice(notice)
+            for conn in targets:
+                if not conn.put(notice.id, frame):
+                    self._evict(conn, "slow consumer: buffer full")
+
+    def jittered_retry(self) -> int:
+        """A reconnection time spread over 0.5-1.5x :attr:`retry` (avoids a reconnect storm)."""
+        return int(self.retry * random.uniform(0.5, 1.5))
+
+    def stats(self) -> dict[str, int]:
+        """Open streams and users of this process."""
+        return {"streams": len(self.connections), "users": len(self.users), "evicted": self.evicted}

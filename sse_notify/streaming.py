@@ -1,0 +1,84 @@
+"""One subscriber's stream: the generator a WSGI server iterates.
+
+It takes everything it needs as arguments (no Flask globals: the request
+context is gone by the time the server iterates it, see Flask's
+``stream_with_context`` warning), registers with the hub *before* reading the
+replay, then sends replay and live notices, dropping any notice the replay
+already sent, so a resuming client gets each notice exactly once, in order.
+
+WSGI gives no disconnect callback: a closed client is noticed when a write
+fails (the next notice or heartbeat), the server closes this generator and
+the ``finally`` releases everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import typing as t
+
+from .errors import BrokerError
+from .events import comment, encode_event
+from .hub import Hub, encode_notice
+from .notices import dumps
+
+__all__ = ["event_stream"]
+
+log = logging.getLogger("sse_notify.streaming")
+
+HEARTBEAT = comment()
+#: Replayed notices are written in chunks of about this many bytes.
+REPLAY_CHUNK = 64 * 1024
+
+
+def event_stream(
+    hub: Hub,
+    user_id: str,
+    last_event_id: str | None,
+    *,
+    heartbeat: float,
+) -> t.Iterator[bytes]:
+    """Yield the bytes of ``user_id``'s stream until the client or the server ends it."""
+    conn = hub.connect(user_id)
+    try:
+        # First bytes at once: headers go out, EventSource fires "open",
+        # proxies stop waiting.
+        yield comment("connected") + encode_event(retry=hub.retry)
+        if last_event_id is not None:
+            try:
+                replay = hub.broker.replay(user_id, last_event_id)
+            except BrokerError as exc:
+                log.warning("closing a stream of %s: replay failed: %s", user_id, exc)
+                yield comment("store unavailable, reconnect later") + encode_event(retry=hub.jittered_retry())
+                return
+            conn.cursor = replay.cursor
+            if replay.reset is not None:
+                info = {"reason": replay.reset, "last_event_id": last_event_id, "id": replay.cursor}
+                yield encode_event(dumps(info), event="reset", id=replay.cursor)
+            chunk: list[bytes] = []
+            size = 0
+            for notice in replay.notices:
+                if notice.id <= conn.cursor:
+                    continue
+                frame = encode_notice(notice)
+                chunk.append(frame)
+                size += len(frame)
+                conn.cursor = notice.id
+                if size >= REPLAY_CHUNK:
+                    conn.writing_since = time.monotonic()
+                    yield b"".join(chunk)
+                    conn.writing_since = 0.0
+                    chunk, size = [], 0
+            if chunk:
+                yield b"".join(chunk)
+        while True:
+            data = conn.take(heartbeat)
+            if data is None:
+                if conn.close_reason in ("shutdown", "slow consumer: buffer full"):
+                    yield comment(conn.close_reason) + encode_event(retry=hub.jittered_retry())
+                return
+            conn.writing_since = time.monotonic()
+            yield data or HEARTBEAT
+            conn.writing_since = 0.0
+    finally:
+        hub.disconnect(conn)

@@ -1,0 +1,130 @@
+"""The HTTP endpoints: a thin layer over :mod:`~sse_notify.extension` and the hub."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+from flask import Blueprint, Response, abort, jsonify, render_template, request
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from .errors import BrokerError, BrokerUnavailable, InvalidNotice
+from .extension import get_state
+from .notices import Notice, is_valid_user_id
+from .streaming import event_stream
+
+__all__ = ["bp"]
+
+
+def _template_folder() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    packaged = os.path.join(here, "templates")  # in an installed wheel
+    return packaged if os.path.isdir(packaged) else os.path.join(os.path.dirname(here), "templates")
+
+
+bp = Blueprint("sse_notify", __name__, template_folder=_template_folder())
+
+
+def error_response(status: int, error: str, detail: str) -> tuple[Response, int]:
+    """The JSON body of every error: ``{"error": ..., "detail": ...}``."""
+    return jsonify(error=error, detail=detail), status
+
+
+@bp.errorhandler(InvalidNotice)
+def _invalid_notice(exc: InvalidNotice) -> tuple[Response, int]:
+    return error_response(400, "invalid_notice", str(exc))
+
+
+@bp.errorhandler(BrokerUnavailable)
+def _store_down(exc: BrokerUnavailable) -> tuple[Response, int]:
+    return error_response(503, "store_unavailable", str(exc))
+
+
+@bp.errorhandler(BrokerError)
+def _store_failed(exc: BrokerError) -> tuple[Response, int]:
+    return error_response(500, "store_error", str(exc))
+
+
+def _check_user_id(user_id: str) -> None:
+    if not is_valid_user_id(user_id):
+        abort(400, "user id must be 1-128 characters of A-Z a-z 0-9 _ . @ : + -")
+
+
+def _json_body() -> t.Any:
+    if not request.is_json:
+        raise UnsupportedMediaType(
+            f"send the body as JSON with Content-Type: application/json (got {request.mimetype or 'none'})"
+        )
+    try:
+        return request.get_json()
+    except BadRequest as exc:
+        cause = exc.__cause__ or exc.__context__
+        raise BadRequest(f"body is not valid JSON: {cause or exc.description}") from exc
+
+
+def _created(notices: list[Notice], single: bool) -> Response:
+    body = notices[0].to_json() if single else "[" + ",".join(n.to_json() for n in notices) + "]"
+    return Response(body, status=201, content_type="application/json")
+
+
+@bp.get("/")
+def index() -> str:
+    """The demo page: watch a user's stream and send notices."""
+    return render_template("index.html")
+
+
+@bp.get("/connection/<user_id>")
+def connection(user_id: str) -> Response:
+    """The user's event stream (``text/event-stream``), resumable with ``Last-Event-ID``."""
+    _check_user_id(user_id)
+    state = get_state()
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id is None:
+        last_event_id = request.args.get("last_event_id")
+    stream = event_stream(state.hub, user_id, last_event_id, heartbeat=state.settings.heartbeat)
+    response = Response(stream, content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+@bp.post("/users/<user_id>/notices")
+def publish(user_id: str) -> Response:
+    """Store a notice for one user, deliver it, answer 201 with it."""
+    _check_user_id(user_id)
+    data = _json_body()
+    return _created(get_state().publish_many([(user_id, data)]), single=True)
+
+
+@bp.post("/broadcast")
+def publish_broadcast() -> Response:
+    """Store a notice for every user, deliver it, answer 201 with it."""
+    data = _json_body()
+    return _created(get_state().publish_many([(None, data)]), single=True)
+
+
+@bp.post("/notices")
+def publish_batch() -> Response:
+    """Store a list of ``{"user_id", "data"}`` in one transaction; 201 with the list."""
+    body = _json_body()
+    if not isinstance(body, list) or not body:
+        raise InvalidNotice('body must be a non-empty JSON list of {"user_id": ..., "data": {...}}')
+    items: list[tuple[str | None, t.Any]] = []
+    for index, item in enumerate(body):
+        if not isinstance(item, dict) or set(item) != {"user_id", "data"}:
+            raise InvalidNotice(f'notice {index}: must be an object with exactly "user_id" and "data"')
+        if item["user_id"] is None:
+            raise InvalidNotice(f"notice {index}: user_id must be a string (use /broadcast for everyone)")
+        items.append((item["user_id"], item["data"]))
+    return _created(get_state().publish_many(items), single=False)
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """200 when the store answers, 503 when it does not."""
+    state = get_state()
+    try:
+        state.broker.ping()
+    except BrokerError as exc:
+        return jsonify(status="unavailable", store="down", detail=str(exc)), 503
+    return jsonify(status="ok", store="up", **state.hub.stats()), 200
