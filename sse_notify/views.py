@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import typing as t
 
@@ -56,10 +57,9 @@ def _json_body() -> t.Any:
             f"send the body as JSON with Content-Type: application/json (got {request.mimetype or 'none'})"
         )
     try:
-        return request.get_json()
-    except BadRequest as exc:
-        cause = exc.__cause__ or exc.__context__
-        raise BadRequest(f"body is not valid JSON: {cause or exc.description}") from exc
+        return json.loads(request.get_data())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
 
 
 def _created(notices: list[Notice], single: bool) -> Response:

@@ -1,0 +1,55 @@
+"""Fixtures: an app on the memory store, and real gunicorn servers on fresh SQLite stores."""
+
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from sse_notify import create_app
+
+from .support import Server
+
+
+@pytest.fixture(name="app")
+def _app(tmp_path: Path) -> Flask:
+    return create_app(
+        {
+            "TESTING": True,
+            "SSE_NOTIFY_BROKER_URL": f"sqlite:///{tmp_path}/notices.sqlite3",
+            "SSE_NOTIFY_HEARTBEAT": 0.2,
+        }
+    )
+
+
+@pytest.fixture(name="client")
+def _client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture(name="runner")
+def _runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+@pytest.fixture(name="make_server")
+def _make_server(tmp_path: Path) -> t.Iterator[t.Callable[..., Server]]:
+    """Start real gunicorn servers; every one is stopped by PID at the end."""
+    started: list[Server] = []
+
+    def make(workers: int = 1, store: str | None = None, app: str = "wsgi:app", **env: str) -> Server:
+        server = Server(store or str(tmp_path / "notices.sqlite3"), workers=workers, env=env, app=app)
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop(timeout=15)
+
+
+@pytest.fixture(name="live_server")
+def _live_server(make_server: t.Callable[..., Server]) -> Server:
+    return make_server()

@@ -1,0 +1,262 @@
+"""Test harness: real gunicorn servers, real SSE clients (httpx-sse), a skip-or-fail rule.
+
+Nothing here parses the event stream: events come from httpx-sse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import typing as t
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def require_binary(name: str, why: str) -> str:
+    """Path of a program the test needs; skip without it, or fail when SSE_NOTIFY_REQUIRE_ALL=1 (CI)."""
+    found = shutil.which(name) or (name if os.path.isabs(name) and os.access(name, os.X_OK) else None)
+    if found:
+        return found
+    message = f"{name} is not installed: {why}"
+    if os.environ.get("SSE_NOTIFY_REQUIRE_ALL") == "1":
+        pytest.fail(message + " (SSE_NOTIFY_REQUIRE_ALL=1 turns this skip into a failure)")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: t.Callable[[], t.Any], timeout: float, what: str, interval: float = 0.02) -> t.Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (gunicorn's workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+@dataclass
+class Server:
+    """A real ``gunicorn -k gevent`` serving the app from the repository root."""
+
+    store: str
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    app: str = "wsgi:app"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:40123``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        """Start gunicorn and wait until /healthz answers."""
+        env = dict(os.environ)
+        env.update(
+            {
+                "SSE_NOTIFY_BROKER_URL": f"sqlite:///{self.store}" if self.store.startswith("/") else self.store,
+                "SSE_NOTIFY_HEARTBEAT": "1",
+                "SSE_NOTIFY_RETRY": "200",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.env)
+        self.log_path = Path(self.store + f".{self.port}.log") if self.store.startswith("/") else None
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        cmd = [str(VENV_BIN / "gunicorn"), "--no-control-socket", "-k", "gevent"]
+        cmd += ["-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", self.app]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if log is not subprocess.DEVNULL:
+            log.close()
+        wait_for(self._healthy, 20, f"gunicorn on {self.url} to answer /healthz")
+        wait_for(lambda: len(self.worker_pids()) >= self.workers, 20, "all workers to boot")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        """What gunicorn printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def worker_pids(self) -> list[int]:
+        """The PIDs of the live workers."""
+        return children(self.proc.pid) if self.proc and self.proc.poll() is None else []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> float:
+        """Stop gunicorn with ``sig``; return how long it took to exit."""
+        started = time.monotonic()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"gunicorn did not exit within {timeout}s of signal {sig}") from None
+        self.proc = None
+        return time.monotonic() - started
+
+    def restart(self) -> Server:
+        """Stop (SIGTERM) and start again on the same port and store."""
+        self.stop()
+        return self.start()
+
+    def post(self, path: str, body: t.Any, **kw: t.Any) -> httpx.Response:
+        """POST JSON to the server."""
+        return httpx.post(self.url + path, json=body, timeout=10, **kw)
+
+    def publish(self, user_id: str, data: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Publish to one user; return the stored notice (asserting 201)."""
+        response = self.post(f"/users/{user_id}/notices", data)
+        assert response.status_code == 201, response.text
+        return t.cast(dict[str, t.Any], response.json())
+
+    def broadcast(self, data: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Publish to everyone; return the stored notice (asserting 201)."""
+        response = self.post("/broadcast", data)
+        assert response.status_code == 201, response.text
+        return t.cast(dict[str, t.Any], response.json())
+
+    def health(self) -> dict[str, t.Any]:
+        """The /healthz body."""
+        return t.cast(dict[str, t.Any], httpx.get(self.url + "/healthz", timeout=5).json())
+
+
+@dataclass
+class Event:
+    """One received SSE event, with the moment it arrived."""
+
+    event: str
+    id: str
+    data: str
+    at: float
+    connection: int
+
+
+class Subscriber:
+    """An EventSource-like client built on httpx-sse, reading in a background thread.
+
+    With ``reconnect=True`` it behaves like a browser's EventSource: when the
+    stream ends or breaks it waits briefly and reconnects with ``Last-Event-ID``
+    set to the last id it saw.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        last_event_id: str | None = None,
+        reconnect: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.url = url
+        self.last_event_id = last_event_id
+        self.reconnect = reconnect
+        self.headers = headers or {}
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.received: list[Event] = []
+        self.connections = 0
+        self.opened = threading.Event()
+        self.response_headers: httpx.Headers | None = None
+        self._stop = threading.Event()
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=30.0))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            headers = dict(self.headers)
+            if self.last_event_id:
+                headers["Last-Event-ID"] = self.last_event_id
+            try:
+                with connect_sse(self._client, "GET", self.url, headers=headers) as source:
+                    source.response.raise_for_status()
+                    self.connections += 1
+                    self.response_headers = source.response.headers
+                    self.opened.set()
+                    for sse in source.iter_sse():
+                        if sse.id:
+                            self.last_event_id = sse.id
+                        if sse.data or sse.event != "message":
+                            self.events.put(Event(sse.event, sse.id, sse.data, time.monotonic(), self.connections))
+                        if self._stop.is_set():
+                            return
+            except Exception:  # noqa: BLE001 - a broken stream is what reconnect is for
+                pass
+            if not self.reconnect or self._stop.is_set():
+                return
+            self._stop.wait(0.2)
+
+    def next(self, event: str = "notice", timeout: float = 10) -> Event:
+        """The next event named ``event`` (others are kept in :attr:`received`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {event!r} event within {timeout}s from {self.url}")
+            try:
+                got = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.received.append(got)
+            if got.event == event:
+                return got
+
+    def notices(self, count: int, timeout: float = 10) -> list[Event]:
+        """The next ``count`` notice events."""
+        return [self.next("notice", timeout) for _ in range(count)]
+
+    def nothing(self, wait: float = 0.5, event: str = "notice") -> None:
+        """Assert that no ``event`` arrives within ``wait`` seconds."""
+        try:
+            got = self.next(event, wait)
+        except AssertionError:
+            return
+        raise AssertionError(f"unexpected {event} event: {got}")
+
+    def close(self) -> None:
+        """Stop reading and close the connection."""
+        self._stop.set()
+        self._client.close()
+        self._thread.join(5)

@@ -1,0 +1,298 @@
+"""End to end: real ``gunicorn -k gevent`` processes, read with a real SSE client (httpx-sse)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import typing as t
+
+import httpx
+import pytest
+
+from .support import Server, Subscriber, wait_for
+
+pytestmark = pytest.mark.server
+
+INSTRUMENTED = "tests.instrumented:app"
+
+
+def stream(server: Server, user: str, **kw: t.Any) -> Subscriber:
+    """Open a stream of ``user`` and wait until it is open."""
+    sub = Subscriber(f"{server.url}/connection/{user}", **kw)
+    assert sub.opened.wait(10), "stream did not open"
+    return sub
+
+
+def payload(event: t.Any) -> dict[str, t.Any]:
+    """The JSON of a notice event."""
+    return t.cast(dict[str, t.Any], json.loads(event.data))
+
+
+def test_stream_headers_and_first_bytes(live_server: Server) -> None:
+    """The stream answers 200 text/event-stream with no-cache, X-Accel-Buffering: no, no hop-by-hop or gzip."""
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=5) as sock:
+        sock.sendall(b"GET /connection/alice HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        received = b""
+        while b"retry:" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, "server closed before the first event"
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 200 OK"
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert headers["content-type"] == "text/event-stream"
+    assert headers["cache-control"] == "no-cache"
+    assert headers["x-accel-buffering"] == "no"
+    assert "content-encoding" not in headers
+    # The first chunk is a comment, then the reconnection time: sent before any notice exists.
+    assert b": connected\n" in body and b"retry: 200\n" in body
+
+
+def test_delivery_to_every_tab_and_not_to_others(live_server: Server) -> None:
+    """A notice reaches each open stream of its user, with id, event name and JSON data; nobody else."""
+    tabs = [stream(live_server, "alice") for _ in range(3)]
+    bob = stream(live_server, "bob")
+    sent = live_server.publish("alice", {"title": "hello", "n": 1})
+    assert set(sent) == {"id", "user_id", "created_at", "data"}
+    assert sent["user_id"] == "alice" and sent["data"] == {"title": "hello", "n": 1}
+    assert sent["created_at"].endswith("Z")
+    for tab in tabs:
+        got = tab.next()
+        assert got.event == "notice"
+        assert got.id == str(sent["id"])
+        assert payload(got) == sent
+    bob.nothing()
+    for sub in [*tabs, bob]:
+        sub.close()
+
+
+def test_broadcast_and_batch(live_server: Server) -> None:
+    """A broadcast reaches everyone; a batch reaches each named user, in order."""
+    alice, bob = stream(live_server, "alice"), stream(live_server, "bob")
+    sent = live_server.broadcast({"title": "maintenance"})
+    assert sent["user_id"] is None
+    assert payload(alice.next()) == sent and payload(bob.next()) == sent
+    response = live_server.post(
+        "/notices",
+        [{"user_id": "alice", "data": {"n": 1}}, {"user_id": "bob", "data": {"n": 2}},
+         {"user_id": "alice", "data": {"n": 3}}],
+    )
+    assert response.status_code == 201
+    stored = response.json()
+    assert [n["id"] for n in stored] == sorted(n["id"] for n in stored)
+    assert [payload(e)["data"]["n"] for e in alice.notices(2)] == [1, 3]
+    assert payload(bob.next())["data"] == {"n": 2}
+    alice.close()
+    bob.close()
+
+
+def test_heartbeat_comment(live_server: Server) -> None:
+    """An idle stream gets a ':' comment every heartbeat (1 s here) and no event."""
+    with httpx.Client(timeout=5) as client, client.stream("GET", f"{live_server.url}/connection/carol") as r:
+        chunks = r.iter_raw()
+        first = next(chunks)
+        assert first.startswith(b": connected")
+        started = time.monotonic()
+        beat = next(chunks)
+        assert beat == b":\n\n"
+        assert time.monotonic() - started < 3
+
+
+def test_resume_with_last_event_id_exactly_once(live_server: Server) -> None:
+    """Reconnecting with Last-Event-ID (header or ?last_event_id=) replays what was missed, once, in order."""
+    first = live_server.publish("dave", {"n": 0})
+    missed = [live_server.publish("dave", {"n": i}) for i in range(1, 4)]
+    everyone = live_server.broadcast({"n": 4})
+    live_server.publish("erin", {"n": "not for dave"})
+    expected = [n["id"] for n in missed] + [everyone["id"]]
+
+    by_header = stream(live_server, "dave", last_event_id=str(first["id"]))
+    assert [int(e.id) for e in by_header.notices(4)] == expected
+    live = live_server.publish("dave", {"n": 5})
+    assert payload(by_header.next())["id"] == live["id"]
+    by_header.nothing()
+    by_header.close()
+
+    by_query = Subscriber(f"{live_server.url}/connection/dave?last_event_id={first['id']}")
+    assert [int(e.id) for e in by_query.notices(5)] == [*expected, live["id"]]
+    by_query.nothing()
+    by_query.close()
+
+
+def test_reset_on_unknown_and_expired_cursor(make_server: t.Callable[..., Server]) -> None:
+    """An unknown or too-old cursor gets a named reset event, then what is still kept, then live notices."""
+    server = make_server(SSE_NOTIFY_RETENTION_COUNT="3")
+    sub = stream(server, "frank", last_event_id="999999")
+    reset = sub.next("reset")
+    assert json.loads(reset.data)["reason"] == "unknown"
+    live = server.publish("frank", {"n": "live"})
+    assert payload(sub.next())["id"] == live["id"]
+    sub.close()
+
+    kept = [server.publish("frank", {"n": i}) for i in range(6)][-3:]
+    old = stream(server, "frank", last_event_id=str(live["id"]))
+    info = json.loads(old.next("reset").data)
+    assert info["reason"] == "expired" and info["last_event_id"] == str(live["id"])
+    assert [payload(e)["id"] for e in old.notices(3)] == [n["id"] for n in kept]
+    old.nothing()
+    old.close()
+
+
+def test_notices_survive_restart(live_server: Server) -> None:
+    """Notices stored before a restart are replayed after it, and ids keep growing."""
+    before = [live_server.publish("gina", {"n": i}) for i in range(3)]
+    live_server.restart()
+    after = live_server.publish("gina", {"n": 3})
+    assert after["id"] > before[-1]["id"]
+    sub = stream(live_server, "gina", last_event_id="0")
+    assert [payload(e)["id"] for e in sub.notices(4)] == [n["id"] for n in [*before, after]]
+    sub.close()
+
+
+def _streams_on_every_worker(server: Server, user: str, workers: int) -> list[Subscriber]:
+    """Open streams until each worker holds at least one (the kernel picks the worker)."""
+    subs: list[Subscriber] = []
+    pids: set[str] = set()
+    for _ in range(60):
+        sub = stream(server, user)
+        subs.append(sub)
+        assert sub.response_headers is not None
+        pids.add(sub.response_headers["X-Worker-Pid"])
+        if len(pids) == workers:
+            return subs
+    raise AssertionError(f"60 streams landed on only {len(pids)} of {workers} workers")
+
+
+def test_cross_worker_delivery(make_server: t.Callable[..., Server]) -> None:
+    """With -w 4, a notice published through any worker reaches the user's streams on every worker.
+
+    The safety poll is set to 60 s, so only the cross-process wake-up can deliver within the wait.
+    """
+    server = make_server(workers=4, app=INSTRUMENTED, SSE_NOTIFY_POLL_INTERVAL="60")
+    subs = _streams_on_every_worker(server, "hank", 4)
+    sent = [server.publish("hank", {"n": i}) for i in range(20)]
+    for sub in subs:
+        assert [int(e.id) for e in sub.notices(20, timeout=5)] == [n["id"] for n in sent]
+    for sub in subs:
+        sub.close()
+
+
+def test_shutdown_ends_streams_promptly(make_server: t.Callable[..., Server]) -> None:
+    """SIGTERM with open streams: gunicorn exits in seconds, well inside its 10 s graceful timeout."""
+    server = make_server(workers=2)
+    subs = [stream(server, f"u{i}") for i in range(20)]
+    took = server.stop(signal.SIGTERM)
+    assert took < 6, f"shutdown took {took:.1f}s"
+    for sub in subs:
+        sub.close()
+
+
+def test_reload_resumes_with_nothing_lost(make_server: t.Callable[..., Server]) -> None:
+    """SIGHUP: old workers close their streams and exit fast; clients reconnect and get every notice once."""
+    server = make_server(workers=2)
+    old_workers = set(server.worker_pids())
+    subs = [stream(server, "ivan", reconnect=True) for _ in range(6)]
+    sent = [server.publish("ivan", {"n": i}) for i in range(5)]
+    assert server.proc is not None
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGHUP)
+    sent += [server.publish("ivan", {"n": i}) for i in range(5, 10)]
+    wait_for(lambda: not old_workers & set(server.worker_pids()), 8, "the old workers to exit")
+    assert time.monotonic() - started < 8
+    sent += [server.publish("ivan", {"n": i}) for i in range(10, 15)]
+    for sub in subs:
+        assert [int(e.id) for e in sub.notices(15)] == [n["id"] for n in sent]
+        sub.nothing(0.3)
+        assert sub.connections >= 2, "the stream should have been closed by the reload"
+        sub.close()
+
+
+def test_killed_worker_clients_resume_elsewhere(make_server: t.Callable[..., Server]) -> None:
+    """kill -9 of a worker: its clients reconnect to the others and miss nothing."""
+    server = make_server(workers=2, app=INSTRUMENTED)
+    subs = _streams_on_every_worker(server, "judy", 2)
+    for sub in subs:
+        sub.reconnect = True
+    victim = int(subs[0].response_headers["X-Worker-Pid"])  # type: ignore[index]
+    sent = [server.publish("judy", {"n": i}) for i in range(3)]
+    os.kill(victim, signal.SIGKILL)
+    sent += [server.publish("judy", {"n": i}) for i in range(3, 8)]
+    for sub in subs:
+        assert [int(e.id) for e in sub.notices(8, timeout=15)] == [n["id"] for n in sent]
+        sub.nothing(0.3)
+        sub.close()
+
+
+def test_slow_consumer_is_closed_then_resumes(make_server: t.Callable[..., Server]) -> None:
+    """A client that stops reading is closed when its buffer fills; it resumes with nothing lost."""
+    server = make_server(app=INSTRUMENTED, SSE_NOTIFY_MAX_PENDING="65536")
+    big = "x" * 8000
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET /connection/kate HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: httpx.get(server.url + "/_debug/objects").json()["hub_connections"] == 1, 5, "the stream")
+    sent: list[dict[str, t.Any]] = []
+    for batch in range(40):
+        body = [{"user_id": "kate", "data": {"n": batch * 25 + i, "pad": big}} for i in range(25)]
+        response = server.post("/notices", body)
+        assert response.status_code == 201
+        sent += response.json()
+        if httpx.get(server.url + "/_debug/objects").json()["evicted"]:
+            break
+    stats = httpx.get(server.url + "/_debug/objects").json()
+    assert stats["evicted"] == 1, f"the stream was never evicted: {stats}"
+    assert stats["hub_connections"] == 0 and stats["pending_bytes"] == 0
+    # Now read what the server had written before closing, as an EventSource would,
+    # then reconnect from the last id received.
+    sock.setblocking(True)
+    sock.settimeout(10)
+    raw = b""
+    while chunk := sock.recv(1 << 20):
+        raw += chunk
+        if raw.endswith(b"0\r\n\r\n"):
+            break
+    sock.close()
+    seen = [int(line[4:]) for line in raw.split(b"\n") if line.startswith(b"id: ")]
+    assert seen == [n["id"] for n in sent[: len(seen)]]
+    resumed = stream(server, "kate", last_event_id=str(seen[-1]) if seen else "0")
+    rest = resumed.notices(len(sent) - len(seen), timeout=15)
+    assert [int(e.id) for e in rest] == [n["id"] for n in sent[len(seen):]]
+    resumed.nothing(0.3)
+    resumed.close()
+
+
+def test_no_leak_after_1000_cycles(make_server: t.Callable[..., Server]) -> None:
+    """1,000 connect/disconnect cycles leave no greenlet, connection, buffer or hub entry behind."""
+    server = make_server(app=INSTRUMENTED)
+    # The baseline is taken once the hub runs (its feed and housekeeping greenlets exist).
+    stream(server, "warmup").close()
+    baseline = wait_for(
+        lambda: (s := httpx.get(server.url + "/_debug/objects").json())["hub_connections"] == 0 and s,
+        10,
+        "the warm-up stream to be released",
+    )
+    publisher = threading.Thread(
+        target=lambda: [server.publish(f"leak{i % 7}", {"n": i}) for i in range(200)], daemon=True
+    )
+    publisher.start()
+    with httpx.Client(timeout=5) as client:
+        for i in range(1000):
+            with client.stream("GET", f"{server.url}/connection/leak{i % 7}") as response:
+                assert next(response.iter_raw()).startswith(b": connected")
+    publisher.join(30)
+
+    def settled() -> dict[str, t.Any] | None:
+        stats = httpx.get(server.url + "/_debug/objects").json()
+        if stats["hub_connections"] == 0 and stats["connections"] == 0:
+            return stats
+        return None
+
+    # Dead clients are noticed at the next heartbeat (1 s here).
+    stats = wait_for(settled, 10, "every stream to be released", interval=0.5)
+    assert stats["hub_users"] == 0 and stats["pending_bytes"] == 0
+    assert stats["greenlets"] <= baseline["greenlets"], (baseline, stats)
