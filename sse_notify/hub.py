@@ -185,11 +185,7 @@ class Hub:
         while True:
             time.sleep(tick)
             now = time.monotonic()
-            for conn in list(self.connections):
-                since = conn.writing_since
-                if since and now - since > self.send_timeout:
-                    self._evict(conn, "send timeout")
-                    conn.abort()
+            self._abort_stuck_writers(now)
             if now - last_sweep >= self.sweep_interval:
                 last_sweep = now
                 try:
@@ -199,6 +195,15 @@ class Hub:
                 else:
                     if dropped:
                         log.info("retention dropped %d expired notices", dropped)
+
+    def _abort_stuck_writers(self, now: float) -> None:
+        # A function of its own, so no loop variable keeps a closed connection
+        # alive while the housekeeping loop sleeps.
+        for conn in list(self.connections):
+            since = conn.writing_since
+            if since and now - since > self.send_timeout:
+                self._evict(conn, "send timeout")
+                conn.abort()
 
     # -- connections ------------------------------------------------------
 

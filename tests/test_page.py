@@ -134,7 +134,6 @@ def test_reconnects_after_a_restart_without_duplicates(
         ["after the restart", "just before the stop", "before"], timeout=TIMEOUT
     )
     assert page.evaluate("sseNotify.history.slice(0, 2)") == ["connecting", "live"]
-    print("DEBUG", page.evaluate("[sseNotify.source.url, sseNotify.history]"))
 
 
 def test_missed_notices_banner_on_reset(
@@ -204,5 +203,5 @@ def test_screenshot(open_page: t.Callable[..., Page], live_server: Server) -> No
     expect(page.locator("#notices li")).to_have_count(5, timeout=TIMEOUT)
     page.evaluate("document.activeElement.blur()")
     SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
+    page.screenshot(path=str(SCREENSHOT), animations="disabled")
     assert SCREENSHOT.stat().st_size > 10_000

@@ -293,6 +293,9 @@ def test_no_leak_after_1000_cycles(make_server: t.Callable[..., Server]) -> None
         return None
 
     # Dead clients are noticed at the next heartbeat (1 s here).
-    stats = wait_for(settled, 10, "every stream to be released", interval=0.5)
+    try:
+        stats = wait_for(settled, 10, "every stream to be released", interval=0.5)
+    except AssertionError:
+        raise AssertionError(httpx.get(server.url + "/_debug/objects").json()) from None
     assert stats["hub_users"] == 0 and stats["pending_bytes"] == 0
     assert stats["greenlets"] <= baseline["greenlets"], (baseline, stats)
