@@ -7,6 +7,7 @@ import typing as t
 
 import click
 from flask import Flask
+from flask.cli import with_appcontext
 
 from .errors import SSENotifyError
 from .extension import get_state
@@ -20,7 +21,7 @@ def _parse_object(text: str) -> dict[str, t.Any]:
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="DATA") from exc
     if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object, e.g. '{\"text\": \"hi\"}'", param_hint="DATA")
+        raise click.BadParameter('must be a JSON object, e.g. \'{"text": "hi"}\'', param_hint="DATA")
     return value
 
 
@@ -35,6 +36,7 @@ def _publish(user_id: str | None, data: str) -> None:
 @click.command("notify")
 @click.argument("user_id")
 @click.argument("data")
+@with_appcontext
 def notify_command(user_id: str, data: str) -> None:
     """Send a notice (DATA: a JSON object) to USER_ID; prints the stored notice."""
     _publish(user_id, data)
@@ -42,6 +44,7 @@ def notify_command(user_id: str, data: str) -> None:
 
 @click.command("broadcast")
 @click.argument("data")
+@with_appcontext
 def broadcast_command(data: str) -> None:
     """Send a notice (DATA: a JSON object) to every user; prints the stored notice."""
     _publish(None, data)

@@ -23,7 +23,7 @@ import time
 import typing as t
 
 from .brokers import Broker
-from .concurrency import Event, gevent_active, new_event, spawn
+from .concurrency import Event, gevent_active, new_event, spawn, spawn_later
 from .events import encode_event
 from .notices import Notice
 
@@ -49,6 +49,7 @@ class Connection:
         "cursor",
         "max_pending",
         "pending",
+        "round",
         "user_id",
         "writing_since",
     )
@@ -59,6 +60,7 @@ class Connection:
         self._event = event
         self._frames: list[tuple[int, bytes]] = []
         self.pending = 0
+        self.round = 0
         self.cursor = 0
         self.closed = False
         self.close_reason = ""
@@ -69,13 +71,20 @@ class Connection:
 
             self._greenlet = gevent.getcurrent()
 
-    def put(self, seq: int, frame: bytes) -> bool:
-        """Queue a frame; ``False`` if that would exceed the buffer (the caller evicts)."""
+    def put(self, seq: int, frame: bytes, round_: int) -> bool:
+        """Queue a frame of dispatch round ``round_``; ``False`` if the writer fell behind.
+
+        Behind means: at the first frame of a new round, more than
+        :attr:`max_pending` bytes of earlier rounds are still unsent. A single
+        large round (a batch publish) never evicts a client that keeps up.
+        """
         if self.closed:
             return True
+        if round_ != self.round:
+            if self.pending > self.max_pending:
+                return False
+            self.round = round_
         self.pending += len(frame)
-        if self.pending > self.max_pending:
-            return False
         self._frames.append((seq, frame))
         self._event.set()
         return True
@@ -139,6 +148,7 @@ class Hub:
         self._pid = -1
         self._lock = threading.Lock()
         self.evicted = 0
+        self._round = 0
 
     # -- lifecycle --------------------------------------------------------
 
@@ -204,6 +214,7 @@ class Hub:
             if since and now - since > self.send_timeout:
                 self._evict(conn, "send timeout")
                 conn.abort()
+                conn.writing_since = 0.0
 
     # -- connections ------------------------------------------------------
 
@@ -233,9 +244,19 @@ class Hub:
         log.info("closing a stream of %s: %s", conn.user_id, reason)
         conn.close(reason)
         self.disconnect(conn)
+        # Its writer may be stuck on a client that stopped reading; it is out
+        # of the registry now, so the watchdog will not see it: check on it.
+        spawn_later(self.send_timeout, lambda: self._abort_if_stuck(conn), name="sse-notify-evict")
+
+    def _abort_if_stuck(self, conn: Connection) -> None:
+        since = conn.writing_since
+        if since and time.monotonic() - since >= self.send_timeout * 0.9:
+            conn.abort()
 
     def dispatch(self, notices: t.Sequence[Notice]) -> None:
         """Fan notices out to this process's connections (called by the store's feed)."""
+        self._round += 1
+        round_ = self._round
         for notice in notices:
             if notice.user_id is None:
                 targets: t.Iterable[Connection] = list(self.connections)
@@ -246,12 +267,12 @@ class Hub:
                 targets = list(found)
             frame = encode_notice(notice)
             for conn in targets:
-                if not conn.put(notice.id, frame):
+                if not conn.put(notice.id, frame, round_):
                     self._evict(conn, "slow consumer: buffer full")
 
-    def jittered_retry(self) -> int:
+    def jittered_retry(self, minimum: int = 0) -> int:
         """A reconnection time spread over 0.5-1.5x :attr:`retry` (avoids a reconnect storm)."""
-        return int(self.retry * random.uniform(0.5, 1.5))
+        return int(max(self.retry, minimum) * random.uniform(0.5, 1.5))
 
     def stats(self) -> dict[str, int]:
         """Open streams and users of this process."""

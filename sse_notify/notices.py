@@ -83,10 +83,7 @@ class Notice:
     def to_json(self) -> str:
         """The notice as one line of JSON: the ``data:`` of its SSE event and the 201 body."""
         user = "null" if self.user_id is None else dumps(self.user_id)
-        return (
-            f'{{"id":{self.id},"user_id":{user},'
-            f'"created_at":"{self.created_at}","data":{self.data_json}}}'
-        )
+        return f'{{"id":{self.id},"user_id":{user},"created_at":"{self.created_at}","data":{self.data_json}}}'
 
     def to_dict(self) -> dict[str, t.Any]:
         """The notice as a dict (same shape as :meth:`to_json`)."""

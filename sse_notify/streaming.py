@@ -41,10 +41,27 @@ def event_stream(
     """Yield the bytes of ``user_id``'s stream until the client or the server ends it."""
     conn = hub.connect(user_id)
     try:
-        # First bytes at once: headers go out, EventSource fires "open",
-        # proxies stop waiting.
-        yield comment("connected") + encode_event(retry=hub.retry)
-        if last_event_id is not None:
+        if conn.closed:
+            # This worker is shutting down: send the client elsewhere, a
+            # little later than usual, without the "connected" preamble.
+            yield comment("shutdown") + encode_event(retry=hub.jittered_retry(minimum=1000))
+            return
+        if last_event_id is None:
+            # A fresh client starts from the store's head. Its first frame
+            # carries that id (an id without data sets the browser's
+            # lastEventId, dispatching nothing), so even a client that has
+            # received no notice yet resumes from here after a reconnect.
+            try:
+                conn.cursor = hub.broker.head()
+            except BrokerError as exc:
+                log.warning("stream of %s starts without a cursor: %s", user_id, exc)
+                yield comment("connected") + encode_event(retry=hub.retry)
+            else:
+                yield comment("connected") + encode_event(id=conn.cursor, retry=hub.retry)
+        else:
+            # First bytes at once: headers go out, EventSource fires "open",
+            # proxies stop waiting.
+            yield comment("connected") + encode_event(retry=hub.retry)
             try:
                 replay = hub.broker.replay(user_id, last_event_id)
             except BrokerError as exc:
@@ -75,6 +92,7 @@ def event_stream(
             data = conn.take(heartbeat)
             if data is None:
                 if conn.close_reason in ("shutdown", "slow consumer: buffer full"):
+                    conn.writing_since = time.monotonic()
                     yield comment(conn.close_reason) + encode_event(retry=hub.jittered_retry())
                 return
             conn.writing_since = time.monotonic()

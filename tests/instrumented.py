@@ -40,7 +40,10 @@ def _objects() -> Response:
         pending_bytes=sum(c.pending for c in hub.connections),
         evicted=hub.evicted,
         referrers=[
-            [type(r).__name__ + (":" + r.f_code.co_name if hasattr(r, "f_code") else "") for r in gc.get_referrers(o)]
+            [
+                type(r).__name__ + (":" + r.f_code.co_name if hasattr(r, "f_code") else "")
+                for r in gc.get_referrers(o)
+            ]
             for o in objects
             if isinstance(o, Connection)
         ],

@@ -19,9 +19,11 @@ import typing as t
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
-from httpx_sse import connect_sse
+from httpx_sse import ServerSentEvent, connect_sse
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -34,7 +36,7 @@ def require_binary(name: str, why: str) -> str:
         return found
     message = f"{name} is not installed: {why}"
     if os.environ.get("SSE_NOTIFY_REQUIRE_ALL") == "1":
-        pytest.fail(message + " (SSE_NOTIFY_REQUIRE_ALL=1 turns this skip into a failure)")
+        pytest.fail(message + " (SSE_NOTIFY_REQUIRE_ALL=1 turns this skip into a failure)", pytrace=False)
     pytest.skip(message)
 
 
@@ -88,7 +90,9 @@ class Server:
         env = dict(os.environ)
         env.update(
             {
-                "SSE_NOTIFY_BROKER_URL": f"sqlite:///{self.store}" if self.store.startswith("/") else self.store,
+                "SSE_NOTIFY_BROKER_URL": f"sqlite:///{self.store}"
+                if self.store.startswith("/")
+                else self.store,
                 "SSE_NOTIFY_HEARTBEAT": "1",
                 "SSE_NOTIFY_RETRY": "200",
                 "PYTHONUNBUFFERED": "1",
@@ -163,6 +167,24 @@ class Server:
         return t.cast(dict[str, t.Any], httpx.get(self.url + "/healthz", timeout=5).json())
 
 
+def decode_raw_stream(raw: bytes) -> list[ServerSentEvent]:
+    """The SSE events in a raw HTTP/1.1 response read off a socket (h11 for HTTP, httpx-sse for SSE)."""
+    conn = h11.Connection(our_role=h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.receive_data(raw)
+    lines, decoder, events = SSELineDecoder(), SSEDecoder(), []
+    while True:
+        item = conn.next_event()
+        if item is h11.NEED_DATA or isinstance(item, (h11.EndOfMessage, h11.ConnectionClosed)):
+            break
+        if isinstance(item, h11.Data):
+            for line in lines.decode(bytes(item.data).decode()):
+                sse = decoder.decode(line)
+                if sse is not None:
+                    events.append(sse)
+    return events
+
+
 @dataclass
 class Event:
     """One received SSE event, with the moment it arrived."""
@@ -219,10 +241,12 @@ class Subscriber:
                         if sse.id:
                             self.last_event_id = sse.id
                         if sse.data or sse.event != "message":
-                            self.events.put(Event(sse.event, sse.id, sse.data, time.monotonic(), self.connections))
+                            self.events.put(
+                                Event(sse.event, sse.id, sse.data, time.monotonic(), self.connections)
+                            )
                         if self._stop.is_set():
                             return
-            except Exception:  # noqa: BLE001 - a broken stream is what reconnect is for
+            except Exception:
                 pass
             if not self.reconnect or self._stop.is_set():
                 return

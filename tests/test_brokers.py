@@ -46,17 +46,6 @@ def payload(n: int, **extra: t.Any) -> str:
     return dumps({"n": n, **extra})
 
 
-def _release_leaked_sender(channel: WakeChannel) -> None:
-    # Workaround for a bug the suite reports (see test_close_releases_file_descriptors):
-    # WakeChannel.close() does not close the socket wake_all() sends from, so the
-    # socket is only found unclosed at garbage collection, where filterwarnings=error
-    # turns its ResourceWarning into a failure of whichever test happens to be running.
-    # Remove this once WakeChannel.close() closes its sender.
-    sender = getattr(channel, "_sender", None)
-    if sender is not None:
-        sender.close()
-
-
 def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
@@ -465,15 +454,12 @@ class BrokerContract:
         leaked = _open_fds() - before
         assert not leaked, {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked}
 
-    # -- durability -------------------------------------------------------
 
-    def _require_durable(self) -> None:
-        if not self.durable:
-            pytest.skip(f"{type(self).__name__}: this store keeps nothing once closed")
+class DurableContract(BrokerContract):
+    """The contract of a store whose notices survive closing every broker on it."""
 
     def test_durable_across_reopen(self, make_broker: MakeBroker) -> None:
         """A new broker on a closed store replays everything and keeps ids increasing."""
-        self._require_durable()
         first = make_broker()
         published = [first.publish("alice", payload(1)), first.publish(None, payload(2))]
         published += first.publish_many([("bob", payload(3)), ("alice", payload(4))])
@@ -490,7 +476,6 @@ class BrokerContract:
 
     def test_durable_floors_and_head_after_trimming(self, make_broker: MakeBroker) -> None:
         """After trimming everything and reopening, head and the retention floors are kept."""
-        self._require_durable()
         first = make_broker(retention_count=2, retention_age=0.2)
         published = [first.publish("alice", payload(i)) for i in range(4)]
         time.sleep(0.3)
@@ -512,33 +497,8 @@ class TestMemoryBroker(BrokerContract):
     def create(self, store_dir: Path, **options: t.Any) -> Broker:
         return MemoryBroker(**options)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: MemoryBroker.publish_many stores the items before a failing one "
-        "(it builds notices one by one inside the lock, with no rollback)",
-    )
-    def test_publish_many_failing_part_way_stores_nothing(self, broker: Broker) -> None:
-        """A batch that fails on its second item raises and stores (and announces) none of it."""
-        super().test_publish_many_failing_part_way_stores_nothing(broker)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: MemoryBroker.publish_many calls feed callbacks in the publisher's call "
-        "and lets their exceptions escape after the notice is stored",
-    )
-    def test_failing_callback_does_not_fail_publish(self, broker: Broker) -> None:
-        """A feed callback that raises neither fails the publish nor stops later deliveries."""
-        super().test_failing_callback_does_not_fail_publish(broker)
-
-    @pytest.mark.xfail(
-        strict=True, reason="bug (minor): MemoryBroker announces an empty batch for publish_many([])"
-    )
-    def test_empty_batch_is_not_announced(self, broker: Broker) -> None:
-        """An empty publish_many hands the feed no (empty) batch."""
-        super().test_empty_batch_is_not_announced(broker)
-
-
-class TestSQLiteBroker(BrokerContract):
+class TestSQLiteBroker(DurableContract):
     durable = True
     shared = True
     fast_feed: t.ClassVar[dict[str, t.Any]] = {"poll_interval": 0.05}
@@ -552,22 +512,10 @@ class TestSQLiteBroker(BrokerContract):
 
     def release(self, broker: Broker) -> None:
         broker.close()
-        assert isinstance(broker, SQLiteBroker)
-        _release_leaked_sender(broker._wake)
 
     def cleanup(self, store_dir: Path) -> None:
         with contextlib.suppress(OSError):  # left in place if a socket is still in it
             os.rmdir(WakeChannel(self.path(store_dir)).directory)
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: SQLiteBroker.close() -> WakeChannel.close() never closes the datagram "
-        "socket wake_all() sends from (one AF_UNIX fd leaked per broker that published to a listener)",
-    )
-    @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
-    def test_close_releases_file_descriptors(self, make_broker: MakeBroker) -> None:
-        """close() releases every file descriptor the broker (and its feed) opened."""
-        super().test_close_releases_file_descriptors(make_broker)
 
     @pytest.mark.parametrize(
         ("bad_data", "why"),
@@ -691,9 +639,33 @@ def test_wake_all_removes_stale_sockets(tmp_path: Path, how: str) -> None:
         assert live.wait(DEADLINE)
     finally:
         live.close()
-        _release_leaked_sender(publisher)
+        publisher.close()
         with contextlib.suppress(OSError):
             os.rmdir(live.directory)
+
+
+def test_wait_survives_close_from_another_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """wait() returns False, never raises, when close() lands just as it starts waiting."""
+    channel = WakeChannel(str(tmp_path / "notices.sqlite3"))
+    channel.listen()
+    waiter = threading.get_ident()
+    real_settimeout = socket.socket.settimeout
+
+    def closed_meanwhile(sock: socket.socket, value: float | None) -> None:
+        # Replays the interleaving deterministically: another thread's close()
+        # runs after wait() read its socket and before it arms the timeout.
+        if threading.get_ident() == waiter:
+            channel.close()
+        real_settimeout(sock, value)
+
+    monkeypatch.setattr(socket.socket, "settimeout", closed_meanwhile)
+    try:
+        assert channel.wait(0.1) is False
+    finally:
+        monkeypatch.undo()
+        channel.close()
+        with contextlib.suppress(OSError):
+            os.rmdir(channel.directory)
 
 
 def test_wake_all_without_listeners(tmp_path: Path) -> None:
@@ -762,13 +734,6 @@ def test_make_broker_sqlite_synchronous(from_url: Callable[..., Broker], value: 
     broker.ping()
 
 
-_BLANK_OPTION = pytest.mark.xfail(
-    strict=True,
-    reason="bug: make_broker parses the query with parse_qs() without keep_blank_values, "
-    "so an option with no value is silently dropped instead of refused",
-)
-
-
 @pytest.mark.parametrize(
     ("url", "message"),
     [
@@ -784,10 +749,8 @@ _BLANK_OPTION = pytest.mark.xfail(
         ("sqlite:///x.db?foo=1", "unknown SQLite URL option.*foo"),
         ("sqlite:///x.db?synchronous=FULL&cache=shared", "unknown SQLite URL option.*cache"),
         ("sqlite:///x.db?synchronous=SOMETIMES", "synchronous must be"),
-        pytest.param("sqlite:///x.db?foo", "foo", marks=_BLANK_OPTION, id="valueless-option"),
-        pytest.param(
-            "sqlite:///x.db?synchronous=", "synchronous", marks=_BLANK_OPTION, id="blank-synchronous"
-        ),
+        pytest.param("sqlite:///x.db?foo", "foo", id="valueless-option"),
+        pytest.param("sqlite:///x.db?synchronous=", "synchronous", id="blank-synchronous"),
     ],
 )
 def test_make_broker_refuses(tmp_path: Path, url: str, message: str) -> None:

@@ -152,7 +152,11 @@ GOLDEN = [
     pytest.param({"data": "\tx"}, b"data: \tx\n\n", id="leading-tab-not-stripped"),
     pytest.param({"data": "a\x00b"}, b"data: a\x00b\n\n", id="NUL-passed-through"),
     pytest.param({"data": "\x00"}, b"data: \x00\n\n", id="only-NUL"),
-    pytest.param({"data": "h\u00e9llo \u2713 \U0001f389"}, "data: h\u00e9llo \u2713 \U0001f389\n\n".encode(), id="non-ASCII"),
+    pytest.param(
+        {"data": "h\u00e9llo \u2713 \U0001f389"},
+        "data: h\u00e9llo \u2713 \U0001f389\n\n".encode(),
+        id="non-ASCII",
+    ),
     pytest.param({"data": "\ufeffx"}, b"data: \xef\xbb\xbfx\n\n", id="BOM-inside-data"),
     pytest.param({"id": 0}, b"id: 0\n\n", id="id-int-0-kept"),
     pytest.param({"id": "0"}, b"id: 0\n\n", id="id-str-0"),
@@ -167,7 +171,9 @@ GOLDEN = [
     pytest.param({"event": "update"}, b"event: update\n\n", id="event-only-no-dispatch"),
     pytest.param({"event": ""}, b"event: \n\n", id="event-empty-means-message"),
     pytest.param({"event": "a:b c"}, b"event: a:b c\n\n", id="event-with-colon-and-space"),
-    pytest.param({"event": "\u00e9v\u00e9nement"}, "event: \u00e9v\u00e9nement\n\n".encode(), id="event-non-ASCII"),
+    pytest.param(
+        {"event": "\u00e9v\u00e9nement"}, "event: \u00e9v\u00e9nement\n\n".encode(), id="event-non-ASCII"
+    ),
     pytest.param({}, b"\n", id="nothing"),
     pytest.param({"data": "x", "event": "e"}, b"event: e\ndata: x\n\n", id="order-event-data"),
     pytest.param({"data": "x", "id": 1}, b"id: 1\ndata: x\n\n", id="order-id-data"),
@@ -223,10 +229,8 @@ def test_separator_matrix_apart(first: str, second: str) -> None:
 def test_separator_matrix_adjacent(first: str, second: str) -> None:
     """Two adjacent line ends make an empty line between, except CR followed by LF, which is one CRLF."""
     data = f"a{SEPARATORS[first]}{SEPARATORS[second]}b"
-    if (first, second) == ("CR", "LF"):
-        expected = b"data: a\ndata: b\n\n"
-    else:
-        expected = b"data: a\ndata: \ndata: b\n\n"
+    one_crlf = (first, second) == ("CR", "LF")
+    expected = b"data: a\ndata: b\n\n" if one_crlf else b"data: a\ndata: \ndata: b\n\n"
     assert encode_event(data) == expected
 
 
@@ -242,7 +246,10 @@ def test_unicode_breaks_are_not_line_ends(char: str) -> None:
 @pytest.mark.parametrize("char", NOT_LINE_BREAKS.values(), ids=NOT_LINE_BREAKS.keys())
 def test_unicode_breaks_allowed_in_event_and_id(char: str) -> None:
     """Only CR and LF are refused in event and id; other unicode breaks are ordinary characters."""
-    assert encode_event("x", event=f"e{char}", id=f"i{char}") == f"id: i{char}\nevent: e{char}\ndata: x\n\n".encode()
+    assert (
+        encode_event("x", event=f"e{char}", id=f"i{char}")
+        == f"id: i{char}\nevent: e{char}\ndata: x\n\n".encode()
+    )
 
 
 @pytest.mark.parametrize(
@@ -288,7 +295,9 @@ def test_id_with_line_end_refused(value: str) -> None:
         encode_event("x", id=value)
 
 
-@pytest.mark.parametrize("value", ["\x00", "a\x00", "\x00b", "a\x00b"], ids=["only", "end", "start", "middle"])
+@pytest.mark.parametrize(
+    "value", ["\x00", "a\x00", "\x00b", "a\x00b"], ids=["only", "end", "start", "middle"]
+)
 def test_id_with_nul_refused(value: str) -> None:
     """An id containing NUL raises ValueError (a browser would silently ignore it and break resume)."""
     with pytest.raises(ValueError, match="NUL"):
@@ -538,7 +547,9 @@ def test_notice_json_is_one_line(user_id: str | None) -> None:
     assert encode_event(text, id=notice.id).count(b"data: ") == 1
 
 
-@pytest.mark.parametrize("user_id", ["alice", "a.b@c:d+e-f_g", None], ids=["user", "punctuation", "broadcast"])
+@pytest.mark.parametrize(
+    "user_id", ["alice", "a.b@c:d+e-f_g", None], ids=["user", "punctuation", "broadcast"]
+)
 def test_notice_json_shape(user_id: str | None) -> None:
     """to_json parses back to exactly {id, user_id, created_at, data}, the same as to_dict."""
     notice = Notice(5, user_id, CREATED_AT, dumps(TRICKY))
@@ -582,9 +593,13 @@ def test_dumps_is_compact_and_keeps_unicode() -> None:
     [
         pytest.param(datetime(2026, 11, 22, 15, 4, 5, 123456, tzinfo=timezone.utc), CREATED_AT, id="utc"),
         pytest.param(
-            datetime(2026, 11, 22, 16, 4, 5, 123000, tzinfo=timezone(timedelta(hours=1))), CREATED_AT, id="plus-1h"
+            datetime(2026, 11, 22, 16, 4, 5, 123000, tzinfo=timezone(timedelta(hours=1))),
+            CREATED_AT,
+            id="plus-1h",
         ),
-        pytest.param(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), "2026-01-02T03:04:05.000Z", id="no-micros"),
+        pytest.param(
+            datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), "2026-01-02T03:04:05.000Z", id="no-micros"
+        ),
     ],
 )
 def test_utc_iso(moment: datetime, expected: str) -> None:
@@ -597,8 +612,18 @@ def test_utc_iso(moment: datetime, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "user_id",
-    ["a", "0", "alice", "Alice_01", "a.b@example.com", "x:y", "+15551234567", "a-b", "_", "a" * 128],
-    ids=["one-letter", "digit", "word", "mixed-case", "email", "colon", "phone", "dash", "underscore", "128-chars"],
+    [
+        pytest.param("a", id="one-letter"),
+        pytest.param("0", id="digit"),
+        pytest.param("alice", id="word"),
+        pytest.param("Alice_01", id="mixed-case"),
+        pytest.param("a.b@example.com", id="email"),
+        pytest.param("x:y", id="colon"),
+        pytest.param("+15551234567", id="phone"),
+        pytest.param("a-b", id="dash"),
+        pytest.param("_", id="underscore"),
+        pytest.param("a" * 128, id="128-chars"),
+    ],
 )
 def test_valid_user_ids(user_id: str) -> None:
     """ASCII letters, digits and _ . @ : + - from 1 to 128 characters are valid user ids."""

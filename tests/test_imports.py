@@ -108,14 +108,15 @@ def test_pure_module_imports_nothing_forbidden(filename: str, public: set[str]) 
 def test_probe_catches_forbidden_imports(tmp_path: Path) -> None:
     """The probe reports a forbidden import, including one guarded by try/except and one via a sibling."""
     (tmp_path / "helper.py").write_text("import sqlite3\n")
-    (tmp_path / "dirty.py").write_text(
-        "import json\n"
-        "from . import helper\n"
-        "try:\n"
-        "    import redis\n"
-        "except ImportError:\n"
-        "    pass\n"
-    )
+    lines = [
+        "import json",
+        "from . import helper",
+        "try:",
+        "    import redis",
+        "except ImportError:",
+        "    pass",
+    ]
+    (tmp_path / "dirty.py").write_text("\n".join(lines) + "\n")
     report: dict[str, t.Any] = _probe(tmp_path / "dirty.py")
     assert report["preloaded"] == []
     assert "sqlite3" in report["attempted"]

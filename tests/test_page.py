@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing as t
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 from .browser import launch_chromium
 from .support import ROOT, Server, wait_for
@@ -48,7 +48,7 @@ def _open_page(context: BrowserContext, live_server: Server) -> t.Iterator[t.Cal
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
-def notice(page: Page, title: str) -> t.Any:
+def notice(page: Page, title: str) -> Locator:
     """The list items whose title is exactly ``title``."""
     return page.locator("#notices li").filter(has=page.locator(".title", has_text=title))
 
@@ -134,6 +134,29 @@ def test_reconnects_after_a_restart_without_duplicates(
         ["after the restart", "just before the stop", "before"], timeout=TIMEOUT
     )
     assert page.evaluate("sseNotify.history.slice(0, 2)") == ["connecting", "live"]
+
+
+def test_an_http_error_on_reconnect_is_retried_and_resumes(
+    open_page: t.Callable[..., Page], context: BrowserContext, live_server: Server
+) -> None:
+    """A reconnect answered 503 closes the EventSource; the page retries itself from its last id."""
+    page = open_page()
+    first = live_server.publish("alice", {"title": "first"})
+    expect(notice(page, "first")).to_have_count(1, timeout=TIMEOUT)
+    # The browser's own reconnect gets a 503 (as from a proxy while the server restarts).
+    context.route(
+        "**/connection/alice",
+        lambda route: route.fulfill(status=503, content_type="text/plain", body="restarting"),
+        times=1,
+    )
+    second = live_server.publish("alice", {"title": "second"})
+    live_server.restart()
+    expect(page.locator("#status")).to_have_text("live", timeout=TIMEOUT)
+    live_server.publish("alice", {"title": "third"})
+    expect(page.locator("#notices .title")).to_have_text(["third", "second", "first"], timeout=TIMEOUT)
+    # Resumed by the page (not the browser), from whichever notice it had seen last.
+    url = page.evaluate("sseNotify.source.url")
+    assert url.rsplit("?last_event_id=", 1)[-1] in (str(first["id"]), str(second["id"])), url
 
 
 def test_missed_notices_banner_on_reset(

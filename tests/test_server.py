@@ -13,7 +13,7 @@ import typing as t
 import httpx
 import pytest
 
-from .support import Server, Subscriber, wait_for
+from .support import Server, Subscriber, decode_raw_stream, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -33,7 +33,7 @@ def payload(event: t.Any) -> dict[str, t.Any]:
 
 
 def test_stream_headers_and_first_bytes(live_server: Server) -> None:
-    """The stream answers 200 text/event-stream with no-cache, X-Accel-Buffering: no, no hop-by-hop or gzip."""
+    """The stream answers 200 text/event-stream, no-cache, X-Accel-Buffering: no, no hop-by-hop, no gzip."""
     with socket.create_connection(("127.0.0.1", live_server.port), timeout=5) as sock:
         sock.sendall(b"GET /connection/alice HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
         received = b""
@@ -50,7 +50,8 @@ def test_stream_headers_and_first_bytes(live_server: Server) -> None:
     assert headers["x-accel-buffering"] == "no"
     assert "content-encoding" not in headers
     # The first chunk is a comment, then the reconnection time: sent before any notice exists.
-    assert b": connected\n" in body and b"retry: 200\n" in body
+    assert b": connected\n" in body
+    assert b"retry: 200\n" in body
 
 
 def test_delivery_to_every_tab_and_not_to_others(live_server: Server) -> None:
@@ -59,7 +60,8 @@ def test_delivery_to_every_tab_and_not_to_others(live_server: Server) -> None:
     bob = stream(live_server, "bob")
     sent = live_server.publish("alice", {"title": "hello", "n": 1})
     assert set(sent) == {"id", "user_id", "created_at", "data"}
-    assert sent["user_id"] == "alice" and sent["data"] == {"title": "hello", "n": 1}
+    assert sent["user_id"] == "alice"
+    assert sent["data"] == {"title": "hello", "n": 1}
     assert sent["created_at"].endswith("Z")
     for tab in tabs:
         got = tab.next()
@@ -76,11 +78,15 @@ def test_broadcast_and_batch(live_server: Server) -> None:
     alice, bob = stream(live_server, "alice"), stream(live_server, "bob")
     sent = live_server.broadcast({"title": "maintenance"})
     assert sent["user_id"] is None
-    assert payload(alice.next()) == sent and payload(bob.next()) == sent
+    assert payload(alice.next()) == sent
+    assert payload(bob.next()) == sent
     response = live_server.post(
         "/notices",
-        [{"user_id": "alice", "data": {"n": 1}}, {"user_id": "bob", "data": {"n": 2}},
-         {"user_id": "alice", "data": {"n": 3}}],
+        [
+            {"user_id": "alice", "data": {"n": 1}},
+            {"user_id": "bob", "data": {"n": 2}},
+            {"user_id": "alice", "data": {"n": 3}},
+        ],
     )
     assert response.status_code == 201
     stored = response.json()
@@ -124,6 +130,20 @@ def test_resume_with_last_event_id_exactly_once(live_server: Server) -> None:
     by_query.close()
 
 
+def test_first_frame_id_is_a_resume_point(live_server: Server) -> None:
+    """The id a fresh stream starts with resumes correctly: a notice sent after it is replayed."""
+    live_server.publish("nina", {"n": 0})
+    sub = stream(live_server, "nina")
+    wait_for(lambda: sub.last_event_id, 5, "the first frame's id")
+    start = sub.last_event_id
+    sub.close()
+    sent = live_server.publish("nina", {"n": 1})
+    resumed = stream(live_server, "nina", last_event_id=start)
+    assert [int(e.id) for e in resumed.notices(1)] == [sent["id"]]
+    resumed.nothing(0.3)
+    resumed.close()
+
+
 def test_reset_on_unknown_and_expired_cursor(make_server: t.Callable[..., Server]) -> None:
     """An unknown or too-old cursor gets a named reset event, then what is still kept, then live notices."""
     server = make_server(SSE_NOTIFY_RETENTION_COUNT="3")
@@ -137,7 +157,8 @@ def test_reset_on_unknown_and_expired_cursor(make_server: t.Callable[..., Server
     kept = [server.publish("frank", {"n": i}) for i in range(6)][-3:]
     old = stream(server, "frank", last_event_id=str(live["id"]))
     info = json.loads(old.next("reset").data)
-    assert info["reason"] == "expired" and info["last_event_id"] == str(live["id"])
+    assert info["reason"] == "expired"
+    assert info["last_event_id"] == str(live["id"])
     assert [payload(e)["id"] for e in old.notices(3)] == [n["id"] for n in kept]
     old.nothing()
     old.close()
@@ -228,25 +249,38 @@ def test_killed_worker_clients_resume_elsewhere(make_server: t.Callable[..., Ser
         sub.close()
 
 
+def tiny_window_socket(port: int) -> socket.socket:
+    """A client socket with a 4 KiB receive buffer (set before connect, so the window stays small)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
 def test_slow_consumer_is_closed_then_resumes(make_server: t.Callable[..., Server]) -> None:
     """A client that stops reading is closed when its buffer fills; it resumes with nothing lost."""
     server = make_server(app=INSTRUMENTED, SSE_NOTIFY_MAX_PENDING="65536")
     big = "x" * 8000
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock = tiny_window_socket(server.port)
     sock.sendall(b"GET /connection/kate HTTP/1.1\r\nHost: x\r\n\r\n")
-    wait_for(lambda: httpx.get(server.url + "/_debug/objects").json()["hub_connections"] == 1, 5, "the stream")
+    wait_for(
+        lambda: httpx.get(server.url + "/_debug/objects").json()["hub_connections"] == 1, 5, "the stream"
+    )
     sent: list[dict[str, t.Any]] = []
-    for batch in range(40):
-        body = [{"user_id": "kate", "data": {"n": batch * 25 + i, "pad": big}} for i in range(25)]
+    # Rounds smaller than the 64 KiB buffer: only a writer that is really
+    # stuck (kernel buffers full) lets them pile up past the limit.
+    for batch in range(600):
+        body = [{"user_id": "kate", "data": {"n": batch * 7 + i, "pad": big}} for i in range(7)]
         response = server.post("/notices", body)
         assert response.status_code == 201
         sent += response.json()
-        if httpx.get(server.url + "/_debug/objects").json()["evicted"]:
+        if httpx.get(server.url + "/healthz").json()["evicted"]:
+            print(f"evicted after {batch + 1} rounds")
             break
     stats = httpx.get(server.url + "/_debug/objects").json()
     assert stats["evicted"] == 1, f"the stream was never evicted: {stats}"
-    assert stats["hub_connections"] == 0 and stats["pending_bytes"] == 0
+    assert stats["hub_connections"] == 0
+    assert stats["pending_bytes"] == 0
     # Now read what the server had written before closing, as an EventSource would,
     # then reconnect from the last id received.
     sock.setblocking(True)
@@ -257,11 +291,11 @@ def test_slow_consumer_is_closed_then_resumes(make_server: t.Callable[..., Serve
         if raw.endswith(b"0\r\n\r\n"):
             break
     sock.close()
-    seen = [int(line[4:]) for line in raw.split(b"\n") if line.startswith(b"id: ")]
+    seen = [int(sse.id) for sse in decode_raw_stream(raw) if sse.event == "notice"]
     assert seen == [n["id"] for n in sent[: len(seen)]]
     resumed = stream(server, "kate", last_event_id=str(seen[-1]) if seen else "0")
     rest = resumed.notices(len(sent) - len(seen), timeout=15)
-    assert [int(e.id) for e in rest] == [n["id"] for n in sent[len(seen):]]
+    assert [int(e.id) for e in rest] == [n["id"] for n in sent[len(seen) :]]
     resumed.nothing(0.3)
     resumed.close()
 
@@ -297,5 +331,38 @@ def test_no_leak_after_1000_cycles(make_server: t.Callable[..., Server]) -> None
         stats = wait_for(settled, 10, "every stream to be released", interval=0.5)
     except AssertionError:
         raise AssertionError(httpx.get(server.url + "/_debug/objects").json()) from None
-    assert stats["hub_users"] == 0 and stats["pending_bytes"] == 0
+    assert stats["hub_users"] == 0
+    assert stats["pending_bytes"] == 0
     assert stats["greenlets"] <= baseline["greenlets"], (baseline, stats)
+
+
+def test_client_that_never_reads_again_is_dropped(make_server: t.Callable[..., Server]) -> None:
+    """A client that stops reading for good loses its stream after the send timeout; nothing stays behind."""
+    server = make_server(app=INSTRUMENTED, SSE_NOTIFY_MAX_PENDING="65536", SSE_NOTIFY_SEND_TIMEOUT="1")
+    stream(server, "warmup").close()
+    baseline = wait_for(
+        lambda: (s := httpx.get(server.url + "/_debug/objects").json())["hub_connections"] == 0 and s,
+        10,
+        "the warm-up stream to be released",
+    )
+    sock = tiny_window_socket(server.port)
+    sock.sendall(b"GET /connection/liam HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(
+        lambda: httpx.get(server.url + "/_debug/objects").json()["hub_connections"] == 1, 5, "the stream"
+    )
+    for batch in range(600):
+        body = [{"user_id": "liam", "data": {"pad": "x" * 8000}} for _ in range(7)]
+        assert server.post("/notices", body).status_code == 201
+        if httpx.get(server.url + "/healthz").json()["evicted"]:
+            print(f"evicted after {batch + 1} rounds")
+            break
+    assert httpx.get(server.url + "/_debug/objects").json()["evicted"] == 1, "never evicted"
+
+    def released() -> dict[str, t.Any] | None:
+        stats = httpx.get(server.url + "/_debug/objects").json()
+        return stats if stats["connections"] == 0 and stats["greenlets"] <= baseline["greenlets"] else None
+
+    try:
+        wait_for(released, 10, "the stuck stream's greenlet to be dropped", interval=0.5)
+    finally:
+        sock.close()

@@ -49,7 +49,10 @@ def make_broker(
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if not path:
             raise ConfigError(f"SQLite URL {url!r} names no file")
-        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        blank = sorted(k for k, v in options.items() if not v)
+        if blank:
+            raise ConfigError(f"SQLite URL option(s) without a value: {', '.join(blank)}")
         unknown = set(options) - {"synchronous"}
         if unknown:
             raise ConfigError(f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}")

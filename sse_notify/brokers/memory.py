@@ -7,14 +7,18 @@ default) for several workers.
 
 from __future__ import annotations
 
+import logging
 import threading
 import typing as t
 from collections import defaultdict, deque
 
+from ..errors import BrokerError
 from ..notices import Notice, utc_iso_ago, utc_now_iso
 from .base import BROADCAST_KEY, FeedCallback, Replay, plan_replay
 
 __all__ = ["MemoryBroker"]
+
+log = logging.getLogger("sse_notify.brokers.memory")
 
 
 class MemoryBroker:
@@ -31,15 +35,12 @@ class MemoryBroker:
         self._floor: dict[str, int] = defaultdict(int)
         self._callbacks: list[FeedCallback] = []
 
-    def _store(self, user_id: str | None, data_json: str, created_at: str) -> Notice:
-        self._seq += 1
-        notice = Notice(self._seq, user_id, created_at, data_json)
-        key = BROADCAST_KEY if user_id is None else user_id
+    def _append(self, notice: Notice) -> None:
+        key = BROADCAST_KEY if notice.user_id is None else notice.user_id
         log = self._logs[key]
         log.append(notice)
         while len(log) > self.retention_count:
             self._floor[key] = log.popleft().id
-        return notice
 
     def publish(self, user_id: str | None, data_json: str) -> Notice:
         """Store one notice, then announce it."""
@@ -47,13 +48,27 @@ class MemoryBroker:
 
     def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
         """Store several notices at once, then announce them."""
+        if not items:
+            return []
         created_at = utc_now_iso()
         with self._lock:
-            notices = [self._store(user_id, data, created_at) for user_id, data in items]
+            # Build every notice first, store them only if all are well formed:
+            # all or none, as the SQLite transaction does.
+            notices = []
+            for offset, (user_id, data) in enumerate(items, start=1):
+                if not isinstance(data, str) or (user_id is not None and not isinstance(user_id, str)):
+                    raise BrokerError(f"notice {offset - 1}: user_id and data_json must be str")
+                notices.append(Notice(self._seq + offset, user_id, created_at, data))
+            self._seq += len(notices)
+            for notice in notices:
+                self._append(notice)
             # Announced under the lock so that concurrent publishers' notices
             # reach the feed in cursor order.
             for callback in self._callbacks:
-                callback(notices)
+                try:
+                    callback(notices)
+                except Exception:
+                    log.exception("feed callback failed")
         return notices
 
     def replay(self, user_id: str, last_event_id: str) -> Replay:

@@ -108,13 +108,15 @@ class SQLiteBroker:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise BrokerUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
         self._db, self._pid = db, os.getpid()
         return db
 
     def _run(self, work: t.Callable[[sqlite3.Connection], t.Any]) -> t.Any:
         with self._lock:
+            if self._closed:
+                raise BrokerUnavailable(f"SQLite store {self.path} is closed")
             db = self._conn()
             try:
                 return work(db)
@@ -135,6 +137,8 @@ class SQLiteBroker:
 
     def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
         """Store several notices in one transaction, then wake every feed."""
+        if not items:
+            return []
         created_at = utc_now_iso()
         keys = [BROADCAST_KEY if user_id is None else user_id for user_id, _ in items]
 

@@ -82,21 +82,22 @@ class WakeChannel:
         receiver = self._receiver
         if receiver is None:  # closed
             return False
-        receiver.settimeout(timeout)
         try:
+            receiver.settimeout(timeout)
             receiver.recv(16)
-        except TimeoutError:
+            receiver.settimeout(0.0)
+        except OSError:  # timed out (TimeoutError), or closed meanwhile
             return False
-        except OSError:
-            return False
-        receiver.settimeout(0.0)
         with contextlib.suppress(OSError):
             while receiver.recv(16):
                 pass
         return True
 
     def close(self) -> None:
-        """Stop listening and remove this process's socket."""
+        """Stop listening, remove this process's socket, close the sending one."""
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
         if self._receiver is not None:
             self._receiver.close()
             self._receiver = None

@@ -1,0 +1,1 @@
+"""sse_notify benchmarks (``python -m bench --help``). Never run as timed tests."""

@@ -1,0 +1,53 @@
+"""The built wheel: version metadata, and the top-level templates/ shipped inside the package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import sse_notify
+
+from .support import ROOT
+
+
+def test_version_matches_metadata() -> None:
+    """sse_notify.__version__ is the installed distribution's version."""
+    from importlib.metadata import version
+
+    assert sse_notify.__version__ == version("sse-notify")
+
+
+def test_installed_wheel_serves_the_page(tmp_path: Path) -> None:
+    """A wheel installed outside the checkout still finds templates/index.html and serves /."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("sse_notify-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "sse_notify/templates/index.html" in names
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    check = (
+        f"import sse_notify; assert sse_notify.__file__.startswith({str(target)!r}), sse_notify.__file__;"
+        "app = sse_notify.create_app({'SSE_NOTIFY_BROKER_URL': 'memory://'});"
+        "r = app.test_client().get('/'); assert r.status_code == 200 and b'EventSource' in r.data, r.status"
+    )
+    subprocess.run(
+        [sys.executable, "-c", check], cwd=tmp_path, env={"PYTHONPATH": str(target)}, check=True, timeout=60
+    )

@@ -1,0 +1,200 @@
+"""The HTTP API through Flask's test client: status codes, JSON bodies and errors."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from sse_notify import broadcast, notify, notify_many
+from sse_notify.extension import get_state
+
+
+def test_publish_answers_201_with_the_notice(client: FlaskClient) -> None:
+    """POST /users/<id>/notices stores the notice and answers 201 with its JSON."""
+    response = client.post("/users/alice/notices", json={"title": "hi"})
+    assert response.status_code == 201
+    assert response.content_type == "application/json"
+    body = response.get_json()
+    assert body["user_id"] == "alice"
+    assert body["data"] == {"title": "hi"}
+    assert isinstance(body["id"], int)
+    assert body["created_at"].endswith("Z")
+
+
+def test_broadcast_and_batch(client: FlaskClient) -> None:
+    """/broadcast stores user_id null; /notices stores a list in order and answers the list."""
+    assert client.post("/broadcast", json={"x": 1}).get_json()["user_id"] is None
+    response = client.post(
+        "/notices", json=[{"user_id": "a", "data": {"n": 1}}, {"user_id": "b", "data": {}}]
+    )
+    assert response.status_code == 201
+    assert [n["user_id"] for n in response.get_json()] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "error", "detail"),
+    [
+        ("post", "/users/alice/notices", {"data": "x"}, 415, "unsupported_media_type", "Content-Type"),
+        (
+            "post",
+            "/users/alice/notices",
+            {"data": "{x", "content_type": "application/json"},
+            400,
+            "bad_request",
+            "Expecting property name",
+        ),
+        ("post", "/users/alice/notices", {"json": [1, 2]}, 400, "invalid_notice", "JSON object"),
+        ("post", "/users/alice/notices", {"json": "text"}, 400, "invalid_notice", "JSON object"),
+        (
+            "post",
+            "/users/alice/notices",
+            {"data": '{"n": NaN}', "content_type": "application/json"},
+            400,
+            "invalid_notice",
+            "JSON",
+        ),
+        ("post", "/users/al%20ice/notices", {"json": {}}, 400, "bad_request", "user id"),
+        ("post", "/users/" + "a" * 129 + "/notices", {"json": {}}, 400, "bad_request", "user id"),
+        ("post", "/notices", {"json": {}}, 400, "invalid_notice", "non-empty JSON list"),
+        ("post", "/notices", {"json": []}, 400, "invalid_notice", "non-empty JSON list"),
+        ("post", "/notices", {"json": [{"user_id": "a"}]}, 400, "invalid_notice", "notice 0"),
+        ("post", "/notices", {"json": [{"user_id": None, "data": {}}]}, 400, "invalid_notice", "/broadcast"),
+        (
+            "post",
+            "/notices",
+            {"json": [{"user_id": "a", "data": {}}, {"user_id": "b c", "data": {}}]},
+            400,
+            "invalid_notice",
+            "notice 1",
+        ),
+        ("get", "/connection/bad%0Aid", {}, 400, "bad_request", "user id"),
+        ("get", "/nowhere", {}, 404, "not_found", "not found"),
+        ("get", "/users/alice/notices", {}, 405, "method_not_allowed", "not allowed"),
+        ("delete", "/broadcast", {}, 405, "method_not_allowed", "not allowed"),
+    ],
+)
+def test_errors_are_json(
+    client: FlaskClient,
+    method: str,
+    path: str,
+    kwargs: dict[str, t.Any],
+    status: int,
+    error: str,
+    detail: str,
+) -> None:
+    """Every refusal has the right status and a JSON body {"error", "detail"} that says what is wrong."""
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == status
+    body = response.get_json()
+    assert body["error"] == error
+    assert detail.lower() in body["detail"].lower()
+
+
+def test_a_refused_batch_stores_nothing(client: FlaskClient, app: Flask) -> None:
+    """A batch with one bad notice is refused whole: none of it is stored."""
+    bad = [{"user_id": "a", "data": {"n": 1}}, {"user_id": "a", "data": "not an object"}]
+    assert client.post("/notices", json=bad).status_code == 400
+    assert get_state(app).broker.head() == 0
+
+
+def test_batch_size_limit(app: Flask) -> None:
+    """More than SSE_NOTIFY_MAX_BATCH notices in one request is a 400 that names the limit."""
+    app.config["SSE_NOTIFY_MAX_BATCH"] = 2  # read at init: rebuild the app
+    from sse_notify import create_app
+
+    small = create_app({**app.config, "SSE_NOTIFY_MAX_BATCH": 2})
+    items = [{"user_id": "a", "data": {}}] * 3
+    response = small.test_client().post("/notices", json=items)
+    assert response.status_code == 400
+    assert "at most 2" in response.get_json()["detail"]
+
+
+def test_store_down_is_503(client: FlaskClient, app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the store cannot be reached, publish answers 503 JSON and /healthz says down."""
+    broker = get_state(app).broker
+    broker.ping()
+    # Make the file unreachable: point the broker at a directory that cannot exist.
+    monkeypatch.setattr(broker, "path", "/proc/no-such-dir/notices.sqlite3")
+    monkeypatch.setattr(broker, "_db", None)
+    response = client.post("/users/alice/notices", json={"n": 1})
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "store_unavailable"
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert health.get_json()["store"] == "down"
+
+
+def test_healthz_ok(client: FlaskClient) -> None:
+    """/healthz answers 200 with the store up and stream counts."""
+    body = client.get("/healthz").get_json()
+    assert body["status"] == "ok"
+    assert body["store"] == "up"
+    assert body["streams"] == 0
+
+
+def test_python_api(app: Flask) -> None:
+    """notify, broadcast and notify_many store notices from Python inside the app."""
+    with app.app_context():
+        one = notify("alice", {"n": 1})
+        everyone = broadcast({"n": 2})
+        many = notify_many([("bob", {"n": 3}), ("carol", {"n": 4})])
+    assert one.user_id == "alice"
+    assert everyone.user_id is None
+    assert [n.id for n in many] == [everyone.id + 1, everyone.id + 2]
+    replay = get_state(app).broker.replay("alice", "0")
+    assert [n.id for n in replay.notices] == [one.id, everyone.id]
+
+
+def test_stream_replays_then_ends_on_shutdown(client: FlaskClient, app: Flask) -> None:
+    """The test client reads a stream: first comment and retry, replayed notices, then the shutdown close."""
+    with app.app_context():
+        sent = notify("alice", {"n": 1})
+    response = client.get("/connection/alice", headers={"Last-Event-ID": "0"}, buffered=False)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert "Connection" not in response.headers
+    chunks = iter(response.response)
+    assert next(chunks) == b": connected\n\nretry: 2000\n\n"
+    frame = next(chunks)
+    assert frame.startswith(f"id: {sent.id}\nevent: notice\ndata: ".encode())
+    assert json.loads(frame.split(b"data: ", 1)[1]) == sent.to_dict()
+    get_state(app).hub.shutdown()
+    rest = b"".join(chunks)
+    assert b": shutdown\n" in rest
+    assert b"retry: " in rest
+    response.close()
+    assert get_state(app).hub.stats()["streams"] == 0
+
+
+def test_index_page(client: FlaskClient) -> None:
+    """The demo page is served at / as HTML that opens an EventSource."""
+    response = client.get("/")
+    assert response.status_code == 200
+    assert b"EventSource" in response.data
+
+
+def test_fresh_stream_starts_with_the_head_cursor(client: FlaskClient, app: Flask) -> None:
+    """A stream opened without a cursor sends id: <head> first, so a client that saw no notice can resume."""
+    with app.app_context():
+        before = notify("alice", {"n": 1})
+    response = client.get("/connection/alice", buffered=False)
+    first = next(iter(response.response))
+    assert first == f": connected\n\nid: {before.id}\nretry: 2000\n\n".encode()
+    response.close()
+
+
+def test_stream_opened_during_shutdown_is_sent_away(client: FlaskClient, app: Flask) -> None:
+    """A stream opened while the worker stops gets only a shutdown comment and a retry of at least 0.5 s."""
+    hub = get_state(app).hub
+    hub.ensure_started()
+    hub.shutdown()
+    body = client.get("/connection/alice").data
+    assert body.startswith(b": shutdown\n\nretry: ")
+    assert int(body.split(b"retry: ")[1].split(b"\n")[0]) >= 500
+    assert b"connected" not in body
