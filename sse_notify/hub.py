@@ -172,12 +172,15 @@ class Hub:
         # worker exits in seconds. We chain to the handler that was there.
         # (signal.signal raises ValueError outside the main thread, e.g. under
         # a threaded dev server: then there is no worker signal to follow.)
+        # Only a server's own graceful handler is extended: with the default
+        # disposition (SIGTERM kills at once) there is nothing to speed up.
         previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return
 
         def on_term(signum: int, frame: t.Any) -> None:
             spawn(self.shutdown, name="sse-notify-shutdown")
-            if callable(previous):
-                previous(signum, frame)
+            previous(signum, frame)
 
         with contextlib.suppress(ValueError, OSError):
             signal.signal(signal.SIGTERM, on_term)
