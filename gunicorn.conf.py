@@ -24,4 +24,3 @@ graceful_timeout = 10
 # Heartbeats keep the gevent worker's own notify loop alive; this bounds a worker
 # whose event loop is blocked.
 timeout = 30
-keepalive = 5

@@ -83,6 +83,7 @@ class SSENotify:
             sweep_interval=settings.sweep_interval,
             retry=settings.retry,
         )
+        hub.install_shutdown_signal()
         app.extensions[EXTENSION_KEY] = State(settings, broker, hub)
         app.register_blueprint(bp, url_prefix=self.url_prefix or None)
         register_commands(app)

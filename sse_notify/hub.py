@@ -144,13 +144,19 @@ class Hub:
         self.retry = retry
         self.users: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
-        self.stopping = False
         self._pid = -1
+        self._stopped_in = -1
+        self._signal_in = -1
         self._lock = threading.Lock()
         self.evicted = 0
         self._round = 0
 
     # -- lifecycle --------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """Whether this process is shutting down (no stream may stay open)."""
+        return self._stopped_in == os.getpid()
 
     def ensure_started(self) -> None:
         """Subscribe this process to the store's feed, once (after a fork, again)."""
@@ -159,13 +165,22 @@ class Hub:
         with self._lock:
             if self._pid == os.getpid():
                 return
-            self.users, self.connections, self.stopping = {}, set(), False
+            self.users, self.connections = {}, set()
             self.broker.subscribe(self.dispatch)
-            self._install_shutdown_signal()
+            self.install_shutdown_signal()
             spawn(self._housekeeping, name="sse-notify-housekeeping")
             self._pid = os.getpid()
 
-    def _install_shutdown_signal(self) -> None:
+    def install_shutdown_signal(self) -> None:
+        """Extend this process's SIGTERM handler (if a server set one) to close every stream.
+
+        Called when the app is created (in a gunicorn worker, right after the
+        worker set its handlers, so a SIGTERM that arrives before the first
+        stream is not missed) and again when the hub starts (covers
+        ``preload_app``, where the app was created in the master).
+        """
+        if self._signal_in == os.getpid():
+            return
         # gunicorn's worker turns SIGTERM (stop, or the old workers of a HUP
         # reload) into "finish current requests, up to graceful_timeout". Open
         # streams never finish by themselves, so we end them ourselves and the
@@ -184,10 +199,11 @@ class Hub:
 
         with contextlib.suppress(ValueError, OSError):
             signal.signal(signal.SIGTERM, on_term)
+            self._signal_in = os.getpid()
 
     def shutdown(self) -> None:
-        """End every open stream now; clients reconnect (to another worker) and resume."""
-        self.stopping = True
+        """End every open stream now and refuse new ones; clients reconnect elsewhere and resume."""
+        self._stopped_in = os.getpid()
         for conn in list(self.connections):
             conn.close("shutdown")
         log.info("closed %d streams for shutdown", len(self.connections))

@@ -183,3 +183,24 @@ def test_sigterm_handler_of_a_server_is_extended(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["shutdown", "True"], done.stdout + done.stderr
+
+
+def test_sigterm_before_the_first_stream_is_not_missed() -> None:
+    """A worker told to stop before its first stream opened refuses streams opened afterwards."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal\n"
+        "from sse_notify.brokers import MemoryBroker\n"
+        "from sse_notify.concurrency import gevent_active\n"
+        "from sse_notify.hub import Hub\n"
+        "signal.signal(signal.SIGTERM, lambda s, f: None)  # the server's own graceful handler\n"
+        "hub = Hub(MemoryBroker()); hub.install_shutdown_signal()  # as init_app does\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "import time; time.sleep(0.2)\n"
+        "conn = hub.connect('alice')  # the hub starts only now\n"
+        "print(conn.closed, conn.close_reason)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["True", "shutdown"], done.stdout + done.stderr
