@@ -39,12 +39,4 @@ def _objects() -> Response:
         hub_users=len(hub.users),
         pending_bytes=sum(c.pending for c in hub.connections),
         evicted=hub.evicted,
-        referrers=[
-            [
-                type(r).__name__ + (":" + r.f_code.co_name if hasattr(r, "f_code") else "")
-                for r in gc.get_referrers(o)
-            ]
-            for o in objects
-            if isinstance(o, Connection)
-        ],
     )
