@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import resource
+import secrets
 import signal
 import socket
 import statistics
@@ -32,7 +33,12 @@ from pathlib import Path
 import httpx
 from httpx_sse import aconnect_sse
 
+from sse_notify.auth import issue_token
+
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = secrets.token_urlsafe(32)
+PUBLISH_KEY = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
 BIN = Path(sys.executable).parent
 
 
@@ -48,7 +54,13 @@ class Gunicorn:
     def __init__(self, workers: int, store: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        environment = {**os.environ, "SSE_NOTIFY_BROKER_URL": f"sqlite:///{store}", **(env or {})}
+        environment = {
+            **os.environ,
+            "SSE_NOTIFY_BROKER_URL": f"sqlite:///{store}",
+            "FLASK_SECRET_KEY": SECRET,
+            "SSE_NOTIFY_PUBLISH_KEYS": PUBLISH_KEY,
+            **(env or {}),
+        }
         cmd = [str(BIN / "gunicorn"), "--no-control-socket", "-k", "gevent", "-w", str(workers)]
         cmd += ["-b", f"127.0.0.1:{self.port}", "wsgi:app"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environment, stderr=subprocess.DEVNULL)
@@ -100,11 +112,11 @@ async def crossworker(streams: int, notices: int, rate: float) -> dict[str, t.An
             done = asyncio.Event()
             arrivals: list[list[tuple[int, float]]] = [[] for _ in range(streams)]
             openers = [asyncio.Event() for _ in range(streams)]
-            url = f"{server.url}/connection/bench"
+            url = f"{server.url}/connection/bench?token={issue_token(SECRET, 'bench', 3600)}"
             tasks = [asyncio.create_task(_reader(url, openers[i], arrivals[i], done)) for i in range(streams)]
             await asyncio.wait_for(asyncio.gather(*(o.wait() for o in openers)), 30)
             sent: list[int] = []
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(timeout=10, headers=AUTH) as client:
                 started = time.monotonic()
                 for i in range(notices):
                     await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))

@@ -1,4 +1,4 @@
-"""Commands on the app's CLI: ``flask --app wsgi notify USER JSON``, ``... broadcast JSON``."""
+"""Commands on the app's CLI: ``flask --app wsgi notify USER JSON``, ``broadcast JSON``, ``token USER``."""
 
 from __future__ import annotations
 
@@ -50,7 +50,27 @@ def broadcast_command(data: str) -> None:
     _publish(None, data)
 
 
+@click.command("token")
+@click.argument("user_id")
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Lifetime in seconds [default: SSE_NOTIFY_TOKEN_TTL].",
+)
+@with_appcontext
+def token_command(user_id: str, ttl: int | None) -> None:
+    """Print a connection token that opens USER_ID's stream."""
+    from .extension import issue_token
+
+    try:
+        click.echo(issue_token(user_id, ttl))
+    except SSENotifyError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def register_commands(app: Flask) -> None:
     """Add the commands to ``app.cli``."""
     app.cli.add_command(notify_command)
     app.cli.add_command(broadcast_command)
+    app.cli.add_command(token_command)

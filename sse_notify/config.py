@@ -1,10 +1,10 @@
 """Settings: every key starts with ``SSE_NOTIFY_``; defaults live here, in one place.
 
 The same keys are read from the environment (``SSE_NOTIFY_HEARTBEAT=5``),
-values parsed as JSON when they parse (numbers, ``true``), else kept as text,
-as Flask's ``Config.from_prefixed_env`` does. (That method strips the prefix
-from the key; we keep it, so keys stay namespaced in ``app.config`` as Flask's
-extension guide asks.)
+values parsed as JSON when they parse (numbers, ``true``, ``["a", "b"]``), else
+kept as text, as Flask's ``Config.from_prefixed_env`` does. (That method strips
+the prefix from the key; we keep it, so keys stay namespaced in ``app.config``
+as Flask's extension guide asks.)
 """
 
 from __future__ import annotations
@@ -24,6 +24,18 @@ PREFIX = "SSE_NOTIFY_"
 #: Every setting with its default. The README's table is checked against this.
 DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_BROKER_URL": "sqlite:///sse_notify.sqlite3",
+    "SSE_NOTIFY_AUTH": "token",
+    "SSE_NOTIFY_PRODUCTION": False,
+    "SSE_NOTIFY_PUBLISH_KEYS": [],
+    "SSE_NOTIFY_TOKEN_TTL": 3600,
+    "SSE_NOTIFY_TOKEN_COOKIE": "sse_notify_token",
+    "SSE_NOTIFY_CORS_ORIGINS": [],
+    "SSE_NOTIFY_RATE_LIMIT": "1000/second",
+    "SSE_NOTIFY_RATE_LIMIT_STORAGE": "memory://",
+    "SSE_NOTIFY_MAX_BODY": 65536,
+    "SSE_NOTIFY_MAX_BATCH_BODY": 4 << 20,
+    "SSE_NOTIFY_MAX_STREAMS_PER_USER": 20,
+    "SSE_NOTIFY_MAX_STREAMS": 50000,
     "SSE_NOTIFY_HEARTBEAT": 15.0,
     "SSE_NOTIFY_RETRY": 2000,
     "SSE_NOTIFY_RETENTION_COUNT": 1000,
@@ -48,11 +60,77 @@ def load_env(config: t.MutableMapping[str, t.Any], environ: t.Mapping[str, str] 
         config[key] = value
 
 
+def _text(key: str, raw: t.Any, *, empty: bool = False) -> str:
+    if not isinstance(raw, str) or (not raw and not empty):
+        raise ConfigError(f"{key} must be a {'' if empty else 'non-empty '}string, got {raw!r}")
+    return raw
+
+
+def _positive(kind: type[int] | type[float]) -> t.Callable[[str, t.Any], t.Any]:
+    def parse(key: str, raw: t.Any) -> t.Any:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key} must be a positive number, got {raw!r}")
+        try:
+            number = kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+        if number <= 0:
+            raise ConfigError(f"{key} must be a positive number, got {raw!r}")
+        return number
+
+    return parse
+
+
+def _flag(key: str, raw: t.Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
+        return raw.lower() in {"1", "true", "yes", "on"}
+    if raw in (0, 1):
+        return bool(raw)
+    raise ConfigError(f"{key} must be true or false, got {raw!r}")
+
+
+def _strings(key: str, raw: t.Any) -> tuple[str, ...]:
+    if isinstance(raw, str):  # "a,b" from the environment
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) and v for v in raw):
+        raise ConfigError(f"{key} must be a list of non-empty strings (or one comma-separated string)")
+    return tuple(raw)
+
+
+def _auth(key: str, raw: t.Any) -> str:
+    if raw not in ("token", "none"):
+        raise ConfigError(f'{key} must be "token" or "none", got {raw!r}')
+    return t.cast(str, raw)
+
+
+_PARSERS: dict[str, t.Callable[[str, t.Any], t.Any]] = {
+    "str": _text,
+    "int": _positive(int),
+    "float": _positive(float),
+    "bool": _flag,
+    "tuple[str, ...]": _strings,
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated settings of one app."""
 
     broker_url: str
+    auth: str
+    production: bool
+    publish_keys: tuple[str, ...]
+    token_ttl: int
+    token_cookie: str
+    cors_origins: tuple[str, ...]
+    rate_limit: str
+    rate_limit_storage: str
+    max_body: int
+    max_batch_body: int
+    max_streams_per_user: int
+    max_streams: int
     heartbeat: float
     retry: int
     retention_count: int
@@ -73,17 +151,15 @@ class Settings:
         for f in fields(cls):
             key = PREFIX + f.name.upper()
             raw = config.get(key, DEFAULTS[key])
-            kind = {"str": str, "int": int, "float": float}[str(f.type)]
-            if kind is str:
-                if not isinstance(raw, str) or not raw:
-                    raise ConfigError(f"{key} must be a non-empty string, got {raw!r}")
-                values[f.name] = raw
-                continue
-            try:
-                number = kind(raw)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key} must be a number, got {raw!r}") from None
-            if isinstance(raw, bool) or number <= 0:
-                raise ConfigError(f"{key} must be a positive number, got {raw!r}")
-            values[f.name] = number
+            if f.name == "auth":
+                values[f.name] = _auth(key, raw)
+            elif f.name == "rate_limit":
+                values[f.name] = _text(key, raw, empty=True)  # "" turns the limit off
+            else:
+                values[f.name] = _PARSERS[str(f.type)](key, raw)
+        if "*" in values["cors_origins"]:
+            raise ConfigError(
+                "SSE_NOTIFY_CORS_ORIGINS may not contain *: streams and publishes carry credentials, "
+                "so list each origin (e.g. https://app.example.com)"
+            )
         return cls(**values)

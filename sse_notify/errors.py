@@ -8,11 +8,30 @@
     - :class:`BrokerUnavailable` — the store cannot be reached (answered 503)
 
   - :class:`InvalidNotice` — a publish was refused (answered 400)
+  - :class:`AuthError` — a request is not allowed
+
+    - :class:`Unauthenticated` — no credentials, or bad ones (answered 401)
+
+      - :class:`InvalidToken` — a token that is malformed or was tampered with
+      - :class:`TokenExpired` — a token past its expiry
+
+    - :class:`Forbidden` — good credentials, but not for this (answered 403)
 """
 
 from __future__ import annotations
 
-__all__ = ["BrokerError", "BrokerUnavailable", "ConfigError", "InvalidNotice", "SSENotifyError"]
+__all__ = [
+    "AuthError",
+    "BrokerError",
+    "BrokerUnavailable",
+    "ConfigError",
+    "Forbidden",
+    "InvalidNotice",
+    "InvalidToken",
+    "SSENotifyError",
+    "TokenExpired",
+    "Unauthenticated",
+]
 
 
 class SSENotifyError(Exception):
@@ -33,3 +52,33 @@ class BrokerUnavailable(BrokerError):
 
 class InvalidNotice(SSENotifyError, ValueError):
     """A notice was refused: bad user id or data that is not a JSON object."""
+
+
+class AuthError(SSENotifyError):
+    """A request is not allowed. ``code`` is the machine-readable error name."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Unauthenticated(AuthError):
+    """No credentials, or credentials that are not valid (401)."""
+
+
+class InvalidToken(Unauthenticated):
+    """A connection token that is malformed, or whose signature does not match."""
+
+    code = "invalid_token"
+
+
+class TokenExpired(Unauthenticated):
+    """A connection token past its expiry."""
+
+    code = "token_expired"
+
+
+class Forbidden(AuthError):
+    """Valid credentials that do not allow this request (403)."""
+
+    status = 403
+    code = "forbidden"

@@ -6,17 +6,30 @@ import os
 import typing as t
 from dataclasses import dataclass
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app
 
+from . import redact
 from .brokers import Broker, make_broker
 from .config import Settings
 from .errors import InvalidNotice
-from .hub import Hub
+from .hub import KICK, Hub
 from .notices import Notice, dumps, is_valid_user_id
+from .security import AuthorizeHook, Security, announce
 
-__all__ = ["SSENotify", "State", "broadcast", "get_state", "notify", "notify_many"]
+__all__ = [
+    "SSENotify",
+    "State",
+    "broadcast",
+    "get_state",
+    "issue_token",
+    "kick",
+    "notify",
+    "notify_many",
+    "set_token_cookie",
+]
 
 EXTENSION_KEY = "sse_notify"
+USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . @ : + -"
 
 
 @dataclass
@@ -26,12 +39,15 @@ class State:
     settings: Settings
     broker: Broker
     hub: Hub
+    security: Security
+    url_prefix: str = ""
 
     def publish_many(self, items: t.Sequence[tuple[str | None, t.Any]]) -> list[Notice]:
         """Check, store and announce notices (``user_id=None``: broadcast).
 
         :raises InvalidNotice: for a bad user id or data that is not a JSON object;
             then nothing is stored.
+        :raises PayloadTooLarge: for data over ``SSE_NOTIFY_MAX_BODY`` bytes.
         """
         if len(items) > self.settings.max_batch:
             raise InvalidNotice(f"at most {self.settings.max_batch} notices per batch, got {len(items)}")
@@ -39,36 +55,59 @@ class State:
         for index, (user_id, data) in enumerate(items):
             where = f"notice {index}: " if len(items) > 1 else ""
             if user_id is not None and not is_valid_user_id(user_id):
-                raise InvalidNotice(
-                    f"{where}user_id must be 1-128 characters of A-Z a-z 0-9 _ . @ : + -, got {user_id!r}"
-                )
+                raise InvalidNotice(f"{where}user_id must be {USER_ID_RULE}, got {user_id!r}")
             if not isinstance(data, dict):
                 raise InvalidNotice(f"{where}data must be a JSON object, got {type(data).__name__}")
             try:
-                checked.append((user_id, dumps(data)))
+                text = dumps(data)
             except (TypeError, ValueError) as exc:
                 raise InvalidNotice(f"{where}data is not JSON-serializable: {exc}") from exc
+            if len(text.encode()) > self.settings.max_body:
+                raise PayloadTooLarge(f"{where}data is larger than {self.settings.max_body} bytes")
+            checked.append((user_id, text))
         return self.broker.publish_many(checked)
+
+    def kick(self, user_id: str) -> None:
+        """Close every open stream of ``user_id``, on every worker (through the store's feed)."""
+        if not is_valid_user_id(user_id):
+            raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
+        self.broker.publish(KICK, dumps({"user_id": user_id}))
+
+
+class PayloadTooLarge(InvalidNotice):
+    """A notice's data is over the size limit (413)."""
 
 
 class SSENotify:
     """Mounts the notification endpoints into a Flask app and owns the store.
 
     :param url_prefix: where the endpoints live (``""``: at the root).
+    :param authorize: optional ``authorize(user_id) -> bool | None`` deciding who may
+        open a stream with the host app's own login (``None`` falls back to tokens).
     """
 
-    def __init__(self, app: Flask | None = None, *, url_prefix: str = "") -> None:
-        self.url_prefix = url_prefix
+    def __init__(
+        self, app: Flask | None = None, *, url_prefix: str = "", authorize: AuthorizeHook | None = None
+    ) -> None:
+        self.url_prefix = url_prefix.rstrip("/")
+        self._authorize = authorize
         if app is not None:
             self.init_app(app)
 
+    def authorize(self, func: AuthorizeHook) -> AuthorizeHook:
+        """Decorator form of the ``authorize`` argument (set it before ``init_app``)."""
+        self._authorize = func
+        return func
+
     def init_app(self, app: Flask) -> None:
-        """Validate settings, build the store and the hub, register the blueprint and CLI."""
+        """Validate settings, build the store, hub and auth, register the blueprint and CLI."""
         from .cli import register_commands
         from .views import bp
 
         settings = Settings.from_config(app.config)
         os.makedirs(app.instance_path, exist_ok=True)
+        security = Security.from_settings(settings, app.config.get("SECRET_KEY"), app.instance_path)
+        security.authorize = self._authorize
         broker = make_broker(
             settings.broker_url,
             base_dir=app.instance_path,
@@ -82,11 +121,25 @@ class SSENotify:
             send_timeout=settings.send_timeout,
             sweep_interval=settings.sweep_interval,
             retry=settings.retry,
+            max_streams=settings.max_streams,
+            max_streams_per_user=settings.max_streams_per_user,
         )
         hub.install_shutdown_signal()
-        app.extensions[EXTENSION_KEY] = State(settings, broker, hub)
+        app.extensions[EXTENSION_KEY] = State(settings, broker, hub, security, self.url_prefix)
         app.register_blueprint(bp, url_prefix=self.url_prefix or None)
+        if settings.cors_origins:
+            from flask_cors import CORS
+
+            CORS(
+                app,
+                resources={f"{self.url_prefix}/*": {"origins": list(settings.cors_origins)}},
+                supports_credentials=True,
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                max_age=600,
+            )
+        redact.install()
         register_commands(app)
+        announce(security, app.instance_path)
 
 
 def get_state(app: Flask | None = None) -> State:
@@ -114,3 +167,43 @@ def notify_many(
 ) -> list[Notice]:
     """Store several notices in one transaction (all or none), then deliver them."""
     return get_state(app).publish_many(items)
+
+
+def issue_token(user_id: str, ttl: float | None = None, *, app: Flask | None = None) -> str:
+    """A connection token that opens ``user_id``'s stream for ``ttl`` seconds."""
+    if not is_valid_user_id(user_id):
+        raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
+    return get_state(app).security.issue(user_id, ttl)
+
+
+def kick(user_id: str, *, app: Flask | None = None) -> None:
+    """Close every open stream of ``user_id`` on every worker (e.g. after logout or a ban)."""
+    get_state(app).kick(user_id)
+
+
+def set_token_cookie(
+    response: Response,
+    user_id: str,
+    ttl: float | None = None,
+    *,
+    secure: bool = True,
+    samesite: str = "Lax",
+    app: Flask | None = None,
+) -> Response:
+    """Put a connection token for ``user_id`` in an HttpOnly cookie (for a login endpoint).
+
+    The cookie is scoped to the stream URLs, so it travels only with
+    ``EventSource`` requests. ``secure=False`` only for plain-HTTP development.
+    """
+    state = get_state(app)
+    lifetime = state.security.token_ttl if ttl is None else ttl
+    response.set_cookie(
+        state.security.cookie,
+        issue_token(user_id, lifetime, app=app),
+        max_age=int(lifetime),
+        path=f"{state.url_prefix}/connection/",
+        httponly=True,
+        secure=secure,
+        samesite=samesite,
+    )
+    return response

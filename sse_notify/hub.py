@@ -24,12 +24,28 @@ import typing as t
 
 from .brokers import Broker
 from .concurrency import Event, gevent_active, new_event, spawn, spawn_later
-from .events import encode_event
-from .notices import Notice
+from .events import comment, encode_event
+from .notices import Notice, dumps
 
 __all__ = ["Connection", "Hub"]
 
 log = logging.getLogger("sse_notify.hub")
+
+
+#: Reserved "user ids" (not valid user ids) of control records on the feed.
+KICK = "!kick"
+
+#: Why a stream ended -> whether the client is told with a ``close`` event, and
+#: the base ``retry:`` (ms) it gets: a client that should not come back at once
+#: (replaced by a newer tab, kicked) waits longer than one moved to another worker.
+CLOSE_REASONS: dict[str, tuple[bool, int]] = {
+    "shutdown": (False, 0),
+    "slow consumer": (False, 0),
+    "overloaded": (False, 5000),
+    "replaced": (True, 60000),
+    "kicked": (True, 60000),
+    "token expired": (True, 0),
+}
 
 
 def encode_notice(notice: Notice) -> bytes:
@@ -47,6 +63,7 @@ class Connection:
         "close_reason",
         "closed",
         "cursor",
+        "expires_at",
         "max_pending",
         "pending",
         "round",
@@ -54,8 +71,9 @@ class Connection:
         "writing_since",
     )
 
-    def __init__(self, user_id: str, max_pending: int, event: Event) -> None:
+    def __init__(self, user_id: str, max_pending: int, event: Event, expires_at: float | None = None) -> None:
         self.user_id = user_id
+        self.expires_at = expires_at
         self.max_pending = max_pending
         self._event = event
         self._frames: list[tuple[int, bytes]] = []
@@ -136,19 +154,25 @@ class Hub:
         send_timeout: float = 30.0,
         sweep_interval: float = 60.0,
         retry: int = 2000,
+        max_streams: int = 50000,
+        max_streams_per_user: int = 20,
     ) -> None:
         self.broker = broker
+        self.max_streams = max_streams
+        self.max_streams_per_user = max_streams_per_user
         self.max_pending = max_pending
         self.send_timeout = send_timeout
         self.sweep_interval = sweep_interval
         self.retry = retry
-        self.users: dict[str, set[Connection]] = {}
+        # Per user, connections in the order they opened (a dict as an ordered set).
+        self.users: dict[str, dict[Connection, None]] = {}
         self.connections: set[Connection] = set()
         self._pid = -1
         self._stopped_in = -1
         self._signal_in = -1
         self._lock = threading.Lock()
         self.evicted = 0
+        self.refused = 0
         self._round = 0
 
     # -- lifecycle --------------------------------------------------------
@@ -237,15 +261,28 @@ class Hub:
 
     # -- connections ------------------------------------------------------
 
-    def connect(self, user_id: str) -> Connection:
-        """Register a new stream of ``user_id``; it gets every notice dispatched from now on."""
+    def connect(self, user_id: str, expires_at: float | None = None) -> Connection:
+        """Register a new stream of ``user_id``; it gets every notice dispatched from now on.
+
+        A stream born closed (``conn.closed``) must end at once: the worker is
+        stopping, or holds :attr:`max_streams` already. Beyond
+        :attr:`max_streams_per_user`, the user's oldest stream is closed, so a
+        new tab always works.
+        """
         self.ensure_started()
-        conn = Connection(user_id, self.max_pending, new_event())
+        conn = Connection(user_id, self.max_pending, new_event(), expires_at)
         if self.stopping:
             conn.close("shutdown")
             return conn
+        if len(self.connections) >= self.max_streams:
+            self.refused += 1
+            conn.close("overloaded")
+            return conn
+        mine = self.users.setdefault(user_id, {})
+        while len(mine) >= self.max_streams_per_user:
+            self._evict(next(iter(mine)), "replaced")
         self.connections.add(conn)
-        self.users.setdefault(user_id, set()).add(conn)
+        mine[conn] = None
         return conn
 
     def disconnect(self, conn: Connection) -> None:
@@ -253,10 +290,17 @@ class Hub:
         self.connections.discard(conn)
         conns = self.users.get(conn.user_id)
         if conns is not None:
-            conns.discard(conn)
+            conns.pop(conn, None)
             if not conns:
                 del self.users[conn.user_id]
         conn.close(conn.close_reason or "disconnected")
+
+    def kick(self, user_id: str) -> int:
+        """Close every stream of ``user_id`` in this process; returns how many."""
+        conns = list(self.users.get(user_id, ()))
+        for conn in conns:
+            self._evict(conn, "kicked")
+        return len(conns)
 
     def _evict(self, conn: Connection, reason: str) -> None:
         self.evicted += 1
@@ -277,6 +321,9 @@ class Hub:
         self._round += 1
         round_ = self._round
         for notice in notices:
+            if notice.user_id is not None and notice.user_id.startswith("!"):
+                self._control(notice)
+                continue
             if notice.user_id is None:
                 targets: t.Iterable[Connection] = list(self.connections)
             else:
@@ -287,7 +334,21 @@ class Hub:
             frame = encode_notice(notice)
             for conn in targets:
                 if not conn.put(notice.id, frame, round_):
-                    self._evict(conn, "slow consumer: buffer full")
+                    self._evict(conn, "slow consumer")
+
+    def _control(self, notice: Notice) -> None:
+        if notice.user_id == KICK:
+            user_id = notice.data.get("user_id")
+            if isinstance(user_id, str):
+                self.kick(user_id)
+
+    def closing_frame(self, reason: str) -> bytes:
+        """What a stream sends when the server ends it: a comment, maybe a ``close`` event, a ``retry:``."""
+        tell, minimum = CLOSE_REASONS.get(reason, (False, 0))
+        frame = comment(reason)
+        if tell:
+            frame += encode_event(dumps({"reason": reason.replace(" ", "_")}), event="close")
+        return frame + encode_event(retry=self.jittered_retry(minimum))
 
     def jittered_retry(self, minimum: int = 0) -> int:
         """A reconnection time spread over 0.5-1.5x :attr:`retry` (avoids a reconnect storm)."""
@@ -295,4 +356,9 @@ class Hub:
 
     def stats(self) -> dict[str, int]:
         """Open streams and users of this process."""
-        return {"streams": len(self.connections), "users": len(self.users), "evicted": self.evicted}
+        return {
+            "streams": len(self.connections),
+            "users": len(self.users),
+            "evicted": self.evicted,
+            "refused": self.refused,
+        }

@@ -37,14 +37,21 @@ def event_stream(
     last_event_id: str | None,
     *,
     heartbeat: float,
+    expires_at: float | None = None,
 ) -> t.Iterator[bytes]:
-    """Yield the bytes of ``user_id``'s stream until the client or the server ends it."""
-    conn = hub.connect(user_id)
+    """Yield the bytes of ``user_id``'s stream until the client or the server ends it.
+
+    :param expires_at: Unix time at which the stream's token expires; the
+        stream is closed then (with a ``close`` event), and the client must
+        come back with a new token.
+    """
+    conn = hub.connect(user_id, expires_at)
     try:
         if conn.closed:
-            # This worker is shutting down: send the client elsewhere, a
-            # little later than usual, without the "connected" preamble.
-            yield comment("shutdown") + encode_event(retry=hub.jittered_retry(minimum=1000))
+            # Stopping, or full: send the client elsewhere or later, without
+            # the "connected" preamble. The status is 200 on purpose: any other
+            # makes EventSource give up for good.
+            yield hub.closing_frame(conn.close_reason)
             return
         if last_event_id is None:
             # A fresh client starts from the store's head. Its first frame
@@ -89,12 +96,23 @@ def event_stream(
             if chunk:
                 yield b"".join(chunk)
         while True:
-            data = conn.take(heartbeat)
+            wait = heartbeat
+            if expires_at is not None:
+                left = expires_at - time.time()
+                if left <= 0:
+                    hub.disconnect(conn)
+                    conn.close_reason = "token expired"
+                    yield hub.closing_frame("token expired")
+                    return
+                wait = min(wait, left)
+            data = conn.take(wait)
             if data is None:
-                if conn.close_reason in ("shutdown", "slow consumer: buffer full"):
+                if conn.close_reason != "disconnected":
                     conn.writing_since = time.monotonic()
-                    yield comment(conn.close_reason) + encode_event(retry=hub.jittered_retry())
+                    yield hub.closing_frame(conn.close_reason)
                 return
+            if not data and expires_at is not None and time.time() >= expires_at:
+                continue  # expired while waiting: close above rather than send a heartbeat
             conn.writing_since = time.monotonic()
             yield data or HEARTBEAT
             conn.writing_since = 0.0

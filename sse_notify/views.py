@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import time
 import typing as t
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
-from .errors import BrokerError, BrokerUnavailable, InvalidNotice
-from .extension import get_state
+from .errors import AuthError, BrokerError, BrokerUnavailable, InvalidNotice
+from .extension import USER_ID_RULE, PayloadTooLarge, State, get_state
 from .notices import Notice, is_valid_user_id
+from .security import RateLimited
 from .streaming import event_stream
 
-__all__ = ["bp"]
+__all__ = ["bp", "error_response"]
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
 def _template_folder() -> str:
@@ -29,6 +34,26 @@ bp = Blueprint("sse_notify", __name__, template_folder=_template_folder())
 def error_response(status: int, error: str, detail: str) -> tuple[Response, int]:
     """The JSON body of every error: ``{"error": ..., "detail": ...}``."""
     return jsonify(error=error, detail=detail), status
+
+
+@bp.errorhandler(AuthError)
+def _auth_failed(exc: AuthError) -> tuple[Response, int]:
+    response, status = error_response(exc.status, exc.code, str(exc))
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="sse_notify"'
+    return response, status
+
+
+@bp.errorhandler(RateLimited)
+def _rate_limited(exc: RateLimited) -> tuple[Response, int]:
+    response, status = error_response(429, "rate_limited", str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response, status
+
+
+@bp.errorhandler(PayloadTooLarge)
+def _too_large(exc: PayloadTooLarge) -> tuple[Response, int]:
+    return error_response(413, "payload_too_large", str(exc))
 
 
 @bp.errorhandler(InvalidNotice)
@@ -48,7 +73,23 @@ def _store_failed(exc: BrokerError) -> tuple[Response, int]:
 
 def _check_user_id(user_id: str) -> None:
     if not is_valid_user_id(user_id):
-        abort(400, "user id must be 1-128 characters of A-Z a-z 0-9 _ . @ : + -")
+        abort(400, f"user id must be {USER_ID_RULE}")
+
+
+def publisher(limit: t.Callable[[State], int] = lambda state: state.settings.max_body) -> t.Callable[[F], F]:
+    """Require a publish key (and count it against its rate limit) before the view runs."""
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            state = get_state()
+            state.security.check_publisher(request)
+            request.max_content_length = limit(state)
+            return view(*args, **kwargs)
+
+        return t.cast(F, wrapper)
+
+    return decorate
 
 
 def _json_body() -> t.Any:
@@ -57,7 +98,11 @@ def _json_body() -> t.Any:
             f"send the body as JSON with Content-Type: application/json (got {request.mimetype or 'none'})"
         )
     try:
-        return json.loads(request.get_data())
+        raw = request.get_data()
+    except RequestEntityTooLarge:
+        raise RequestEntityTooLarge(f"the body is larger than {request.max_content_length} bytes") from None
+    try:
+        return json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
 
@@ -78,10 +123,13 @@ def connection(user_id: str) -> Response:
     """The user's event stream (``text/event-stream``), resumable with ``Last-Event-ID``."""
     _check_user_id(user_id)
     state = get_state()
+    expires_at = state.security.stream_grant(request, user_id)
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id is None:
         last_event_id = request.args.get("last_event_id")
-    stream = event_stream(state.hub, user_id, last_event_id, heartbeat=state.settings.heartbeat)
+    stream = event_stream(
+        state.hub, user_id, last_event_id, heartbeat=state.settings.heartbeat, expires_at=expires_at
+    )
     response = Response(stream, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
@@ -89,6 +137,7 @@ def connection(user_id: str) -> Response:
 
 
 @bp.post("/users/<user_id>/notices")
+@publisher()
 def publish(user_id: str) -> Response:
     """Store a notice for one user, deliver it, answer 201 with it."""
     _check_user_id(user_id)
@@ -97,6 +146,7 @@ def publish(user_id: str) -> Response:
 
 
 @bp.post("/broadcast")
+@publisher()
 def publish_broadcast() -> Response:
     """Store a notice for every user, deliver it, answer 201 with it."""
     data = _json_body()
@@ -104,6 +154,7 @@ def publish_broadcast() -> Response:
 
 
 @bp.post("/notices")
+@publisher(lambda state: state.settings.max_batch_body)
 def publish_batch() -> Response:
     """Store a list of ``{"user_id", "data"}`` in one transaction; 201 with the list."""
     body = _json_body()
@@ -113,10 +164,40 @@ def publish_batch() -> Response:
     for index, item in enumerate(body):
         if not isinstance(item, dict) or set(item) != {"user_id", "data"}:
             raise InvalidNotice(f'notice {index}: must be an object with exactly "user_id" and "data"')
-        if item["user_id"] is None:
+        if not isinstance(item["user_id"], str):
             raise InvalidNotice(f"notice {index}: user_id must be a string (use /broadcast for everyone)")
         items.append((item["user_id"], item["data"]))
     return _created(get_state().publish_many(items), single=False)
+
+
+@bp.post("/users/<user_id>/tokens")
+@publisher()
+def token(user_id: str) -> tuple[Response, int]:
+    """Issue a connection token for a user (for backends, and the demo page)."""
+    _check_user_id(user_id)
+    state = get_state()
+    ttl = request.args.get("ttl", type=int) or state.settings.token_ttl
+    if not 0 < ttl <= 30 * 86400:
+        raise InvalidNotice("ttl must be between 1 and 2592000 seconds (30 days)")
+    value = state.security.issue(user_id, ttl)
+    return jsonify(user_id=user_id, token=value, expires_at=int(time.time() + ttl)), 201
+
+
+@bp.post("/users/<user_id>/kick")
+@publisher()
+def kick(user_id: str) -> tuple[Response, int]:
+    """Close every open stream of a user, on every worker."""
+    _check_user_id(user_id)
+    get_state().kick(user_id)
+    return jsonify(user_id=user_id, kicked=True), 202
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3 document of this API."""
+    from .openapi import document
+
+    return jsonify(document(get_state().url_prefix))
 
 
 @bp.get("/healthz")

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from sse_notify import create_app
 
-from .support import Server
+from .support import PUBLISH_KEY, SECRET, Server
 
 
 @pytest.fixture(name="app")
@@ -21,13 +21,18 @@ def _app(tmp_path: Path) -> Flask:
             "TESTING": True,
             "SSE_NOTIFY_BROKER_URL": f"sqlite:///{tmp_path}/notices.sqlite3",
             "SSE_NOTIFY_HEARTBEAT": 0.2,
+            "SECRET_KEY": SECRET,
+            "SSE_NOTIFY_PUBLISH_KEYS": [PUBLISH_KEY],
         }
     )
 
 
 @pytest.fixture(name="client")
 def _client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    """A test client that sends the publish key (streams still need their own token)."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {PUBLISH_KEY}"
+    return client
 
 
 @pytest.fixture(name="runner")

@@ -26,6 +26,20 @@ from httpx_sse import ServerSentEvent, connect_sse
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: The secret and publish key every test server and app uses.
+SECRET = "test-secret-key-not-for-production"
+PUBLISH_KEY = "test-publish-key"
+AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
+
+
+def token_for(user_id: str, ttl: float = 3600) -> str:
+    """A connection token for ``user_id``, as the test servers will accept it."""
+    from sse_notify.auth import issue_token
+
+    return issue_token(SECRET, user_id, ttl)
+
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -95,6 +109,8 @@ class Server:
                 else self.store,
                 "SSE_NOTIFY_HEARTBEAT": "1",
                 "SSE_NOTIFY_RETRY": "200",
+                "FLASK_SECRET_KEY": SECRET,
+                "SSE_NOTIFY_PUBLISH_KEYS": PUBLISH_KEY,
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -147,8 +163,13 @@ class Server:
         return self.start()
 
     def post(self, path: str, body: t.Any, **kw: t.Any) -> httpx.Response:
-        """POST JSON to the server."""
+        """POST JSON to the server with the publish key."""
+        kw.setdefault("headers", AUTH)
         return httpx.post(self.url + path, json=body, timeout=10, **kw)
+
+    def stream_url(self, user_id: str, query: str = "") -> str:
+        """The stream URL of ``user_id`` with a valid token (and ``query`` appended)."""
+        return f"{self.url}/connection/{user_id}?token={token_for(user_id)}{'&' + query if query else ''}"
 
     def publish(self, user_id: str, data: dict[str, t.Any]) -> dict[str, t.Any]:
         """Publish to one user; return the stored notice (asserting 201)."""

@@ -45,12 +45,17 @@ def test_make_serve_on_a_fresh_checkout(tmp_path: Path) -> None:
 
     try:
         wait_for(up, 240, "make serve to answer", interval=0.5)
-        with httpx.Client(timeout=10) as client, client.stream("GET", url + "/connection/alice") as stream:
-            chunks = stream.iter_raw()
-            assert next(chunks).startswith(b": connected")
-            sent = client.post(url + "/users/alice/notices", json={"title": "Hello"})
-            assert sent.status_code == 201
-            assert f"id: {sent.json()['id']}\nevent: notice\n".encode() in next(chunks)
+        # A first run makes its own token secret and publish key (development mode).
+        key = (checkout / "instance" / "publish_key").read_text().strip()
+        auth = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(timeout=10) as client:
+            token = client.post(url + "/users/alice/tokens", headers=auth).json()["token"]
+            with client.stream("GET", f"{url}/connection/alice?token={token}") as stream:
+                chunks = stream.iter_raw()
+                assert next(chunks).startswith(b": connected")
+                sent = client.post(url + "/users/alice/notices", json={"title": "Hello"}, headers=auth)
+                assert sent.status_code == 201
+                assert f"id: {sent.json()['id']}\nevent: notice\n".encode() in next(chunks)
         assert (checkout / "instance" / "sse_notify.sqlite3").exists()
         frozen = subprocess.run(
             [str(checkout / ".venv" / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],

@@ -13,7 +13,7 @@ import typing as t
 import httpx
 import pytest
 
-from .support import Server, Subscriber, decode_raw_stream, wait_for
+from .support import Server, Subscriber, decode_raw_stream, token_for, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -22,7 +22,7 @@ INSTRUMENTED = "tests.instrumented:app"
 
 def stream(server: Server, user: str, **kw: t.Any) -> Subscriber:
     """Open a stream of ``user`` and wait until it is open."""
-    sub = Subscriber(f"{server.url}/connection/{user}", **kw)
+    sub = Subscriber(server.stream_url(user), **kw)
     assert sub.opened.wait(10), "stream did not open"
     return sub
 
@@ -35,7 +35,8 @@ def payload(event: t.Any) -> dict[str, t.Any]:
 def test_stream_headers_and_first_bytes(live_server: Server) -> None:
     """The stream answers 200 text/event-stream, no-cache, X-Accel-Buffering: no, no hop-by-hop, no gzip."""
     with socket.create_connection(("127.0.0.1", live_server.port), timeout=5) as sock:
-        sock.sendall(b"GET /connection/alice HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        path = live_server.stream_url("alice").removeprefix(live_server.url)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n".encode())
         received = b""
         while b"retry:" not in received:
             chunk = sock.recv(4096)
@@ -99,7 +100,7 @@ def test_broadcast_and_batch(live_server: Server) -> None:
 
 def test_heartbeat_comment(live_server: Server) -> None:
     """An idle stream gets a ':' comment every heartbeat (1 s here) and no event."""
-    with httpx.Client(timeout=5) as client, client.stream("GET", f"{live_server.url}/connection/carol") as r:
+    with httpx.Client(timeout=5) as client, client.stream("GET", live_server.stream_url("carol")) as r:
         chunks = r.iter_raw()
         first = next(chunks)
         assert first.startswith(b": connected")
@@ -124,7 +125,7 @@ def test_resume_with_last_event_id_exactly_once(live_server: Server) -> None:
     by_header.nothing()
     by_header.close()
 
-    by_query = Subscriber(f"{live_server.url}/connection/dave?last_event_id={first['id']}")
+    by_query = Subscriber(live_server.stream_url("dave", f"last_event_id={first['id']}"))
     assert [int(e.id) for e in by_query.notices(5)] == [*expected, live["id"]]
     by_query.nothing()
     by_query.close()
@@ -262,7 +263,7 @@ def test_slow_consumer_is_closed_then_resumes(make_server: t.Callable[..., Serve
     server = make_server(app=INSTRUMENTED, SSE_NOTIFY_MAX_PENDING="65536")
     big = "x" * 8000
     sock = tiny_window_socket(server.port)
-    sock.sendall(b"GET /connection/kate HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(f"GET /connection/kate?token={token_for('kate')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     wait_for(
         lambda: httpx.get(server.url + "/_debug/objects").json()["hub_connections"] == 1, 5, "the stream"
     )
@@ -316,7 +317,7 @@ def test_no_leak_after_1000_cycles(make_server: t.Callable[..., Server]) -> None
     publisher.start()
     with httpx.Client(timeout=5) as client:
         for i in range(1000):
-            with client.stream("GET", f"{server.url}/connection/leak{i % 7}") as response:
+            with client.stream("GET", server.stream_url(f"leak{i % 7}")) as response:
                 assert next(response.iter_raw()).startswith(b": connected")
     publisher.join(30)
 
@@ -346,7 +347,7 @@ def test_client_that_never_reads_again_is_dropped(make_server: t.Callable[..., S
         "the warm-up stream to be released",
     )
     sock = tiny_window_socket(server.port)
-    sock.sendall(b"GET /connection/liam HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(f"GET /connection/liam?token={token_for('liam')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     wait_for(
         lambda: httpx.get(server.url + "/_debug/objects").json()["hub_connections"] == 1, 5, "the stream"
     )

@@ -12,6 +12,8 @@ from flask.testing import FlaskClient
 from sse_notify import broadcast, notify, notify_many
 from sse_notify.extension import get_state
 
+from .support import token_for
+
 
 def test_publish_answers_201_with_the_notice(client: FlaskClient) -> None:
     """POST /users/<id>/notices stores the notice and answers 201 with its JSON."""
@@ -153,7 +155,9 @@ def test_stream_replays_then_ends_on_shutdown(client: FlaskClient, app: Flask) -
     """The test client reads a stream: first comment and retry, replayed notices, then the shutdown close."""
     with app.app_context():
         sent = notify("alice", {"n": 1})
-    response = client.get("/connection/alice", headers={"Last-Event-ID": "0"}, buffered=False)
+    response = client.get(
+        f"/connection/alice?token={token_for('alice')}", headers={"Last-Event-ID": "0"}, buffered=False
+    )
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "text/event-stream"
     assert response.headers["Cache-Control"] == "no-cache"
@@ -183,7 +187,7 @@ def test_fresh_stream_starts_with_the_head_cursor(client: FlaskClient, app: Flas
     """A stream opened without a cursor sends id: <head> first, so a client that saw no notice can resume."""
     with app.app_context():
         before = notify("alice", {"n": 1})
-    response = client.get("/connection/alice", buffered=False)
+    response = client.get(f"/connection/alice?token={token_for('alice')}", buffered=False)
     first = next(iter(response.response))
     assert first == f": connected\n\nid: {before.id}\nretry: 2000\n\n".encode()
     response.close()
@@ -194,7 +198,7 @@ def test_stream_opened_during_shutdown_is_sent_away(client: FlaskClient, app: Fl
     hub = get_state(app).hub
     hub.ensure_started()
     hub.shutdown()
-    body = client.get("/connection/alice").data
+    body = client.get(f"/connection/alice?token={token_for('alice')}").data
     assert body.startswith(b": shutdown\n\nretry: ")
     assert int(body.split(b"retry: ")[1].split(b"\n")[0]) >= 500
     assert b"connected" not in body

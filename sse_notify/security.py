@@ -1,0 +1,189 @@
+"""Who may read a stream and who may publish: secrets, checks, rate limits.
+
+Secure by default:
+
+- ``SSE_NOTIFY_AUTH=token`` (the default): a stream needs a connection token for
+  its user (``?token=``, ``Authorization: Bearer``, or the token cookie), or the
+  host app's ``authorize`` hook must allow it; every write endpoint needs a
+  publish key (``Authorization: Bearer <key>``).
+- Without ``SECRET_KEY`` / ``SSE_NOTIFY_PUBLISH_KEYS`` (a first run on a laptop),
+  random ones are made once and kept in the instance folder (mode 0600), so
+  the demo works and tokens survive restarts. Nobody can read a stream without
+  them. ``SSE_NOTIFY_PRODUCTION=true`` refuses to start without real ones.
+- ``SSE_NOTIFY_AUTH=none`` turns every check off, and says so loudly at start.
+
+Rate limits use the ``limits`` library (the engine of flask-limiter): one
+fixed window per publish key.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import time
+import typing as t
+from dataclasses import dataclass, field
+
+from flask import Request
+from limits import RateLimitItem, parse
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from .auth import check_publish_key, issue_token, key_id, verify_token
+from .config import Settings
+from .errors import ConfigError, Forbidden, SSENotifyError, Unauthenticated
+
+__all__ = ["AuthorizeHook", "RateLimited", "Security", "announce", "instance_secret"]
+
+log = logging.getLogger("sse_notify.security")
+
+#: ``authorize(user_id)`` of a host app: ``True`` allows the stream, ``False``
+#: refuses it (403), ``None`` leaves the decision to tokens.
+AuthorizeHook = t.Callable[[str], "bool | None"]
+
+
+class RateLimited(SSENotifyError):
+    """A publish key sent more than its rate limit (429)."""
+
+    def __init__(self, retry_after: int, limit: str) -> None:
+        super().__init__(f"rate limit of {limit} per publish key reached; retry in {retry_after} s")
+        #: Seconds until the window resets (the ``Retry-After`` header).
+        self.retry_after = retry_after
+
+
+def instance_secret(instance_path: str, name: str) -> str:
+    """A random secret kept in ``instance_path/name`` (made once, 0600, shared by every worker)."""
+    path = os.path.join(instance_path, name)
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    os.makedirs(instance_path, exist_ok=True)
+    # Write a temporary file, then link it into place: of several workers
+    # starting at once, the first link wins and every worker reads that one.
+    temp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32))
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(temp)
+    with open(path) as f:
+        return f.read().strip()
+
+
+@dataclass
+class Security:
+    """The auth state of one app (``app.extensions["sse_notify"].security``)."""
+
+    enabled: bool
+    secret: str
+    publish_keys: tuple[str, ...]
+    token_ttl: int
+    cookie: str
+    development: bool = False
+    authorize: AuthorizeHook | None = None
+    rate: RateLimitItem | None = None
+    _limiter: FixedWindowRateLimiter | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, secret_key: t.Any, instance_path: str) -> Security:
+        """Resolve secrets and keys, refusing what production mode must not run with."""
+        missing = []
+        if settings.production and not secret_key:
+            missing.append("FLASK_SECRET_KEY (the SECRET_KEY that signs connection tokens)")
+        if settings.production and not settings.publish_keys:
+            missing.append("SSE_NOTIFY_PUBLISH_KEYS (the keys publishers send)")
+        if missing and settings.auth == "token":
+            raise ConfigError("SSE_NOTIFY_PRODUCTION is on, so set " + " and ".join(missing))
+        development = not secret_key or not settings.publish_keys
+        secret = str(secret_key) if secret_key else instance_secret(instance_path, "secret_key")
+        keys = settings.publish_keys or (instance_secret(instance_path, "publish_key"),)
+        security = cls(
+            enabled=settings.auth == "token",
+            secret=secret,
+            publish_keys=keys,
+            token_ttl=settings.token_ttl,
+            cookie=settings.token_cookie,
+            development=development,
+        )
+        if settings.rate_limit:
+            try:
+                security.rate = parse(settings.rate_limit)
+                storage = storage_from_string(settings.rate_limit_storage)
+            except (ValueError, Exception) as exc:
+                raise ConfigError(f"SSE_NOTIFY_RATE_LIMIT / _STORAGE: {exc}") from exc
+            security._limiter = FixedWindowRateLimiter(storage)
+        return security
+
+    def issue(self, user_id: str, ttl: float | None = None) -> str:
+        """A connection token for ``user_id`` (default lifetime ``SSE_NOTIFY_TOKEN_TTL``)."""
+        return issue_token(self.secret, user_id, self.token_ttl if ttl is None else ttl)
+
+    def stream_grant(self, request: Request, user_id: str) -> float | None:
+        """Check a stream request; return when its access ends (``None``: never).
+
+        :raises ~sse_notify.errors.AuthError: 401 or 403, before any byte of the stream is sent.
+        """
+        if not self.enabled:
+            return None
+        if self.authorize is not None:
+            decision = self.authorize(user_id)
+            if decision is True:
+                return None
+            if decision is False:
+                raise Forbidden("the application does not allow this stream")
+        token = _bearer(request) or request.args.get("token") or request.cookies.get(self.cookie)
+        if not token:
+            raise Unauthenticated(
+                "this stream needs a connection token: ?token=, Authorization: Bearer, "
+                f"or the {self.cookie} cookie"
+            )
+        return verify_token(self.secret, token, user_id).expires_at
+
+    def check_publisher(self, request: Request) -> None:
+        """Check the publish key and its rate limit.
+
+        :raises ~sse_notify.errors.AuthError: 401 without a key, 403 with a wrong one.
+        :raises RateLimited: 429 past the key's rate limit.
+        """
+        if not self.enabled:
+            return
+        key = check_publish_key(self.publish_keys, _bearer(request))
+        if self._limiter is not None and self.rate is not None:
+            ident = key_id(key)
+            if not self._limiter.hit(self.rate, ident):
+                reset_at = self._limiter.get_window_stats(self.rate, ident).reset_time
+                raise RateLimited(max(1, math.ceil(reset_at - time.time())), str(self.rate))
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def announce(security: Security, instance_path: str) -> None:
+    """Say at start what protects this server (loudly when nothing does)."""
+    if not security.enabled:
+        log.warning(
+            "SSE_NOTIFY_AUTH=none: authentication is OFF. Anyone who can reach this server can read "
+            "every user's notices and publish. Use this only on a trusted network."
+        )
+    elif security.development:
+        log.warning(
+            "sse_notify is in development mode: the token secret and/or publish key were generated and "
+            "kept in %s. Set FLASK_SECRET_KEY and SSE_NOTIFY_PUBLISH_KEYS (and SSE_NOTIFY_PRODUCTION=true) "
+            "for production.",
+            instance_path,
+        )
