@@ -24,3 +24,13 @@ graceful_timeout = 10
 # Heartbeats keep the gevent worker's own notify loop alive; this bounds a worker
 # whose event loop is blocked.
 timeout = 30
+
+
+def when_ready(server):
+    """Say where the demo page is; on a first run, with the generated publish key in the URL fragment."""
+    from sse_notify.devmode import demo_url
+
+    for address in server.cfg.address:
+        url = demo_url(address)
+        if url:
+            server.log.info("sse_notify demo page: %s", url)

@@ -24,6 +24,7 @@ import typing as t
 
 from .brokers import Broker
 from .concurrency import Event, gevent_active, new_event, spawn, spawn_later
+from .errors import BrokerError
 from .events import comment, encode_event
 from .notices import Notice, dumps
 
@@ -243,8 +244,12 @@ class Hub:
                 last_sweep = now
                 try:
                     dropped = self.broker.trim_expired()
+                except BrokerError as exc:
+                    log.warning("retention sweep failed, will retry: %s", exc)
+                    continue
                 except Exception:
                     log.exception("retention sweep failed")
+                    continue
                 else:
                     if dropped:
                         log.info("retention dropped %d expired notices", dropped)
@@ -307,9 +312,11 @@ class Hub:
         log.info("closing a stream of %s: %s", conn.user_id, reason)
         conn.close(reason)
         self.disconnect(conn)
-        # Its writer may be stuck on a client that stopped reading; it is out
-        # of the registry now, so the watchdog will not see it: check on it.
-        spawn_later(self.send_timeout, lambda: self._abort_if_stuck(conn), name="sse-notify-evict")
+        # If its writer is blocked in a write right now (a client that stopped
+        # reading), the watchdog will not see it any more: check on it later.
+        # An idle writer wakes, writes the closing frame and ends by itself.
+        if conn.writing_since:
+            spawn_later(self.send_timeout, lambda: self._abort_if_stuck(conn), name="sse-notify-evict")
 
     def _abort_if_stuck(self, conn: Connection) -> None:
         since = conn.writing_since

@@ -1,4 +1,4 @@
-"""The OpenAPI 3 document of the HTTP API, served at ``/openapi.json``."""
+"""The OpenAPI 3.1 document of the HTTP API: the single source, kept in sync by ``tests/test_openapi.py``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,401 @@ import typing as t
 
 __all__ = ["document"]
 
+Schema = dict[str, t.Any]
+
+#: The user id rule of :data:`sse_notify.notices.USER_ID_PATTERN`, anchored.
+USER_ID = r"^[A-Za-z0-9_.@:+\-]{1,128}$"
+MAX_TTL = 30 * 86400
+JSON = "application/json"
+
+
+def _ref(kind: str, name: str) -> Schema:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> Schema:
+    return _ref("schemas", name)
+
+
+def _obj(**properties: Schema) -> Schema:
+    """A closed JSON object: exactly ``properties``, every one required."""
+    closed = {"required": list(properties), "additionalProperties": False}
+    return {"type": "object", "properties": properties, **closed}
+
+
+def _json(description: str, schema: Schema, **extra: t.Any) -> Schema:
+    """A response (or request body) with a JSON body."""
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
+
+
+def _error(description: str, codes: t.Sequence[str], **extra: t.Any) -> Schema:
+    """An error response: the ``Error`` body, with the ``error`` codes it can carry."""
+    codes_text = ", ".join(f"`{code}`" for code in codes)
+    return _json(f"{description} (`error`: {codes_text}).", _schema("Error"), **extra)
+
+
+def _header(description: str, schema: Schema) -> Schema:
+    return {"description": description, "required": True, "schema": schema}
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    responses: dict[str, Schema],
+    *,
+    description: str = "",
+    security: list[dict[str, list[str]]] | None = None,
+    parameters: t.Sequence[Schema] = (),
+    body: Schema | None = None,
+    tag: str = "notices",
+) -> Schema:
+    op: Schema = {"operationId": operation_id, "summary": summary, "tags": [tag]}
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = list(parameters)
+    if body is not None:
+        op["requestBody"] = body
+    op["security"] = [] if security is None else security
+    op["responses"] = responses
+    return op
+
+
+def _responses(*names: str) -> dict[str, Schema]:
+    """The shared error responses called ``names`` (``"400"`` -> ``#/components/responses/400``)."""
+    return {name: _ref("responses", name) for name in names}
+
+
+def _schemas() -> dict[str, Schema]:
+    user_id = {"type": "string", "pattern": USER_ID, "description": "1-128 of `A-Z a-z 0-9 _ . @ : + -`."}
+    notice = _obj(
+        id={"type": "integer", "minimum": 1, "description": "The store's cursor: grows with every notice."},
+        user_id={**user_id, "type": ["string", "null"], "description": "`null` for a broadcast."},
+        created_at={
+            "type": "string",
+            "format": "date-time",
+            "description": "UTC, with milliseconds, e.g. `2026-11-22T15:04:05.123Z`.",
+        },
+        data={"type": "object", "description": "The publisher's JSON object."},
+    )
+    notice["description"] = "A stored notice: the 201 body of a publish and the `data` of a `notice` event."
+    event: dict[str, Schema] = {
+        "data": {"type": "string", "description": "One line of JSON."},
+        "id": {"type": "string", "description": "The cursor to resume from (`Last-Event-ID`)."},
+        "retry": {"type": "integer", "minimum": 0, "description": "Reconnection time, in ms."},
+    }
+
+    def sse(name: str, description: str, data: Schema) -> Schema:
+        return {
+            "type": "object",
+            "description": description,
+            "properties": {
+                **event,
+                "event": {"const": name},
+                "data": {**event["data"], "contentMediaType": JSON, "contentSchema": data},
+            },
+            "required": ["event", "data"],
+        }
+
+    return {
+        "UserId": user_id,
+        "Notice": notice,
+        "NoticeData": {
+            "type": "object",
+            "description": "Any JSON object, at most `SSE_NOTIFY_MAX_BODY` bytes.",
+        },
+        "BatchItem": _obj(user_id=_schema("UserId"), data=_schema("NoticeData")),
+        "Token": _obj(
+            user_id=_schema("UserId"),
+            token={"type": "string", "minLength": 1},
+            expires_at={"type": "integer", "description": "Unix time."},
+        ),
+        "Kicked": _obj(user_id=_schema("UserId"), kicked={"const": True}),
+        "Health": _obj(
+            status={"const": "ok"},
+            store={"const": "up"},
+            streams={"type": "integer", "minimum": 0, "description": "Open streams of this worker."},
+            users={"type": "integer", "minimum": 0, "description": "Users with an open stream here."},
+            evicted={"type": "integer", "minimum": 0},
+            refused={"type": "integer", "minimum": 0},
+        ),
+        "Unhealthy": _obj(
+            status={"const": "unavailable"}, store={"const": "down"}, detail={"type": "string"}
+        ),
+        "Error": _obj(
+            error={"type": "string", "description": "Machine-readable, e.g. `invalid_notice`."},
+            detail={"type": "string", "description": "What is wrong, for a human."},
+        ),
+        "StreamEvent": {
+            "description": (
+                "One event of the stream (the per-event schema of `text/event-stream`, as OpenAPI 3.1 "
+                "tools read it). Comments (`: connected`, heartbeats) and `id`/`retry`-only blocks "
+                "are not events."
+            ),
+            "oneOf": [
+                sse("notice", "A notice of this user, or a broadcast.", _schema("Notice")),
+                sse(
+                    "reset",
+                    "`Last-Event-ID` was older than retention, or unknown: reload, then read on.",
+                    _obj(
+                        reason={"enum": ["expired", "unknown"]},
+                        last_event_id={"type": "string"},
+                        id={"type": "integer", "minimum": 0},
+                    ),
+                ),
+                sse(
+                    "close",
+                    "The server ends the stream for a reason the page should act on.",
+                    _obj(reason={"enum": ["token_expired", "replaced", "kicked"]}),
+                ),
+            ],
+        },
+    }
+
+
+def _shared_responses() -> dict[str, Schema]:
+    www = {"WWW-Authenticate": _header('Always `Bearer realm="sse_notify"`.', {"type": "string"})}
+    retry = {"Retry-After": _header("Seconds until the window resets.", {"type": "integer", "minimum": 1})}
+    return {
+        "400": _error(
+            "Bad request: a user id that breaks the rule, a body that is not valid JSON, data that is not "
+            "a JSON object, a malformed batch (the detail names the item)",
+            ["bad_request", "invalid_notice"],
+        ),
+        "401": _error(
+            "No credentials, or bad ones", ["unauthorized", "invalid_token", "token_expired"], headers=www
+        ),
+        "403": _error(
+            "Credentials that do not allow this: a token of another user, an unknown key", ["forbidden"]
+        ),
+        "404": _error("No such route: a user id with `/` in it, for one", ["not_found"]),
+        "413": _error(
+            "The body, or a notice's data, is over `SSE_NOTIFY_MAX_BODY` "
+            "(a batch's body: `SSE_NOTIFY_MAX_BATCH_BODY`)",
+            ["request_entity_too_large", "payload_too_large"],
+        ),
+        "415": _error("The body is not sent as `application/json`", ["unsupported_media_type"]),
+        "429": _error("The publish key is over `SSE_NOTIFY_RATE_LIMIT`", ["rate_limited"], headers=retry),
+        "500": _error("The store failed", ["store_error", "internal_server_error"]),
+        "503": _error("The store cannot be reached; nothing was stored", ["store_unavailable"]),
+    }
+
+
+def _security_schemes() -> dict[str, Schema]:
+    token = "A connection token (`POST /users/{user_id}/tokens`, `sse_notify.issue_token`)"
+    return {
+        "publishKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A key of `SSE_NOTIFY_PUBLISH_KEYS`: `Authorization: Bearer <key>`.",
+        },
+        "connectionToken": {
+            "type": "apiKey",
+            "in": "query",
+            "name": "token",
+            "description": f"{token} in `?token=` (EventSource cannot send headers).",
+        },
+        "connectionTokenBearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": f"{token} in `Authorization: Bearer <token>`; it wins over the other two.",
+        },
+        "connectionTokenCookie": {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "sse_notify_token",
+            "description": f"{token} in the cookie `sse_notify.set_token_cookie` sets.",
+        },
+    }
+
+
+def _paths() -> dict[str, Schema]:
+    user = {
+        "name": "user_id",
+        "in": "path",
+        "required": True,
+        "description": "The user; one that breaks the rule is answered 400.",
+        "schema": _schema("UserId"),
+    }
+    publisher: list[dict[str, list[str]]] = [{"publishKey": []}]
+    auth_errors = ("401", "403", "429")
+    notice_body = _json("The notice's data.", _schema("NoticeData"), required=True)
+    created = _json("Stored and delivered.", _schema("Notice"))
+    stream_headers = {
+        "Cache-Control": _header("`no-cache`.", {"const": "no-cache"}),
+        "X-Accel-Buffering": _header("`no`: tells nginx not to buffer.", {"const": "no"}),
+    }
+    return {
+        "/": {
+            "get": _operation(
+                "index",
+                "The demo page",
+                {"200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                tag="meta",
+            )
+        },
+        "/connection/{user_id}": {
+            "get": _operation(
+                "connection",
+                "The user's event stream",
+                {
+                    "200": {
+                        "description": (
+                            "The stream, until the client leaves, the token expires (`close` event), or the "
+                            "server ends it. A server that is stopping or full also answers 200, with a "
+                            "comment and a `retry:` only: any other status makes EventSource give up."
+                        ),
+                        "headers": stream_headers,
+                        "content": {"text/event-stream": {"schema": _schema("StreamEvent")}},
+                    },
+                    **_responses("400", "401", "403", "404"),
+                },
+                description=(
+                    "Replays every notice after `Last-Event-ID` (or `?last_event_id=`), then goes live. "
+                    "Needs a connection token of this user (or the host app's `authorize` hook)."
+                ),
+                security=[
+                    {"connectionToken": []},
+                    {"connectionTokenBearer": []},
+                    {"connectionTokenCookie": []},
+                ],
+                parameters=[
+                    user,
+                    {
+                        "name": "last_event_id",
+                        "in": "query",
+                        "description": "Resume after this cursor (for clients that cannot send the header).",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "description": "Resume after this cursor; wins over `?last_event_id=`.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                tag="stream",
+            )
+        },
+        "/users/{user_id}/notices": {
+            "post": _operation(
+                "publish",
+                "Send a notice to one user",
+                {"201": created, **_responses("400", *auth_errors, "404", "413", "415", "500", "503")},
+                security=publisher,
+                parameters=[user],
+                body=notice_body,
+            )
+        },
+        "/broadcast": {
+            "post": _operation(
+                "broadcast",
+                "Send a notice to every user",
+                {"201": created, **_responses("400", *auth_errors, "413", "415", "500", "503")},
+                security=publisher,
+                body=notice_body,
+            )
+        },
+        "/notices": {
+            "post": _operation(
+                "publishBatch",
+                "Send several notices in one transaction (all or none)",
+                {
+                    "201": _json(
+                        "Stored and delivered, in order.", {"type": "array", "items": _schema("Notice")}
+                    ),
+                    **_responses("400", *auth_errors, "413", "415", "500", "503"),
+                },
+                description="At most `SSE_NOTIFY_MAX_BATCH` (default 1000) notices; more is a 400.",
+                security=publisher,
+                body=_json(
+                    "The notices.",
+                    {"type": "array", "minItems": 1, "items": _schema("BatchItem")},
+                    required=True,
+                ),
+            )
+        },
+        "/users/{user_id}/tokens": {
+            "post": _operation(
+                "issueToken",
+                "Issue a connection token for a user",
+                {"201": _json("The token.", _schema("Token")), **_responses("400", *auth_errors, "404")},
+                security=publisher,
+                parameters=[
+                    user,
+                    {
+                        "name": "ttl",
+                        "in": "query",
+                        "description": "Seconds (default `SSE_NOTIFY_TOKEN_TTL`); out of range: 400.",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TTL},
+                    },
+                ],
+                tag="stream",
+            )
+        },
+        "/users/{user_id}/kick": {
+            "post": _operation(
+                "kick",
+                "Close every open stream of a user, on every worker",
+                {
+                    "202": _json("Announced to every worker.", _schema("Kicked")),
+                    **_responses("400", *auth_errors, "404", "500", "503"),
+                },
+                security=publisher,
+                parameters=[user],
+                tag="stream",
+            )
+        },
+        "/healthz": {
+            "get": _operation(
+                "healthz",
+                "Whether the store answers",
+                {
+                    "200": _json("Up, with this worker's stream counts.", _schema("Health")),
+                    "503": _json("The store cannot be reached.", _schema("Unhealthy")),
+                },
+                tag="meta",
+            )
+        },
+        "/openapi.json": {
+            "get": _operation(
+                "openapi",
+                "This document",
+                {
+                    "200": _json(
+                        "The OpenAPI document.",
+                        {"type": "object", "required": ["openapi", "info", "paths"]},
+                    )
+                },
+                tag="meta",
+            )
+        },
+    }
+
 
 def document(prefix: str = "") -> dict[str, t.Any]:
     """The OpenAPI document, with every path under ``prefix``."""
-    return {"openapi": "3.1.0", "info": {"title": "sse_notify", "version": "0"}, "paths": {}}
+    prefix = prefix.rstrip("/")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sse_notify",
+            "version": "1",
+            "summary": "Per-user notifications over Server-Sent Events.",
+            "description": (
+                'Every error is JSON, `{"error": ..., "detail": ...}`, 404 and 405 included. Write '
+                "endpoints need a publish key; a stream needs a connection token of its user."
+            ),
+        },
+        "tags": [
+            {"name": "notices", "description": "Publish (publish key)."},
+            {"name": "stream", "description": "Streams, their tokens, and kicking them."},
+            {"name": "meta", "description": "Health, this document, the demo page."},
+        ],
+        "paths": {prefix + path: item for path, item in _paths().items()},
+        "components": {
+            "schemas": _schemas(),
+            "responses": _shared_responses(),
+            "securitySchemes": _security_schemes(),
+        },
+    }

@@ -141,7 +141,9 @@ class Security:
                 return None
             if decision is False:
                 raise Forbidden("the application does not allow this stream")
-        token = _bearer(request) or request.args.get("token") or request.cookies.get(self.cookie)
+        # The URL's token first: it is the one the page chose for this stream
+        # (an Authorization header may belong to a proxy or another API).
+        token = request.args.get("token") or _bearer(request) or request.cookies.get(self.cookie)
         if not token:
             raise Unauthenticated(
                 "this stream needs a connection token: ?token=, Authorization: Bearer, "

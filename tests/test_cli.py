@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
@@ -59,3 +60,18 @@ def test_real_cli_reaches_the_same_store(tmp_path: Path) -> None:
         timeout=60,
     ).stdout
     assert json.loads(out)["data"] == {"a": 1}
+
+
+def test_token_command_prints_a_working_token(runner: FlaskCliRunner, app: Flask) -> None:
+    """`token USER --ttl N` prints a token that opens USER's stream, and only theirs."""
+    from sse_notify.auth import verify_token
+    from sse_notify.errors import Forbidden
+
+    result = runner.invoke(args=["token", "alice", "--ttl", "60"])
+    assert result.exit_code == 0, result.output
+    token = result.output.strip()
+    grant = verify_token(get_state(app).security.secret, token, "alice")
+    assert 50 < grant.expires_at - __import__("time").time() <= 61
+    with pytest.raises(Forbidden):
+        verify_token(get_state(app).security.secret, token, "bob")
+    assert runner.invoke(args=["token", "a b"]).exit_code != 0

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from sse_notify import broadcast, notify, notify_many
 from sse_notify.extension import get_state
 
-from .support import token_for
+from .support import PUBLISH_KEY, token_for
 
 
 def test_publish_answers_201_with_the_notice(client: FlaskClient) -> None:
@@ -110,7 +110,9 @@ def test_batch_size_limit(app: Flask) -> None:
 
     small = create_app({**app.config, "SSE_NOTIFY_MAX_BATCH": 2})
     items = [{"user_id": "a", "data": {}}] * 3
-    response = small.test_client().post("/notices", json=items)
+    response = small.test_client().post(
+        "/notices", json=items, headers={"Authorization": f"Bearer {PUBLISH_KEY}"}
+    )
     assert response.status_code == 400
     assert "at most 2" in response.get_json()["detail"]
 
