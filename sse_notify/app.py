@@ -25,11 +25,10 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
-        # Every error answers JSON, 404 and 405 included.
-        from .views import error_response
+        # Every error answers JSON, 404 and 405 (with its Allow header) included.
+        from .views import http_error_response
 
-        name = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, name, exc.description or "")
+        return http_error_response(exc)
 
     @app.errorhandler(Exception)
     def _server_error(exc: Exception) -> tuple[Response, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import typing as t
 from dataclasses import dataclass, fields
 
@@ -20,6 +21,9 @@ from .errors import ConfigError
 __all__ = ["DEFAULTS", "PREFIX", "Settings", "load_env"]
 
 PREFIX = "SSE_NOTIFY_"
+
+#: An exact browser origin: scheme://host[:port], nothing that a CORS library could read as a pattern.
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:[0-9]{1,5})?")
 
 #: Every setting with its default. The README's table is checked against this.
 DEFAULTS: dict[str, t.Any] = {
@@ -157,9 +161,11 @@ class Settings:
                 values[f.name] = _text(key, raw, empty=True)  # "" turns the limit off
             else:
                 values[f.name] = _PARSERS[str(f.type)](key, raw)
-        if "*" in values["cors_origins"]:
-            raise ConfigError(
-                "SSE_NOTIFY_CORS_ORIGINS may not contain *: streams and publishes carry credentials, "
-                "so list each origin (e.g. https://app.example.com)"
-            )
+        for origin in values["cors_origins"]:
+            if not _ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"SSE_NOTIFY_CORS_ORIGINS: {origin!r} is not an exact origin. Streams and publishes "
+                    "carry credentials, so list each origin as scheme://host[:port] "
+                    "(e.g. https://app.example.com); no *, no patterns"
+                )
         return cls(**values)

@@ -60,9 +60,14 @@ class State:
                 raise InvalidNotice(f"{where}data must be a JSON object, got {type(data).__name__}")
             try:
                 text = dumps(data)
-            except (TypeError, ValueError) as exc:
+                size = len(text.encode())
+            except UnicodeEncodeError as exc:
+                raise InvalidNotice(
+                    f"{where}data is not valid Unicode (an unpaired surrogate?): {exc}"
+                ) from exc
+            except (TypeError, ValueError, RecursionError) as exc:
                 raise InvalidNotice(f"{where}data is not JSON-serializable: {exc}") from exc
-            if len(text.encode()) > self.settings.max_body:
+            if size > self.settings.max_body:
                 raise PayloadTooLarge(f"{where}data is larger than {self.settings.max_body} bytes")
             checked.append((user_id, text))
         return self.broker.publish_many(checked)

@@ -283,11 +283,11 @@ class Hub:
             self.refused += 1
             conn.close("overloaded")
             return conn
-        mine = self.users.setdefault(user_id, {})
+        mine = self.users.get(user_id, {})
         while len(mine) >= self.max_streams_per_user:
-            self._evict(next(iter(mine)), "replaced")
+            self._evict(next(iter(mine)), "replaced")  # may drop the user's (now empty) entry
         self.connections.add(conn)
-        mine[conn] = None
+        self.users.setdefault(user_id, {})[conn] = None
         return conn
 
     def disconnect(self, conn: Connection) -> None:

@@ -177,7 +177,7 @@ def _shared_responses() -> dict[str, Schema]:
         "413": _error(
             "The body, or a notice's data, is over `SSE_NOTIFY_MAX_BODY` "
             "(a batch's body: `SSE_NOTIFY_MAX_BATCH_BODY`)",
-            ["request_entity_too_large", "payload_too_large"],
+            ["payload_too_large"],
         ),
         "415": _error("The body is not sent as `application/json`", ["unsupported_media_type"]),
         "429": _error("The publish key is over `SSE_NOTIFY_RATE_LIMIT`", ["rate_limited"], headers=retry),

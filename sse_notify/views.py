@@ -9,15 +9,15 @@ import time
 import typing as t
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 
 from .errors import AuthError, BrokerError, BrokerUnavailable, InvalidNotice
-from .extension import USER_ID_RULE, PayloadTooLarge, State, get_state
+from .extension import USER_ID_RULE, PayloadTooLarge, get_state
 from .notices import Notice, is_valid_user_id
 from .security import RateLimited
 from .streaming import event_stream
 
-__all__ = ["bp", "error_response"]
+__all__ = ["bp", "error_response", "http_error_response"]
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
@@ -34,6 +34,22 @@ bp = Blueprint("sse_notify", __name__, template_folder=_template_folder())
 def error_response(status: int, error: str, detail: str) -> tuple[Response, int]:
     """The JSON body of every error: ``{"error": ..., "detail": ...}``."""
     return jsonify(error=error, detail=detail), status
+
+
+def http_error_response(exc: HTTPException) -> tuple[Response, int]:
+    """An HTTP error as JSON, keeping its headers (``Allow`` of a 405)."""
+    name = (exc.name or "error").lower().replace(" ", "_")
+    response, status = error_response(exc.code or 500, name, exc.description or "")
+    for key, value in exc.get_headers():
+        if key.lower() != "content-type":
+            response.headers[key] = value
+    return response, status
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    # Errors our own views raise are JSON, also inside a host app.
+    return http_error_response(exc)
 
 
 @bp.errorhandler(AuthError)
@@ -76,35 +92,50 @@ def _check_user_id(user_id: str) -> None:
         abort(400, f"user id must be {USER_ID_RULE}")
 
 
-def publisher(limit: t.Callable[[State], int] = lambda state: state.settings.max_body) -> t.Callable[[F], F]:
+def publisher(view: F) -> F:
     """Require a publish key (and count it against its rate limit) before the view runs."""
 
-    def decorate(view: F) -> F:
-        @functools.wraps(view)
-        def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-            state = get_state()
-            state.security.check_publisher(request)
-            request.max_content_length = limit(state)
-            return view(*args, **kwargs)
+    @functools.wraps(view)
+    def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        get_state().security.check_publisher(request)
+        return view(*args, **kwargs)
 
-        return t.cast(F, wrapper)
-
-    return decorate
+    return t.cast(F, wrapper)
 
 
-def _json_body() -> t.Any:
+def _read_body(limit: int) -> bytes:
+    """The request body, refusing (413) one over ``limit`` bytes, chunked bodies included.
+
+    (Werkzeug's own limit silently cuts a chunked body at the limit.)
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {limit} bytes")
+    stream = request.stream
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        part = stream.read(min(65536, limit + 1 - size))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    if size > limit:
+        raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+    return b"".join(parts)
+
+
+def _json_body(limit: int | None = None) -> t.Any:
     if not request.is_json:
         raise UnsupportedMediaType(
             f"send the body as JSON with Content-Type: application/json (got {request.mimetype or 'none'})"
         )
-    try:
-        raw = request.get_data()
-    except RequestEntityTooLarge:
-        raise RequestEntityTooLarge(f"the body is larger than {request.max_content_length} bytes") from None
+    raw = _read_body(get_state().settings.max_body if limit is None else limit)
     try:
         return json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise BadRequest("body is not accepted: JSON nested too deeply") from None
 
 
 def _created(notices: list[Notice], single: bool) -> Response:
@@ -137,7 +168,7 @@ def connection(user_id: str) -> Response:
 
 
 @bp.post("/users/<user_id>/notices")
-@publisher()
+@publisher
 def publish(user_id: str) -> Response:
     """Store a notice for one user, deliver it, answer 201 with it."""
     _check_user_id(user_id)
@@ -146,7 +177,7 @@ def publish(user_id: str) -> Response:
 
 
 @bp.post("/broadcast")
-@publisher()
+@publisher
 def publish_broadcast() -> Response:
     """Store a notice for every user, deliver it, answer 201 with it."""
     data = _json_body()
@@ -154,10 +185,10 @@ def publish_broadcast() -> Response:
 
 
 @bp.post("/notices")
-@publisher(lambda state: state.settings.max_batch_body)
+@publisher
 def publish_batch() -> Response:
     """Store a list of ``{"user_id", "data"}`` in one transaction; 201 with the list."""
-    body = _json_body()
+    body = _json_body(get_state().settings.max_batch_body)
     if not isinstance(body, list) or not body:
         raise InvalidNotice('body must be a non-empty JSON list of {"user_id": ..., "data": {...}}')
     items: list[tuple[str | None, t.Any]] = []
@@ -171,20 +202,24 @@ def publish_batch() -> Response:
 
 
 @bp.post("/users/<user_id>/tokens")
-@publisher()
+@publisher
 def token(user_id: str) -> tuple[Response, int]:
     """Issue a connection token for a user (for backends, and the demo page)."""
     _check_user_id(user_id)
     state = get_state()
-    ttl = request.args.get("ttl", type=int) or state.settings.token_ttl
+    raw = request.args.get("ttl")
+    try:
+        ttl = state.settings.token_ttl if raw is None else int(raw)
+    except ValueError:
+        raise BadRequest(f"ttl must be a whole number of seconds, got {raw!r}") from None
     if not 0 < ttl <= 30 * 86400:
-        raise InvalidNotice("ttl must be between 1 and 2592000 seconds (30 days)")
+        raise BadRequest(f"ttl must be between 1 and 2592000 seconds (30 days), got {ttl}")
     value = state.security.issue(user_id, ttl)
     return jsonify(user_id=user_id, token=value, expires_at=int(time.time() + ttl)), 201
 
 
 @bp.post("/users/<user_id>/kick")
-@publisher()
+@publisher
 def kick(user_id: str) -> tuple[Response, int]:
     """Close every open stream of a user, on every worker."""
     _check_user_id(user_id)

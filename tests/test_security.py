@@ -804,7 +804,7 @@ BIG = "x" * DEFAULTS["SSE_NOTIFY_MAX_BODY"]
             "/users/alice/notices",
             {"json": {"pad": BIG}},
             413,
-            "request_entity_too_large",
+            "payload_too_large",
             "65536 bytes",
             id="over-max-body",
         ),
@@ -812,7 +812,7 @@ BIG = "x" * DEFAULTS["SSE_NOTIFY_MAX_BODY"]
             "/broadcast",
             {"json": {"pad": BIG}},
             413,
-            "request_entity_too_large",
+            "payload_too_large",
             "65536 bytes",
             id="broadcast-over",
         ),
@@ -820,7 +820,7 @@ BIG = "x" * DEFAULTS["SSE_NOTIFY_MAX_BODY"]
             "/notices",
             {"json": [{"user_id": "a", "data": {"pad": BIG}}] * 64},
             413,
-            "request_entity_too_large",
+            "payload_too_large",
             str(DEFAULTS["SSE_NOTIFY_MAX_BATCH_BODY"]),
             id="batch-over-max-batch-body",
         ),
@@ -869,12 +869,6 @@ def _chunked(first: bytes, filler: bytes, count: int) -> t.Iterator[bytes]:
 
 @pytest.mark.server
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with Transfer-Encoding: chunked (no Content-Length) the body is silently cut at "
-    "SSE_NOTIFY_MAX_BODY (Werkzeug's LimitedStream.readall stops at the limit): a 200 KiB body whose "
-    "first 64 KiB parse (JSON + whitespace) is stored (201), any other answers 400 'not valid JSON'",
-)
 @pytest.mark.parametrize(
     ("first", "filler"),
     [
@@ -896,12 +890,6 @@ def test_chunked_body_over_the_limit_is_413(
     assert response.status_code == 413, response.text[:200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a body over SSE_NOTIFY_MAX_BODY / MAX_BATCH_BODY answers error 'request_entity_too_large' "
-    "(Werkzeug's name), while the README documents 413 as 'payload_too_large' (what a batch item "
-    "over the limit gets)",
-)
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -925,11 +913,6 @@ EMBEDDED_ERRORS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the JSON handler for HTTPException lives in create_app only; with SSENotify(app) in a "
-    "host app, the extension's own abort(400)/415/400/413 answer Werkzeug's HTML pages",
-)
 @pytest.mark.parametrize(("method", "path", "kwargs", "status"), EMBEDDED_ERRORS)
 def test_embedded_errors_are_json(
     tmp_path: Path, method: str, path: str, kwargs: dict[str, t.Any], status: int
@@ -941,11 +924,6 @@ def test_embedded_errors_are_json(
     assert response.headers["Content-Type"] == "application/json", response.data[:80]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a JSON string with a lone surrogate escape (\\ud800) passes json.loads, then "
-    "str.encode() in State.publish_many raises UnicodeEncodeError, answered 500 instead of 400",
-)
 def test_a_lone_surrogate_is_a_400(client: FlaskClient, app: Flask) -> None:
     """A body with a lone UTF-16 surrogate escape is a 400 invalid_notice, not a server error."""
     response = client.post("/users/alice/notices", data='{"a": "\\ud800"}', content_type="application/json")
@@ -968,11 +946,6 @@ def test_404_and_405_are_json(client: FlaskClient, method: str, path: str, statu
     assert_json_error(getattr(client, method)(path), status, error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: create_app's JSON HTTPException handler builds a new response and drops the "
-    "exception's headers, so 405 has no Allow header (RFC 9110 15.5.6 requires it)",
-)
 def test_405_keeps_the_allow_header(client: FlaskClient) -> None:
     """A 405 says which methods are allowed (Allow header), as HTTP requires."""
     response = client.get("/users/alice/notices")
@@ -1193,12 +1166,6 @@ def test_cors_off_by_default(client: FlaskClient) -> None:
         pytest.param(
             ["https://*.example.com"],
             id="wildcard-subdomain",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: only an exact '*' entry is refused; 'https://*.example.com' is accepted and "
-                "flask-cors treats it as an unanchored regex, so https://xexample.com.evil.io gets "
-                "Access-Control-Allow-Origin with credentials",
-            ),
         ),
     ],
 )
