@@ -35,6 +35,8 @@ log = logging.getLogger("sse_notify.hub")
 
 #: Reserved "user ids" (not valid user ids) of control records on the feed.
 KICK = "!kick"
+#: From a feed that lost notices it cannot recover (see ``brokers/redis.py``).
+RESYNC = "!resync"
 
 #: Why a stream ended -> whether the client is told with a ``close`` event, and
 #: the base ``retry:`` (ms) it gets: a client that should not come back at once
@@ -46,6 +48,7 @@ CLOSE_REASONS: dict[str, tuple[bool, int]] = {
     "replaced": (True, 60000),
     "kicked": (True, 60000),
     "token expired": (True, 0),
+    "resync": (False, 0),
 }
 
 
@@ -348,6 +351,11 @@ class Hub:
             user_id = notice.data.get("user_id")
             if isinstance(user_id, str):
                 self.kick(user_id)
+        elif notice.user_id == RESYNC:
+            # The feed lost notices it cannot recover live: every client
+            # resumes from its own Last-Event-ID instead.
+            for conn in list(self.connections):
+                self._evict(conn, "resync")
 
     def closing_frame(self, reason: str) -> bytes:
         """What a stream sends when the server ends it: a comment, maybe a ``close`` event, a ``retry:``."""

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from sse_notify import create_app
 
-from .support import PUBLISH_KEY, SECRET, Server
+from .support import PUBLISH_KEY, SECRET, RedisServer, Server
 
 
 @pytest.fixture(name="app")
@@ -58,3 +58,19 @@ def _make_server(tmp_path: Path) -> t.Iterator[t.Callable[..., Server]]:
 @pytest.fixture(name="live_server")
 def _live_server(make_server: t.Callable[..., Server]) -> Server:
     return make_server()
+
+
+@pytest.fixture(name="redis_server", scope="session")
+def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisServer]:
+    """One redis-server for the whole session (tests keep apart by key prefix)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(name="own_redis")
+def _own_redis(tmp_path: Path) -> t.Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop and restart."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

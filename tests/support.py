@@ -305,3 +305,53 @@ class Subscriber:
         self._stop.set()
         self._client.close()
         self._thread.join(5)
+
+
+@dataclass
+class RedisServer:
+    """A real ``redis-server`` of the test's own, on a free port, with AOF persistence on."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        """Start (or restart, keeping its data) and wait until it answers PING."""
+        binary = require_binary("redis-server", "the Redis backend tests start their own redis-server")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
+        cmd += ["--appendfsync", "always", "--dir", str(self.directory), "--logfile", "redis.log"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(self._answers, 10, f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it (SIGTERM: it writes its data first; SIGKILL: it does not)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+        self.proc = None
+
+    def clients(self) -> list[dict[str, t.Any]]:
+        """CLIENT LIST, without the connection that asks."""
+        import redis
+
+        client = redis.Redis(port=self.port, socket_timeout=5)
+        try:
+            me = client.client_id()
+            return [c for c in client.client_list() if int(c["id"]) != me]
+        finally:
+            client.close()

@@ -13,6 +13,7 @@ from a real thread: every wait for a delivery has a deadline (:class:`Feed`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -29,9 +30,12 @@ import pytest
 
 from sse_notify import brokers
 from sse_notify.brokers import Broker, MemoryBroker, Replay, SQLiteBroker
+from sse_notify.brokers.redis import RedisBroker
 from sse_notify.brokers.wakeup import WakeChannel
 from sse_notify.errors import BrokerError, BrokerUnavailable, ConfigError
 from sse_notify.notices import Notice, dumps
+
+from .support import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -498,6 +502,21 @@ class TestMemoryBroker(BrokerContract):
         return MemoryBroker(**options)
 
 
+class TestRedisBroker(DurableContract):
+    durable = True
+    shared = True
+    fast_feed: t.ClassVar[dict[str, t.Any]] = {"poll_interval": 0.05}
+
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_server: RedisServer) -> None:
+        self.url = redis_server.url
+
+    def create(self, store_dir: Path, **options: t.Any) -> Broker:
+        # One prefix per test: tests share the session's redis-server.
+        prefix = "t" + hashlib.sha1(str(store_dir).encode()).hexdigest()[:12] + ":"
+        return RedisBroker(self.url, prefix=prefix, **options)
+
+
 class TestSQLiteBroker(DurableContract):
     durable = True
     shared = True
@@ -737,7 +756,7 @@ def test_make_broker_sqlite_synchronous(from_url: Callable[..., Broker], value: 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("redis://localhost/0", "unknown store redis://"),
+        ("postgres://localhost/0", "unknown store postgres://"),
         ("postgres://db/x", "unknown store postgres://"),
         ("notices.sqlite3", "must look like scheme://"),
         ("sqlite:", "must look like scheme://"),

@@ -5,13 +5,16 @@
                             (``sqlite:////abs/path`` for an absolute path),
                             shared by every worker on the host, durable
 ``memory://``               this process only, nothing survives a restart
+``redis://host:6379/0``     Redis (``rediss://`` for TLS; ``?prefix=app1:`` to
+                            share a server), for several hosts; needs the
+                            ``[redis]`` extra
 ==========================  ==================================================
 """
 
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from .base import Broker, FeedCallback, Replay
@@ -66,6 +69,24 @@ def make_broker(
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisBroker
+
+        parts = urlsplit(url)
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        prefix = options.get("prefix", "sse_notify:")
+        if not prefix:
+            raise ConfigError("the Redis URL option prefix= must not be empty")
+        # Every other query option (ssl_cert_reqs=, ...) is redis-py's own.
+        kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "prefix"]
+        return RedisBroker(
+            urlunsplit(parts._replace(query=urlencode(kept))),
+            prefix=prefix,
+            retention_count=retention_count,
+            retention_age=retention_age,
+            poll_interval=poll_interval,
+        )
     raise ConfigError(
-        f"unknown store {scheme}:// in SSE_NOTIFY_BROKER_URL; this version supports sqlite:// and memory://"
+        f"unknown store {scheme}:// in SSE_NOTIFY_BROKER_URL; this version supports sqlite://, memory:// "
+        "and redis:// (rediss://)"
     )

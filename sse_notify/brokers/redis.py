@@ -1,0 +1,394 @@
+"""``redis://host:port/db`` (or ``rediss://``): notices in Redis, shared by every host.
+
+Layout (every key under one prefix, ``sse_notify:`` by default):
+
+=====================  ========================================================
+``{p}seq``             the cursor: one counter for every notice
+``{p}log:{user}``      a stream per user (``{p}log:*`` for broadcasts), entry id
+                       ``<cursor>-0``, capped by count and age, expiring with age
+``{p}floor``           hash: per user, the newest cursor retention dropped
+``{p}last``            hash: per user, the newest cursor ever stored (a stream
+                       that expired whole lost everything up to it)
+``{p}all``             a short stream of every notice, for a feed to catch up
+                       after it lost its subscription (``~`` capped)
+``{p}events``          the pub/sub channel announcing every batch
+=====================  ========================================================
+
+**Atomic publish.** One Lua script stores a batch (INCR, XADD, trimming, floors)
+and PUBLISHes it: no subscriber can see a notice that replay would not return,
+or the reverse.
+
+**One subscription per process.** The feed is one pub/sub connection per
+worker, whatever the number of streams, plus a small blocking pool for
+commands. When the subscription breaks (Redis restarted, a network blip) the
+feed reconnects with backoff, resubscribes, and catches up from ``{p}all``; if
+that is too short to cover the gap, it tells the hub to close its streams so
+that every client resumes from its own ``Last-Event-ID``. A cheap check of
+``{p}seq`` once per poll interval also catches any lost announcement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import typing as t
+from urllib.parse import urlsplit
+
+from ..concurrency import spawn
+from ..errors import BrokerError, BrokerUnavailable, ConfigError
+from ..notices import Notice, utc_iso_ago, utc_now_iso
+from .base import BROADCAST_KEY, FeedCallback, Replay, parse_cursor, plan_replay
+
+try:
+    import redis
+except ImportError:  # pragma: no cover - depends on the install
+    redis = None  # type: ignore[assignment]
+
+__all__ = ["RESYNC", "RedisBroker"]
+
+log = logging.getLogger("sse_notify.brokers.redis")
+
+#: Control record the feed hands the hub when it cannot fill a gap: close every stream.
+RESYNC = "!resync"  # the same value as sse_notify.hub.RESYNC (the hub imports brokers, not the reverse)
+
+_TRIM = """
+local function trim(p, key, keep, cutoff)
+  local stream = p .. 'log:' .. key
+  local dropped = nil
+  local n = redis.call('XLEN', stream)
+  if n > keep then
+    local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', n - keep)
+    for _, e in ipairs(old) do
+      redis.call('XDEL', stream, e[1])
+      dropped = e[1]
+    end
+  end
+  while true do
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+    if #first == 0 or first[1][2][2] >= cutoff then break end
+    redis.call('XDEL', stream, first[1][1])
+    dropped = first[1][1]
+  end
+  if dropped then
+    local seq = tonumber(string.match(dropped, '^(%d+)'))
+    local cur = tonumber(redis.call('HGET', p .. 'floor', key) or '0')
+    if seq > cur then redis.call('HSET', p .. 'floor', key, seq) end
+  end
+  return dropped
+end
+"""
+
+_PUBLISH = (
+    _TRIM
+    + """
+local p, keep, ttl, cutoff, created, catchup = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local seqs, lines, touched = {}, {}, {}
+for i = 7, #ARGV, 2 do
+  local key, data = ARGV[i], ARGV[i + 1]
+  local seq = redis.call('INCR', p .. 'seq')
+  local id = seq .. '-0'
+  redis.call('XADD', p .. 'log:' .. key, id, 'c', created, 'd', data)
+  redis.call('XADD', p .. 'all', 'MAXLEN', '~', catchup, id, 'u', key, 'c', created, 'd', data)
+  redis.call('HSET', p .. 'last', key, seq)
+  touched[key] = true
+  seqs[#seqs + 1] = seq
+  lines[#lines + 1] = seq .. '\\t' .. key .. '\\t' .. created .. '\\t' .. data
+end
+for key, _ in pairs(touched) do
+  trim(p, key, keep, cutoff)
+  redis.call('PEXPIRE', p .. 'log:' .. key, ttl)
+end
+redis.call('PUBLISH', p .. 'events', table.concat(lines, '\\n'))
+return seqs
+"""
+)
+
+_REPLAY = """
+local p, user, cursor = ARGV[1], ARGV[2], ARGV[3]
+local function floor_of(key)
+  local f = tonumber(redis.call('HGET', p .. 'floor', key) or '0')
+  if redis.call('EXISTS', p .. 'log:' .. key) == 0 then
+    local last = tonumber(redis.call('HGET', p .. 'last', key) or '0')
+    if last > f then f = last end
+  end
+  return f
+end
+local floor = math.max(floor_of(user), floor_of('*'))
+local head = tonumber(redis.call('GET', p .. 'seq') or '0')
+local mine, all = {}, {}
+if cursor ~= '' and tonumber(cursor) <= head then
+  mine = redis.call('XRANGE', p .. 'log:' .. user, '(' .. cursor .. '-0', '+')
+  all = redis.call('XRANGE', p .. 'log:*', '(' .. cursor .. '-0', '+')
+end
+return {floor, head, mine, all}
+"""
+
+_SWEEP = (
+    _TRIM
+    + """
+local p, cutoff = ARGV[1], ARGV[2]
+local dropped = 0
+for i = 3, #ARGV do
+  local before = redis.call('XLEN', p .. 'log:' .. ARGV[i])
+  trim(p, ARGV[i], 1e18, cutoff)
+  dropped = dropped + before - redis.call('XLEN', p .. 'log:' .. ARGV[i])
+end
+return dropped
+"""
+)
+
+
+def _seq(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry_notice(entry: t.Any, key: str | None = None) -> Notice:
+    """A notice from a stream entry (``key``: the stream's user; else the entry's ``u`` field)."""
+    entry_id, fields = entry
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    user = _text(values[b"u"]) if key is None else key
+    return Notice(
+        _seq(entry_id), None if user == BROADCAST_KEY else user, _text(values[b"c"]), _text(values[b"d"])
+    )
+
+
+def _deliver(callback: FeedCallback, notices: list[Notice]) -> None:
+    """Hand notices to the feed's callback; its failure is logged, never stops the feed."""
+    try:
+        callback(notices)
+    except Exception:
+        log.exception("feed callback failed")
+
+
+class RedisBroker:
+    """Notices in Redis: any worker on any host can publish, replay, and listen."""
+
+    durable = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "sse_notify:",
+        retention_count: int = 1000,
+        retention_age: float = 7 * 86400,
+        poll_interval: float = 1.0,
+        catchup: int = 10000,
+        pool_size: int = 16,
+    ) -> None:
+        if redis is None:
+            raise ConfigError('the Redis store needs redis-py: pip install "sse-notify[redis]"')
+        self.url = url
+        self.prefix = prefix
+        self.retention_count = retention_count
+        self.retention_age = retention_age
+        self.poll_interval = poll_interval
+        self.catchup = catchup
+        self.pool_size = pool_size
+        self._lock = threading.Lock()
+        self._client_obj: t.Any = None
+        self._pid = -1
+        self._closed = False
+        self._feeding = False
+        self._scripts: dict[str, t.Any] = {}
+
+    # -- connection -------------------------------------------------------
+
+    def _client(self) -> t.Any:
+        if self._client_obj is not None and self._pid == os.getpid():
+            return self._client_obj
+        with self._lock:
+            if self._client_obj is None or self._pid != os.getpid():
+                pool = redis.BlockingConnectionPool.from_url(
+                    self.url,
+                    max_connections=self.pool_size,
+                    timeout=5,
+                    socket_timeout=5,
+                    socket_connect_timeout=2,
+                )
+                client = redis.Redis(connection_pool=pool)
+                self._scripts = {
+                    "publish": client.register_script(_PUBLISH),
+                    "replay": client.register_script(_REPLAY),
+                    "sweep": client.register_script(_SWEEP),
+                }
+                self._client_obj, self._pid = client, os.getpid()
+        return self._client_obj
+
+    def _call(self, work: t.Callable[[t.Any], t.Any]) -> t.Any:
+        if self._closed:
+            raise BrokerUnavailable("the Redis store is closed")
+        try:
+            return work(self._client())
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerUnavailable(f"Redis at {self._where()} is unreachable: {exc}") from exc
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis at {self._where()}: {exc}") from exc
+
+    def _where(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+    # -- writing ----------------------------------------------------------
+
+    def publish(self, user_id: str | None, data_json: str) -> Notice:
+        """Store one notice and announce it, atomically."""
+        return self.publish_many([(user_id, data_json)])[0]
+
+    def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
+        """Store several notices and announce them in one atomic script."""
+        if not items:
+            return []
+        for user_id, data in items:
+            if not isinstance(data, str) or (user_id is not None and not isinstance(user_id, str)):
+                raise BrokerError("user_id and data_json must be str")
+        created_at = utc_now_iso()
+        args: list[t.Any] = [
+            self.prefix,
+            self.retention_count,
+            # Streams expire whole well after the retention age: a fallback
+            # for users who went quiet. Age trimming itself is the sweep's job
+            # (trim_expired), as in the other stores, so publish passes no cutoff.
+            int((self.retention_age * 2 + 60) * 1000),
+            "",
+            created_at,
+            self.catchup,
+        ]
+        for user_id, data in items:
+            args += [BROADCAST_KEY if user_id is None else user_id, data]
+        seqs = self._call(lambda client: self._scripts["publish"](args=args))
+        return [
+            Notice(int(seq), user_id, created_at, data)
+            for seq, (user_id, data) in zip(seqs, items, strict=True)
+        ]
+
+    def trim_expired(self) -> int:
+        """Drop notices older than the retention age from every stream (a SCAN over the logs)."""
+        pattern = f"{self.prefix}log:*"
+        start = len(self.prefix) + len("log:")
+
+        def work(client: t.Any) -> int:
+            dropped = 0
+            cutoff = utc_iso_ago(self.retention_age)
+            batch: list[str] = []
+            for key in client.scan_iter(match=pattern, count=500, _type="stream"):
+                batch.append(_text(key)[start:])
+                if len(batch) == 200:
+                    dropped += int(self._scripts["sweep"](args=[self.prefix, cutoff, *batch]))
+                    batch = []
+            if batch:
+                dropped += int(self._scripts["sweep"](args=[self.prefix, cutoff, *batch]))
+            return dropped
+
+        dropped: int = self._call(work)
+        return dropped
+
+    # -- reading ----------------------------------------------------------
+
+    def head(self) -> int:
+        """The newest cursor issued."""
+        value = self._call(lambda client: client.get(f"{self.prefix}seq"))
+        return int(value) if value else 0
+
+    def replay(self, user_id: str, last_event_id: str) -> Replay:
+        """The user's notices and the broadcasts after the client's cursor (one atomic read)."""
+        cursor = parse_cursor(last_event_id)
+        args = [self.prefix, user_id, "" if cursor is None else str(cursor)]
+        floor, head, mine, everyone = self._call(lambda client: self._scripts["replay"](args=args))
+        start, reset = plan_replay(last_event_id, int(floor), int(head))
+        notices = [_entry_notice(e, user_id) for e in mine] + [
+            _entry_notice(e, BROADCAST_KEY) for e in everyone
+        ]
+        notices = sorted((n for n in notices if n.id > start), key=lambda n: n.id)
+        return Replay(notices, start, reset)
+
+    # -- the feed ---------------------------------------------------------
+
+    def subscribe(self, callback: FeedCallback) -> None:
+        """Start this process's feed: one pub/sub connection, every new notice in order."""
+        with self._lock:
+            if self._feeding:
+                raise RuntimeError("this process already has a feed")
+            self._feeding = True
+        start = self.head()
+        spawn(lambda: self._feed(callback, start), name="sse-notify-redis-feed")
+
+    def _catch_up(self, client: t.Any, callback: FeedCallback, last: int) -> int:
+        """Dispatch what ``{p}all`` holds after ``last``; a RESYNC if it no longer reaches back that far."""
+        entries = client.xrange(f"{self.prefix}all", min=f"({last}-0", max="+")
+        if entries and _seq(entries[0][0]) > last + 1:
+            oldest = client.xrange(f"{self.prefix}all", min="-", max="+", count=1)
+            if oldest and _seq(oldest[0][0]) > last + 1:
+                log.warning("feed missed notices older than its catch-up log: closing streams to resync")
+                _deliver(callback, [Notice(_seq(entries[0][0]), RESYNC, utc_now_iso(), "{}")])
+        notices = [_entry_notice(entry) for entry in entries]
+        if notices:
+            _deliver(callback, notices)
+            return notices[-1].id
+        return last
+
+    def _feed(self, callback: FeedCallback, last: int) -> None:
+        channel = f"{self.prefix}events"
+        pubsub: t.Any = None
+        backoff = 0.1
+        catch_up = False
+        while not self._closed:
+            try:
+                client = self._client()
+                if pubsub is None:
+                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(channel)
+                    if catch_up:
+                        log.info("feed resubscribed to Redis; catching up after cursor %d", last)
+                        last = self._catch_up(client, callback, last)
+                    catch_up, backoff = False, 0.1
+                message = pubsub.get_message(timeout=self.poll_interval)
+                if message is None:
+                    head = client.get(f"{self.prefix}seq")
+                    if head is not None and int(head) > last:
+                        last = self._catch_up(client, callback, last)
+                    continue
+                notices = []
+                for line in _text(message["data"]).split("\n"):
+                    seq, key, created, data = line.split("\t", 3)
+                    notices.append(Notice(int(seq), None if key == BROADCAST_KEY else key, created, data))
+                if notices and notices[0].id > last + 1:
+                    last = self._catch_up(client, callback, last)
+                fresh = [n for n in notices if n.id > last]
+                if fresh:
+                    _deliver(callback, fresh)
+                    last = fresh[-1].id
+            except redis.RedisError as exc:
+                if self._closed:
+                    break
+                log.warning("feed lost Redis (%s); reconnecting in %.1f s", exc, backoff)
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+                pubsub, catch_up = None, True
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("feed callback failed")
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def ping(self) -> None:
+        """Raise :class:`BrokerUnavailable` if Redis does not answer."""
+        self._call(lambda client: client.ping())
+
+    def close(self) -> None:
+        """Stop the feed and release this process's connections."""
+        self._closed = True
+        if self._client_obj is not None and self._pid == os.getpid():
+            self._client_obj.connection_pool.disconnect()
+        self._client_obj = None
