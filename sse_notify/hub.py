@@ -49,6 +49,7 @@ CLOSE_REASONS: dict[str, tuple[bool, int]] = {
     "kicked": (True, 60000),
     "token expired": (True, 0),
     "resync": (False, 0),
+    "store unavailable": (False, 1000),
 }
 
 
@@ -194,7 +195,7 @@ class Hub:
             if self._pid == os.getpid():
                 return
             self.users, self.connections = {}, set()
-            self.broker.subscribe(self.dispatch)
+            self.broker.subscribe(self.dispatch)  # may raise BrokerError: then retried at the next stream
             self.install_shutdown_signal()
             spawn(self._housekeeping, name="sse-notify-housekeeping")
             self._pid = os.getpid()

@@ -17,8 +17,8 @@ __all__ = ["RedactSecrets", "install"]
 
 _SECRET_PARAM = re.compile(r"((?:^|[?&;\s])(?:token|key|access_token)=)[^&;\s\"']*", re.IGNORECASE)
 
-#: Loggers that write request lines: gunicorn's access log and Werkzeug's dev server.
-ACCESS_LOGGERS = ("gunicorn.access", "werkzeug")
+#: Loggers that write request lines: gunicorn's access and error logs, Werkzeug's dev server.
+ACCESS_LOGGERS = ("gunicorn.access", "gunicorn.error", "werkzeug")
 
 
 def redact(text: str) -> str:

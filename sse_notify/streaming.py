@@ -45,7 +45,15 @@ def event_stream(
         stream is closed then (with a ``close`` event), and the client must
         come back with a new token.
     """
-    conn = hub.connect(user_id, expires_at)
+    try:
+        conn = hub.connect(user_id, expires_at)
+    except BrokerError as exc:
+        # This process could not join the store's feed (the store is down):
+        # tell the client to come back later. A 200 with a retry, not a 5xx,
+        # which would make EventSource give up.
+        log.warning("stream of %s refused for now: %s", user_id, exc)
+        yield hub.closing_frame("store unavailable")
+        return
     try:
         if conn.closed:
             # Stopping, or full: send the client elsewhere or later, without
@@ -61,10 +69,14 @@ def event_stream(
             try:
                 conn.cursor = hub.broker.head()
             except BrokerError as exc:
-                log.warning("stream of %s starts without a cursor: %s", user_id, exc)
-                yield comment("connected") + encode_event(retry=hub.retry)
-            else:
-                yield comment("connected") + encode_event(id=conn.cursor, retry=hub.retry)
+                # Without a starting cursor the client could not resume: send it
+                # back later (a 200 with a retry: EventSource tries again).
+                log.warning("stream of %s refused for now: %s", user_id, exc)
+                yield comment("store unavailable, reconnect later") + encode_event(
+                    retry=hub.jittered_retry(1000)
+                )
+                return
+            yield comment("connected") + encode_event(id=conn.cursor, retry=hub.retry)
         else:
             # First bytes at once: headers go out, EventSource fires "open",
             # proxies stop waiting.
@@ -73,7 +85,7 @@ def event_stream(
                 replay = hub.broker.replay(user_id, last_event_id)
             except BrokerError as exc:
                 log.warning("closing a stream of %s: replay failed: %s", user_id, exc)
-                yield comment("store unavailable, reconnect later") + encode_event(retry=hub.jittered_retry())
+                yield hub.closing_frame("store unavailable")
                 return
             conn.cursor = replay.cursor
             if replay.reset is not None:

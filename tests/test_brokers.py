@@ -517,6 +517,22 @@ class TestRedisBroker(DurableContract):
         return RedisBroker(self.url, prefix=prefix, **options)
 
 
+def test_redis_databases_do_not_share_live_notices(redis_server: RedisServer) -> None:
+    """Two stores on one Redis with the same prefix but different /db never see each other's notices."""
+    zero = RedisBroker(redis_server.url.rsplit("/", 1)[0] + "/0", prefix="dbsplit:")
+    one = RedisBroker(redis_server.url.rsplit("/", 1)[0] + "/1", prefix="dbsplit:")
+    feed = Feed()
+    zero.subscribe(feed)
+    try:
+        one.publish("alice", payload(1))
+        mine = zero.publish("alice", payload(2))
+        feed.wait_through(mine)
+        assert [n.id for batch in feed.batches for n in batch] == [mine.id]
+    finally:
+        zero.close()
+        one.close()
+
+
 class TestSQLiteBroker(DurableContract):
     durable = True
     shared = True

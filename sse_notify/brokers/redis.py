@@ -86,7 +86,7 @@ _PUBLISH = (
     + """
 local p, keep, ttl, cutoff, created, catchup = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local seqs, lines, touched = {}, {}, {}
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local key, data = ARGV[i], ARGV[i + 1]
   local seq = redis.call('INCR', p .. 'seq')
   local id = seq .. '-0'
@@ -101,7 +101,7 @@ for key, _ in pairs(touched) do
   trim(p, key, keep, cutoff)
   redis.call('PEXPIRE', p .. 'log:' .. key, ttl)
 end
-redis.call('PUBLISH', p .. 'events', table.concat(lines, '\\n'))
+redis.call('PUBLISH', ARGV[7], table.concat(lines, '\\n'))
 return seqs
 """
 )
@@ -153,7 +153,8 @@ def _text(value: bytes | str) -> str:
 def _entry_notice(entry: t.Any, key: str | None = None) -> Notice:
     """A notice from a stream entry (``key``: the stream's user; else the entry's ``u`` field)."""
     entry_id, fields = entry
-    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    # redis-py parses XRANGE replies into a dict; a Lua script's reply is a flat list.
+    values = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
     user = _text(values[b"u"]) if key is None else key
     return Notice(
         _seq(entry_id), None if user == BROADCAST_KEY else user, _text(values[b"c"]), _text(values[b"d"])
@@ -182,7 +183,7 @@ class RedisBroker:
         retention_age: float = 7 * 86400,
         poll_interval: float = 1.0,
         catchup: int = 10000,
-        pool_size: int = 16,
+        pool_size: int = 8,
     ) -> None:
         if redis is None:
             raise ConfigError('the Redis store needs redis-py: pip install "sse-notify[redis]"')
@@ -262,6 +263,7 @@ class RedisBroker:
             created_at,
             self.catchup,
         ]
+        args.append(self._channel(self._client()) if not self._closed else "")
         for user_id, data in items:
             args += [BROADCAST_KEY if user_id is None else user_id, data]
         seqs = self._call(lambda client: self._scripts["publish"](args=args))
@@ -318,7 +320,13 @@ class RedisBroker:
             if self._feeding:
                 raise RuntimeError("this process already has a feed")
             self._feeding = True
-        start = self.head()
+        # Every notice after this call is delivered: start from the head now.
+        # If Redis is down, the feed reads it once Redis is back, so a process
+        # whose first stream arrives during an outage still gets a feed.
+        try:
+            start: int | None = self.head()
+        except BrokerError:
+            start = None
         spawn(lambda: self._feed(callback, start), name="sse-notify-redis-feed")
 
     def _catch_up(self, client: t.Any, callback: FeedCallback, last: int) -> int:
@@ -335,26 +343,46 @@ class RedisBroker:
             return notices[-1].id
         return last
 
-    def _feed(self, callback: FeedCallback, last: int) -> None:
-        channel = f"{self.prefix}events"
+    def _channel(self, client: t.Any) -> str:
+        # Pub/sub ignores the database number: name it, so that two deployments
+        # on one server with different /db (and the same prefix) stay apart.
+        return f"{self.prefix}events@{client.connection_pool.connection_kwargs.get('db', 0)}"
+
+    def _feed(self, callback: FeedCallback, last: int | None) -> None:
         pubsub: t.Any = None
         backoff = 0.1
         catch_up = False
         while not self._closed:
             try:
                 client = self._client()
+                if last is None:
+                    last = int(client.get(f"{self.prefix}seq") or 0)
                 if pubsub is None:
                     pubsub = client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(channel)
+                    pubsub.subscribe(self._channel(client))
                     if catch_up:
                         log.info("feed resubscribed to Redis; catching up after cursor %d", last)
+                        head = int(client.get(f"{self.prefix}seq") or 0)
+                        if head < last:
+                            log.warning("Redis cursor went back from %d to %d: closing streams", last, head)
+                            _deliver(callback, [Notice(last + 1, RESYNC, utc_now_iso(), "{}")])
+                            last = head
                         last = self._catch_up(client, callback, last)
                     catch_up, backoff = False, 0.1
                 message = pubsub.get_message(timeout=self.poll_interval)
                 if message is None:
-                    head = client.get(f"{self.prefix}seq")
-                    if head is not None and int(head) > last:
+                    head = int(client.get(f"{self.prefix}seq") or 0)
+                    if head > last:
                         last = self._catch_up(client, callback, last)
+                    elif head < last:
+                        # The counter went back: Redis lost data (a restart without
+                        # persistence, a failover). Live cursors mean nothing now;
+                        # every client resumes and gets a reset.
+                        log.warning(
+                            "Redis cursor went back from %d to %d: closing streams to resync", last, head
+                        )
+                        _deliver(callback, [Notice(last + 1, RESYNC, utc_now_iso(), "{}")])
+                        last = head
                     continue
                 notices = []
                 for line in _text(message["data"]).split("\n"):
@@ -377,7 +405,9 @@ class RedisBroker:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:
-                log.exception("feed callback failed")
+                log.exception("feed failed; retrying in %.1f s", backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 pubsub.close()

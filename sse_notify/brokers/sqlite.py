@@ -246,9 +246,9 @@ class SQLiteBroker:
         with self._lock:
             if self._feeding:
                 raise RuntimeError("this process already has a feed")
-            self._feeding = True
-            start = self.head()
+            start = self.head()  # may raise BrokerError: nothing is set up yet, a later call retries
             self._wake.listen()
+            self._feeding = True
         spawn(lambda: self._feed(callback, start), name="sse-notify-sqlite-feed")
 
     def _feed(self, callback: FeedCallback, cursor: int) -> None:

@@ -1,0 +1,189 @@
+"""Several gunicorn instances on one Redis: delivery across hosts, moving clients, Redis faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+import typing as t
+
+import httpx
+import pytest
+
+from .support import RedisServer, Server, Subscriber, token_for, wait_for
+
+pytestmark = pytest.mark.server
+
+
+def stream(server: Server, user: str, **kw: t.Any) -> Subscriber:
+    """Open a stream of ``user`` and wait until it is open."""
+    sub = Subscriber(server.stream_url(user), **kw)
+    assert sub.opened.wait(10), "stream did not open"
+    return sub
+
+
+def ids(events: list[t.Any]) -> list[int]:
+    """The notice ids of ``events``."""
+    return [int(e.id) for e in events]
+
+
+@pytest.fixture(name="two_hosts")
+def _two_hosts(make_server: t.Callable[..., Server], own_redis: RedisServer) -> tuple[Server, Server]:
+    """Two separate gunicorn instances (2 workers each) sharing one Redis, as two hosts would."""
+    return (
+        make_server(workers=2, store=own_redis.url),
+        make_server(workers=2, store=own_redis.url),
+    )
+
+
+def test_a_notice_reaches_streams_on_both_hosts(two_hosts: tuple[Server, Server]) -> None:
+    """Published to either instance, a notice reaches the user's streams on both; others get nothing."""
+    a, b = two_hosts
+    on_a, on_b, bob = stream(a, "alice"), stream(b, "alice"), stream(b, "bob")
+    sent = [a.publish("alice", {"via": "a"}), b.publish("alice", {"via": "b"}), a.broadcast({"all": 1})]
+    for sub in (on_a, on_b):
+        assert ids(sub.notices(3)) == [n["id"] for n in sent]
+    assert ids(bob.notices(1)) == [sent[2]["id"]]
+    bob.nothing(0.3)
+    for sub in (on_a, on_b, bob):
+        sub.close()
+
+
+def test_a_client_moving_hosts_resumes_with_nothing_lost(two_hosts: tuple[Server, Server]) -> None:
+    """A client that leaves host A for host B, with its Last-Event-ID, gets what it missed, once."""
+    a, b = two_hosts
+    first = stream(a, "carol")
+    for i in range(2):
+        a.publish("carol", {"n": i})
+    seen = first.notices(2)
+    first.close()
+    missed = [a.publish("carol", {"n": i}) for i in range(2, 5)] + [b.broadcast({"n": 5})]
+    moved = stream(b, "carol", last_event_id=seen[-1].id)
+    assert ids(moved.notices(4)) == [n["id"] for n in missed]
+    live = a.publish("carol", {"n": 6})
+    assert ids(moved.notices(1)) == [live["id"]]
+    moved.nothing(0.3)
+    moved.close()
+
+
+def test_kick_on_one_host_closes_streams_on_the_other(two_hosts: tuple[Server, Server]) -> None:
+    """A kick sent to host A closes the user's stream held by host B."""
+    a, b = two_hosts
+    on_b = stream(b, "dave")
+    assert a.post("/users/dave/kick", None).status_code == 202
+    close = on_b.next("close")
+    assert json.loads(close.data) == {"reason": "kicked"}
+    on_b.close()
+
+
+def test_redis_outage_streams_stay_open_and_nothing_acknowledged_is_lost(
+    make_server: t.Callable[..., Server], own_redis: RedisServer
+) -> None:
+    """Redis stops for seconds: publish 503, /healthz down, streams stay open; then everything resumes."""
+    server = make_server(workers=2, store=own_redis.url)
+    subs = [stream(server, "erin") for _ in range(4)]
+    before = server.publish("erin", {"n": "before"})
+    for sub in subs:
+        assert ids(sub.notices(1)) == [before["id"]]
+
+    own_redis.stop()
+    refused = server.post("/users/erin/notices", {"n": "during"})
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "store_unavailable"
+    health = httpx.get(server.url + "/healthz", timeout=10)
+    assert health.status_code == 503
+    assert health.json()["store"] == "down"
+    time.sleep(2)  # an outage of a few seconds, with heartbeats going on
+    own_redis.start()
+
+    # The first publishes after the restart race the feeds' reconnect (backoff up to 5 s):
+    # whatever a feed missed live it must catch up from the store.
+    after = []
+    for i in range(5):
+        response = wait_for(
+            lambda i=i: (
+                (r := server.post("/users/erin/notices", {"n": f"after {i}"})).status_code == 201 and r
+            ),
+            15,
+            "a publish to succeed after Redis came back",
+        )
+        after.append(response.json())
+    for sub in subs:
+        assert ids(sub.notices(5, timeout=15)) == [n["id"] for n in after]
+        sub.nothing(0.3)
+        assert sub.connections == 1, "the stream should have stayed open through the outage"
+        sub.close()
+    assert httpx.get(server.url + "/healthz", timeout=10).json()["store"] == "up"
+
+
+def test_500_streams_use_a_handful_of_redis_connections(
+    make_server: t.Callable[..., Server], own_redis: RedisServer
+) -> None:
+    """500 SSE clients on one worker hold one pub/sub connection and a small command pool, not 500."""
+    server = make_server(workers=1, store=own_redis.url)
+    sockets = []
+    try:
+        for i in range(500):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(
+                f"GET /connection/u{i}?token={token_for(f'u{i}')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            sockets.append(sock)
+        for sock in sockets:
+            assert b"200 OK" in sock.recv(4096)
+        wait_for(lambda: server.health()["streams"] == 500, 15, "500 open streams")
+        published = server.broadcast({"to": "everyone"})
+        clients = own_redis.clients()
+        subscribers = [c for c in clients if int(c.get("sub", 0)) > 0]
+        assert len(subscribers) == 1, subscribers
+        # One pub/sub connection plus the command pool (at most 8), whatever the number of streams.
+        assert len(clients) <= 9, [c.get("cmd") for c in clients]
+        for sock in sockets[:20]:
+            data = b""
+            while f"id: {published['id']}".encode() not in data:
+                data += sock.recv(65536)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_worker_whose_first_stream_meets_an_outage_recovers(
+    make_server: t.Callable[..., Server], own_redis: RedisServer
+) -> None:
+    """A first stream that meets a Redis outage is told to retry (200); streams work once Redis is back."""
+    server = make_server(workers=1, store=own_redis.url)
+    own_redis.stop()
+    with httpx.Client(timeout=10) as client, client.stream("GET", server.stream_url("gina")) as response:
+        assert response.status_code == 200
+        body = response.read()
+    assert b"retry: " in body
+    assert b"connected" not in body
+    own_redis.start()
+    sub = stream(server, "gina", reconnect=True)  # retries as EventSource would
+    sent = wait_for(
+        lambda: (r := server.post("/users/gina/notices", {"n": 1})).status_code == 201 and r.json(),
+        15,
+        "a publish once Redis is back",
+    )
+    assert ids(sub.notices(1, timeout=15)) == [sent["id"]]
+    sub.close()
+
+
+def test_redis_that_lost_its_data_resets_clients(
+    make_server: t.Callable[..., Server], own_redis: RedisServer
+) -> None:
+    """If Redis comes back empty (no persistence), streams close; clients get a reset, then live notices."""
+    server = make_server(workers=1, store=own_redis.url)
+    sub = stream(server, "hank", reconnect=True)
+    for i in range(3):
+        server.publish("hank", {"n": i})
+    assert len(sub.notices(3)) == 3
+    own_redis.stop()
+    shutil.rmtree(own_redis.directory / "appendonlydir")  # as if Redis had run without persistence
+    own_redis.start()
+    reset = sub.next("reset", timeout=20)
+    assert json.loads(reset.data)["reason"] == "unknown"
+    sent = server.publish("hank", {"n": "after"})
+    assert ids(sub.notices(1, timeout=15)) == [sent["id"]]
+    sub.close()
