@@ -72,9 +72,7 @@ def event_stream(
                 # Without a starting cursor the client could not resume: send it
                 # back later (a 200 with a retry: EventSource tries again).
                 log.warning("stream of %s refused for now: %s", user_id, exc)
-                yield comment("store unavailable, reconnect later") + encode_event(
-                    retry=hub.jittered_retry(1000)
-                )
+                yield hub.closing_frame("store unavailable")
                 return
             yield comment("connected") + encode_event(id=conn.cursor, retry=hub.retry)
         else:

@@ -370,6 +370,10 @@ class RedisBroker:
                         last = self._catch_up(client, callback, last)
                     catch_up, backoff = False, 0.1
                 message = pubsub.get_message(timeout=self.poll_interval)
+                if self._closed:
+                    # redis-py's pub/sub reconnects by itself, even after close()
+                    # dropped its connection: deliver nothing more.
+                    break
                 if message is None:
                     head = int(client.get(f"{self.prefix}seq") or 0)
                     if head > last:
@@ -405,6 +409,8 @@ class RedisBroker:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:
+                if self._closed:  # close() pulled the connection from under a read
+                    break
                 log.exception("feed failed; retrying in %.1f s", backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
