@@ -9,6 +9,7 @@ from .brokers import Broker as Broker
 from .brokers import MemoryBroker as MemoryBroker
 from .brokers import SQLiteBroker as SQLiteBroker
 from .brokers import make_broker as make_broker
+from .errors import AuthError as AuthError
 from .errors import BrokerError as BrokerError
 from .errors import BrokerUnavailable as BrokerUnavailable
 from .errors import ConfigError as ConfigError
@@ -16,8 +17,11 @@ from .errors import InvalidNotice as InvalidNotice
 from .errors import SSENotifyError as SSENotifyError
 from .extension import SSENotify as SSENotify
 from .extension import broadcast as broadcast
+from .extension import issue_token as issue_token
+from .extension import kick as kick
 from .extension import notify as notify
 from .extension import notify_many as notify_many
+from .extension import set_token_cookie as set_token_cookie
 from .notices import Notice as Notice
 
 try:
@@ -26,6 +30,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a plain checkout
     __version__ = "0.0.0"
 
 __all__ = [
+    "AuthError",
     "Broker",
     "BrokerError",
     "BrokerUnavailable",
@@ -39,7 +44,10 @@ __all__ = [
     "__version__",
     "broadcast",
     "create_app",
+    "issue_token",
+    "kick",
     "make_broker",
     "notify",
     "notify_many",
+    "set_token_cookie",
 ]

@@ -69,3 +69,13 @@ def test_readme_table_lists_every_setting_with_its_default() -> None:
     assert set(rows) == set(DEFAULTS)
     for key, default in DEFAULTS.items():
         assert rows[key] == str(default), key
+
+
+def test_readme_python_example_runs(app: t.Any) -> None:
+    """The README's Python example runs as written inside an app context."""
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "notify(" in b]
+    with app.app_context():
+        exec(compile(block, "README.md", "exec"), {})
+    state = app.extensions["sse_notify"]
+    assert [n.user_id for n in state.broker.replay("alice", "0").notices][:1] == ["alice"]
