@@ -119,7 +119,7 @@ class Security:
             try:
                 security.rate = parse(settings.rate_limit)
                 storage = storage_from_string(settings.rate_limit_storage)
-            except (ValueError, Exception) as exc:
+            except Exception as exc:  # limits raises several kinds for a bad rate or storage URL
                 raise ConfigError(f"SSE_NOTIFY_RATE_LIMIT / _STORAGE: {exc}") from exc
             security._limiter = FixedWindowRateLimiter(storage)
         return security
