@@ -356,7 +356,11 @@ class RedisBroker:
             try:
                 client = self._client()
                 if last is None:
+                    # This feed could not start when subscribed (Redis was down).
+                    # Streams that opened meanwhile may have missed notices
+                    # published before this moment: make them resume by cursor.
                     last = int(client.get(f"{self.prefix}seq") or 0)
+                    _deliver(callback, [Notice(last + 1, RESYNC, utc_now_iso(), "{}")])
                 if pubsub is None:
                     pubsub = client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self._channel(client))
