@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import typing as t
 
-__all__ = ["Event", "gevent_active", "new_event", "spawn", "spawn_later"]
+__all__ = ["Event", "call_later", "gevent_active", "new_event", "spawn", "spawn_later"]
 
 
 def gevent_active() -> bool:
@@ -64,3 +64,26 @@ def spawn_later(delay: float, func: t.Callable[[], object], name: str) -> None:
     timer.name = name
     timer.daemon = True
     timer.start()
+
+
+def call_later(delay: float, func: t.Callable[[], object]) -> t.Callable[[], None]:
+    """Call ``func`` after ``delay`` seconds; returns a function that cancels the call.
+
+    Under gevent this is a bare timer of the event loop (no greenlet, a few
+    hundred bytes): ``func`` runs in the loop itself, so it must not block.
+    """
+    if gevent_active():
+        import gevent
+
+        timer = gevent.get_hub().loop.timer(max(0.0, delay))
+        timer.start(func)
+
+        def cancel() -> None:
+            timer.stop()
+            timer.close()
+
+        return cancel
+    thread = threading.Timer(max(0.0, delay), func)
+    thread.daemon = True
+    thread.start()
+    return thread.cancel

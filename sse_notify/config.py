@@ -49,6 +49,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_POLL_INTERVAL": 1.0,
     "SSE_NOTIFY_SWEEP_INTERVAL": 60.0,
     "SSE_NOTIFY_MAX_BATCH": 1000,
+    "SSE_NOTIFY_SOCKET_WRITES": True,
 }
 
 
@@ -144,6 +145,7 @@ class Settings:
     poll_interval: float
     sweep_interval: float
     max_batch: int
+    socket_writes: bool
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:

@@ -15,6 +15,7 @@ from .errors import InvalidNotice
 from .hub import KICK, Hub
 from .notices import Notice, dumps, is_valid_user_id
 from .security import AuthorizeHook, Security, announce
+from .socket_writer import capture_start_response
 
 __all__ = [
     "SSENotify",
@@ -128,10 +129,13 @@ class SSENotify:
             retry=settings.retry,
             max_streams=settings.max_streams,
             max_streams_per_user=settings.max_streams_per_user,
+            heartbeat=settings.heartbeat,
         )
         hub.install_shutdown_signal()
         app.extensions[EXTENSION_KEY] = State(settings, broker, hub, security, self.url_prefix)
         app.register_blueprint(bp, url_prefix=self.url_prefix or None)
+        if settings.socket_writes:
+            app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if settings.cors_origins:
             from flask_cors import CORS
 

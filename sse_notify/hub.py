@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ from .concurrency import Event, gevent_active, new_event, spawn, spawn_later
 from .errors import BrokerError
 from .events import comment, encode_event
 from .notices import Notice, dumps
+from .socket_writer import SocketWriter
 
 __all__ = ["Connection", "Hub"]
 
@@ -53,26 +55,44 @@ CLOSE_REASONS: dict[str, tuple[bool, int]] = {
 }
 
 
+#: A comment line: keeps proxies and the client's idle timers from closing a quiet stream.
+HEARTBEAT = comment()
+
+
 def encode_notice(notice: Notice) -> bytes:
     """The SSE frame of a notice: ``id``, ``event: notice``, JSON ``data``."""
     return encode_event(notice.to_json(), event="notice", id=notice.id)
 
 
 class Connection:
-    """One open stream: a bounded buffer of frames and the wake-up of its writer."""
+    """One open stream: a bounded buffer of frames and the wake-up of its writer.
+
+    A connection with a :attr:`writer` (under gunicorn + gevent, see
+    ``socket_writer.py``) that is :attr:`idle` -- its greenlet waits and
+    nothing is queued -- gets frames written to its socket by :meth:`put`
+    itself, without waking that greenlet. Whatever the socket does not take at
+    once is left to the greenlet, and until it has written it, later frames
+    queue behind it, so the order on the wire is always the order of
+    :meth:`put`. Whoever wakes the greenlet clears :attr:`idle` first.
+    """
 
     __slots__ = (
+        "_beat",
         "_event",
         "_frames",
         "_greenlet",
+        "_raw",
         "close_reason",
         "closed",
         "cursor",
         "expires_at",
+        "idle",
         "max_pending",
         "pending",
+        "quiet",
         "round",
         "user_id",
+        "writer",
         "writing_since",
     )
 
@@ -82,12 +102,17 @@ class Connection:
         self.max_pending = max_pending
         self._event = event
         self._frames: list[tuple[int, bytes]] = []
+        self._raw = b""  # bytes already framed for the wire, not written yet
+        self._beat = False
         self.pending = 0
         self.round = 0
         self.cursor = 0
         self.closed = False
         self.close_reason = ""
         self.writing_since = 0.0
+        self.writer: SocketWriter | None = None
+        self.idle = False
+        self.quiet = True  # nothing but the preamble written yet
         self._greenlet: t.Any = None
         if gevent_active():
             import gevent
@@ -95,7 +120,7 @@ class Connection:
             self._greenlet = gevent.getcurrent()
 
     def put(self, seq: int, frame: bytes, round_: int) -> bool:
-        """Queue a frame of dispatch round ``round_``; ``False`` if the writer fell behind.
+        """Send or queue a frame of dispatch round ``round_``; ``False`` if the writer fell behind.
 
         Behind means: at the first frame of a new round, more than
         :attr:`max_pending` bytes of earlier rounds are still unsent. A single
@@ -103,31 +128,86 @@ class Connection:
         """
         if self.closed:
             return True
+        if self.idle:
+            if seq > self.cursor:
+                self.cursor = seq
+                self._write_now(frame)
+            return True
         if round_ != self.round:
             if self.pending > self.max_pending:
                 return False
             self.round = round_
         self.pending += len(frame)
         self._frames.append((seq, frame))
-        self._event.set()
+        self._wake()
         return True
 
-    def take(self, timeout: float) -> bytes | None:
-        """Wait up to ``timeout`` for frames; return them joined, ``b""`` on timeout, ``None`` once closed.
+    def heartbeat(self) -> None:
+        """Send a heartbeat if nothing was written since the last call."""
+        if not self.quiet:
+            self.quiet = True
+            return
+        if self.closed:
+            return
+        if self.idle:
+            self._write_now(HEARTBEAT)
+            self.quiet = True  # a heartbeat is not activity
+        elif self.writer is None and not self._frames:
+            self._beat = True
+            self._wake()
 
-        Frames at or below :attr:`cursor` (already sent by a replay) are skipped.
+    def _write_now(self, frame: bytes) -> None:
+        writer = self.writer
+        assert writer is not None
+        wire = writer.frame(frame)
+        try:
+            written = writer.write_nowait(wire)
+        except OSError:
+            self.close("disconnected")
+            return
+        self.quiet = False
+        if written < len(wire):
+            self._raw = wire[written:]
+            self.pending += len(self._raw)
+            self._wake()
+
+    def _wake(self) -> None:
+        self.idle = False
+        self._event.set()
+
+    def take(self, timeout: float | None = None) -> bytes | None:
+        """Wait up to ``timeout`` (``None``: for ever) for frames; return them, ``None`` once closed.
+
+        Returns ``b""`` when the wait ended with nothing to send. Frames at or
+        below :attr:`cursor` (already sent by a replay) are skipped. With a
+        :attr:`writer`, what is returned is framed for the wire already.
         """
-        if not self._frames and not self.closed:
+        if not self._frames and not self._raw and not self._beat and not self.closed:
+            self.idle = self.writer is not None
             self._event.wait(timeout)
+            self.idle = False
         if self.closed:
             return None
         self._event.clear()
         frames, self._frames, self.pending = self._frames, [], 0
         cursor = self.cursor
-        fresh = [frame for seq, frame in frames if seq > cursor]
+        data = b"".join([frame for seq, frame in frames if seq > cursor])
         if frames:
             self.cursor = max(cursor, frames[-1][0])
-        return b"".join(fresh)
+        if data:
+            self.quiet = False
+        elif self._beat:
+            data = HEARTBEAT
+        self._beat = False
+        if self.writer is not None:
+            raw, self._raw = self._raw, b""
+            data = raw + self.writer.frame(data) if data else raw
+        return data
+
+    def unsent(self) -> bytes:
+        """Framed bytes a partial write left behind (must precede anything else on the wire)."""
+        raw, self._raw = self._raw, b""
+        return raw
 
     def close(self, reason: str) -> None:
         """End the stream at its next wake-up (the client reconnects and resumes)."""
@@ -136,7 +216,7 @@ class Connection:
             self.close_reason = reason
             self._frames.clear()
             self.pending = 0
-            self._event.set()
+            self._wake()
 
     def abort(self) -> None:
         """Break a write that is stuck (the client stopped reading): drop the socket."""
@@ -161,8 +241,10 @@ class Hub:
         retry: int = 2000,
         max_streams: int = 50000,
         max_streams_per_user: int = 20,
+        heartbeat: float = 15.0,
     ) -> None:
         self.broker = broker
+        self.heartbeat = heartbeat
         self.max_streams = max_streams
         self.max_streams_per_user = max_streams_per_user
         self.max_pending = max_pending
@@ -198,6 +280,7 @@ class Hub:
             self.broker.subscribe(self.dispatch)  # may raise BrokerError: then retried at the next stream
             self.install_shutdown_signal()
             spawn(self._housekeeping, name="sse-notify-housekeeping")
+            spawn(self._heartbeats, name="sse-notify-heartbeats")
             self._pid = os.getpid()
 
     def install_shutdown_signal(self) -> None:
@@ -257,6 +340,31 @@ class Hub:
                 else:
                     if dropped:
                         log.info("retention dropped %d expired notices", dropped)
+
+    def _heartbeats(self) -> None:
+        # One loop for every stream of the process (not a timer per stream and
+        # wait): every step it visits the next slice of the streams, so each
+        # is visited once per heartbeat interval and the writes are spread
+        # over the interval instead of arriving as one burst.
+        step = min(1.0, self.heartbeat / 4)
+        while True:
+            batch: list[Connection | None] = list(self.connections)
+            started = time.monotonic()
+            done = 0
+            while True:
+                time.sleep(step)
+                elapsed = time.monotonic() - started
+                upto = len(batch)
+                if elapsed < self.heartbeat:
+                    upto = math.ceil(len(batch) * elapsed / self.heartbeat)
+                for i in range(done, upto):
+                    conn, batch[i] = batch[i], None  # keep no stream alive longer than needed
+                    if conn is not None:
+                        conn.heartbeat()
+                conn = None
+                done = upto
+                if elapsed >= self.heartbeat:
+                    break
 
     def _abort_stuck_writers(self, now: float) -> None:
         # A function of its own, so no loop variable keeps a closed connection

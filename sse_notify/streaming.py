@@ -17,16 +17,17 @@ import logging
 import time
 import typing as t
 
+from .concurrency import call_later
 from .errors import BrokerError
 from .events import comment, encode_event
 from .hub import Hub, encode_notice
 from .notices import dumps
+from .socket_writer import SocketWriter
 
 __all__ = ["event_stream"]
 
 log = logging.getLogger("sse_notify.streaming")
 
-HEARTBEAT = comment()
 #: Replayed notices are written in chunks of about this many bytes.
 REPLAY_CHUNK = 64 * 1024
 
@@ -36,14 +37,16 @@ def event_stream(
     user_id: str,
     last_event_id: str | None,
     *,
-    heartbeat: float,
     expires_at: float | None = None,
+    writer: SocketWriter | None = None,
 ) -> t.Iterator[bytes]:
     """Yield the bytes of ``user_id``'s stream until the client or the server ends it.
 
     :param expires_at: Unix time at which the stream's token expires; the
         stream is closed then (with a ``close`` event), and the client must
         come back with a new token.
+    :param writer: writes to the response's socket directly once the stream
+        is live (see ``socket_writer.py``); without one, everything is yielded.
     """
     try:
         conn = hub.connect(user_id, expires_at)
@@ -54,6 +57,7 @@ def event_stream(
         log.warning("stream of %s refused for now: %s", user_id, exc)
         yield hub.closing_frame("store unavailable")
         return
+    cancel_expiry: t.Callable[[], None] | None = None
     try:
         if conn.closed:
             # Stopping, or full: send the client elsewhere or later, without
@@ -61,6 +65,8 @@ def event_stream(
             # makes EventSource give up for good.
             yield hub.closing_frame(conn.close_reason)
             return
+        if expires_at is not None:
+            cancel_expiry = call_later(expires_at - time.time(), lambda: conn.close("token expired"))
         if last_event_id is None:
             # A fresh client starts from the store's head. Its first frame
             # carries that id (an id without data sets the browser's
@@ -105,26 +111,30 @@ def event_stream(
                     chunk, size = [], 0
             if chunk:
                 yield b"".join(chunk)
+        if writer is not None and writer.ready():
+            # From here on the hub writes to the socket itself while this
+            # greenlet waits; it only wakes to finish what the socket did not take.
+            conn.writer = writer
         while True:
-            wait = heartbeat
-            if expires_at is not None:
-                left = expires_at - time.time()
-                if left <= 0:
-                    hub.disconnect(conn)
-                    conn.close_reason = "token expired"
-                    yield hub.closing_frame("token expired")
-                    return
-                wait = min(wait, left)
-            data = conn.take(wait)
+            data = conn.take()
             if data is None:
                 if conn.close_reason != "disconnected":
                     conn.writing_since = time.monotonic()
-                    yield hub.closing_frame(conn.close_reason)
+                    closing = hub.closing_frame(conn.close_reason)
+                    if conn.writer is not None:
+                        conn.writer.sendall(conn.unsent() + conn.writer.frame(closing))
+                    else:
+                        yield closing
                 return
-            if not data and expires_at is not None and time.time() >= expires_at:
-                continue  # expired while waiting: close above rather than send a heartbeat
+            if not data:
+                continue
             conn.writing_since = time.monotonic()
-            yield data or HEARTBEAT
+            if conn.writer is not None:
+                conn.writer.sendall(data)
+            else:
+                yield data
             conn.writing_since = 0.0
     finally:
+        if cancel_expiry is not None:
+            cancel_expiry()
         hub.disconnect(conn)
