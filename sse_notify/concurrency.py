@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import typing as t
 
-__all__ = ["Event", "call_later", "gevent_active", "new_event", "spawn", "spawn_later"]
+__all__ = ["Event", "call_later", "gevent_active", "new_event", "spawn", "spawn_later", "watch_fd"]
 
 
 def gevent_active() -> bool:
@@ -87,3 +87,21 @@ def call_later(delay: float, func: t.Callable[[], object]) -> t.Callable[[], Non
     thread.daemon = True
     thread.start()
     return thread.cancel
+
+
+def watch_fd(fd: int, *, write: bool, func: t.Callable[[], object]) -> t.Callable[[], None]:
+    """Call ``func`` whenever ``fd`` is readable (or writable); returns a function that stops it.
+
+    gevent only: a bare watcher of the event loop (no greenlet), and ``func``
+    runs in the loop itself, so it must not block.
+    """
+    import gevent
+
+    watcher = gevent.get_hub().loop.io(fd, 2 if write else 1)
+    watcher.start(func)
+
+    def stop() -> None:
+        watcher.stop()
+        watcher.close()
+
+    return stop

@@ -49,7 +49,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_POLL_INTERVAL": 1.0,
     "SSE_NOTIFY_SWEEP_INTERVAL": 60.0,
     "SSE_NOTIFY_MAX_BATCH": 1000,
-    "SSE_NOTIFY_SOCKET_WRITES": True,
+    "SSE_NOTIFY_DETACH_STREAMS": True,
 }
 
 
@@ -145,7 +145,7 @@ class Settings:
     poll_interval: float
     sweep_interval: float
     max_batch: int
-    socket_writes: bool
+    detach_streams: bool
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:

@@ -12,10 +12,10 @@ from . import redact
 from .brokers import Broker, make_broker
 from .config import Settings
 from .errors import InvalidNotice
+from .handoff import capture_start_response
 from .hub import KICK, Hub
 from .notices import Notice, dumps, is_valid_user_id
 from .security import AuthorizeHook, Security, announce
-from .socket_writer import capture_start_response
 
 __all__ = [
     "SSENotify",
@@ -134,7 +134,7 @@ class SSENotify:
         hub.install_shutdown_signal()
         app.extensions[EXTENSION_KEY] = State(settings, broker, hub, security, self.url_prefix)
         app.register_blueprint(bp, url_prefix=self.url_prefix or None)
-        if settings.socket_writes:
+        if settings.detach_streams:
             app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if settings.cors_origins:
             from flask_cors import CORS

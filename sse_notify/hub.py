@@ -24,11 +24,10 @@ import time
 import typing as t
 
 from .brokers import Broker
-from .concurrency import Event, gevent_active, new_event, spawn, spawn_later
+from .concurrency import Event, gevent_active, new_event, spawn, spawn_later, watch_fd
 from .errors import BrokerError
 from .events import comment, encode_event
 from .notices import Notice, dumps
-from .socket_writer import SocketWriter
 
 __all__ = ["Connection", "Hub"]
 
@@ -65,15 +64,19 @@ def encode_notice(notice: Notice) -> bytes:
 
 
 class Connection:
-    """One open stream: a bounded buffer of frames and the wake-up of its writer.
+    """One open stream, reached in one of two ways.
 
-    A connection with a :attr:`writer` (under gunicorn + gevent, see
-    ``socket_writer.py``) that is :attr:`idle` -- its greenlet waits and
-    nothing is queued -- gets frames written to its socket by :meth:`put`
-    itself, without waking that greenlet. Whatever the socket does not take at
-    once is left to the greenlet, and until it has written it, later frames
-    queue behind it, so the order on the wire is always the order of
-    :meth:`put`. Whoever wakes the greenlet clears :attr:`idle` first.
+    **Yielded** (any WSGI server): frames queue here, bounded, and the
+    stream's own greenlet (or thread) takes and yields them.
+
+    **Detached** (gunicorn + gevent, see ``handoff.py``): once the stream is
+    live, :meth:`detach` gives it the socket's file descriptor and the
+    gunicorn request ends. :meth:`put` writes each frame from the fan-out loop
+    with one non-blocking ``os.write``; what the socket does not take waits in
+    :attr:`pending` bytes, written by an event-loop watcher, and every later
+    frame queues behind it, so the order on the wire is the order of
+    :meth:`put`. Another watcher notices at once when the client goes away.
+    No greenlet waits for a detached stream.
     """
 
     __slots__ = (
@@ -81,18 +84,22 @@ class Connection:
         "_event",
         "_frames",
         "_greenlet",
-        "_raw",
+        "_hub",
+        "_out",
+        "_stop_reading",
+        "_stop_writing",
+        "cancel_expiry",
+        "chunked",
         "close_reason",
         "closed",
         "cursor",
         "expires_at",
-        "idle",
+        "fd",
         "max_pending",
         "pending",
         "quiet",
         "round",
         "user_id",
-        "writer",
         "writing_since",
     )
 
@@ -102,7 +109,6 @@ class Connection:
         self.max_pending = max_pending
         self._event = event
         self._frames: list[tuple[int, bytes]] = []
-        self._raw = b""  # bytes already framed for the wire, not written yet
         self._beat = False
         self.pending = 0
         self.round = 0
@@ -110,17 +116,28 @@ class Connection:
         self.closed = False
         self.close_reason = ""
         self.writing_since = 0.0
-        self.writer: SocketWriter | None = None
-        self.idle = False
         self.quiet = True  # nothing but the preamble written yet
+        self.cancel_expiry: t.Callable[[], None] | None = None
+        # Detached streams only:
+        self.fd = -1
+        self.chunked = False
+        self._out = bytearray()  # framed bytes the socket has not taken yet
+        self._hub: Hub | None = None
+        self._stop_reading: t.Callable[[], None] | None = None
+        self._stop_writing: t.Callable[[], None] | None = None
         self._greenlet: t.Any = None
         if gevent_active():
             import gevent
 
             self._greenlet = gevent.getcurrent()
 
+    @property
+    def detached(self) -> bool:
+        """Whether the hub writes to this stream's socket itself."""
+        return self.fd >= 0
+
     def put(self, seq: int, frame: bytes, round_: int) -> bool:
-        """Send or queue a frame of dispatch round ``round_``; ``False`` if the writer fell behind.
+        """Send or queue a frame of dispatch round ``round_``; ``False`` if the client fell behind.
 
         Behind means: at the first frame of a new round, more than
         :attr:`max_pending` bytes of earlier rounds are still unsent. A single
@@ -128,18 +145,18 @@ class Connection:
         """
         if self.closed:
             return True
-        if self.idle:
-            if seq > self.cursor:
-                self.cursor = seq
-                self._write_now(frame)
-            return True
         if round_ != self.round:
             if self.pending > self.max_pending:
                 return False
             self.round = round_
+        if self.fd >= 0:
+            if seq > self.cursor:
+                self.cursor = seq
+                self._send(frame)
+            return True
         self.pending += len(frame)
         self._frames.append((seq, frame))
-        self._wake()
+        self._event.set()
         return True
 
     def heartbeat(self) -> None:
@@ -149,43 +166,22 @@ class Connection:
             return
         if self.closed:
             return
-        if self.idle:
-            self._write_now(HEARTBEAT)
-            self.quiet = True  # a heartbeat is not activity
-        elif self.writer is None and not self._frames:
+        if self.fd >= 0:
+            if not self._out:
+                self._send(HEARTBEAT)
+                self.quiet = True  # a heartbeat is not activity
+        elif not self._frames:
             self._beat = True
-            self._wake()
-
-    def _write_now(self, frame: bytes) -> None:
-        writer = self.writer
-        assert writer is not None
-        wire = writer.frame(frame)
-        try:
-            written = writer.write_nowait(wire)
-        except OSError:
-            self.close("disconnected")
-            return
-        self.quiet = False
-        if written < len(wire):
-            self._raw = wire[written:]
-            self.pending += len(self._raw)
-            self._wake()
-
-    def _wake(self) -> None:
-        self.idle = False
-        self._event.set()
+            self._event.set()
 
     def take(self, timeout: float | None = None) -> bytes | None:
         """Wait up to ``timeout`` (``None``: for ever) for frames; return them, ``None`` once closed.
 
         Returns ``b""`` when the wait ended with nothing to send. Frames at or
-        below :attr:`cursor` (already sent by a replay) are skipped. With a
-        :attr:`writer`, what is returned is framed for the wire already.
+        below :attr:`cursor` (already sent by a replay) are skipped.
         """
-        if not self._frames and not self._raw and not self._beat and not self.closed:
-            self.idle = self.writer is not None
+        if not self._frames and not self._beat and not self.closed:
             self._event.wait(timeout)
-            self.idle = False
         if self.closed:
             return None
         self._event.clear()
@@ -199,24 +195,109 @@ class Connection:
         elif self._beat:
             data = HEARTBEAT
         self._beat = False
-        if self.writer is not None:
-            raw, self._raw = self._raw, b""
-            data = raw + self.writer.frame(data) if data else raw
         return data
 
-    def unsent(self) -> bytes:
-        """Framed bytes a partial write left behind (must precede anything else on the wire)."""
-        raw, self._raw = self._raw, b""
-        return raw
+    # -- detached streams ---------------------------------------------------
+
+    def detach(self, fd: int, chunked: bool, hub: Hub) -> None:
+        """Write to ``fd`` (non-blocking, ours to close) from the hub from now on, as chunks or not."""
+        self.fd = fd
+        self.chunked = chunked
+        self._hub = hub
+        self._greenlet = None
+        self._stop_reading = watch_fd(fd, write=False, func=self._on_readable)
+
+    def _wire(self, data: bytes) -> bytes:
+        return b"%X\r\n%b\r\n" % (len(data), data) if self.chunked else data
+
+    def _send(self, data: bytes) -> None:
+        wire = self._wire(data)
+        self.quiet = False
+        if self._out:
+            self._out += wire
+            self.pending = len(self._out)
+            return
+        try:
+            written = os.write(self.fd, wire)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self.close("disconnected")
+            return
+        if written < len(wire):
+            self._out += memoryview(wire)[written:]
+            self.pending = len(self._out)
+            self.writing_since = time.monotonic()
+            self._stop_writing = watch_fd(self.fd, write=True, func=self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            written = os.write(self.fd, self._out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close("disconnected")
+            return
+        del self._out[:written]
+        self.pending = len(self._out)
+        if self._out:
+            self.writing_since = time.monotonic()  # it reads, however slowly
+        else:
+            self.writing_since = 0.0
+            if self._stop_writing is not None:
+                self._stop_writing()
+                self._stop_writing = None
+
+    def _on_readable(self) -> None:
+        # A client sends nothing on an event stream: end of file (or an
+        # error) means it went away. Anything else is read and ignored.
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close("disconnected")
+
+    def _close_detached(self) -> None:
+        fd, self.fd = self.fd, -1
+        for stop in (self._stop_reading, self._stop_writing):
+            if stop is not None:
+                stop()
+        self._stop_reading = self._stop_writing = None
+        hub, self._hub = self._hub, None
+        out, self._out = self._out, bytearray()
+        self.writing_since = 0.0
+        if self.close_reason != "disconnected" and hub is not None:
+            # What a yielded stream would send last, written as far as the
+            # socket takes it now: a client too slow for it reconnects anyway.
+            out += self._wire(hub.closing_frame(self.close_reason))
+            if self.chunked:
+                out += b"0\r\n\r\n"
+            with contextlib.suppress(OSError):
+                os.write(fd, out)
+        os.close(fd)
+        if hub is not None:
+            hub.disconnect(self)
+
+    # -- both ----------------------------------------------------------------
 
     def close(self, reason: str) -> None:
-        """End the stream at its next wake-up (the client reconnects and resumes)."""
-        if not self.closed:
-            self.closed = True
-            self.close_reason = reason
-            self._frames.clear()
-            self.pending = 0
-            self._wake()
+        """End the stream: a yielded one at its next wake-up, a detached one now (the client resumes)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._frames.clear()
+        self.pending = 0
+        if self.cancel_expiry is not None:
+            self.cancel_expiry()
+            self.cancel_expiry = None
+        if self.fd >= 0:
+            self._close_detached()
+        else:
+            self._event.set()
 
     def abort(self) -> None:
         """Break a write that is stuck (the client stopped reading): drop the socket."""
@@ -226,6 +307,17 @@ class Connection:
 
             error = ConnectionResetError(errno.ECONNRESET, "send timeout: client stopped reading")
             greenlet.kill(error, block=False)
+
+
+def _descriptors_for_streams() -> int:
+    """How many streams this process's open-files limit leaves room for (one descriptor each)."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    # Keep some for the listener, the store, log files and requests in flight.
+    return max(1, soft - max(64, soft // 20))
 
 
 class Hub:
@@ -261,6 +353,7 @@ class Hub:
         self.evicted = 0
         self.refused = 0
         self._round = 0
+        self._capacity = max_streams
 
     # -- lifecycle --------------------------------------------------------
 
@@ -277,6 +370,7 @@ class Hub:
             if self._pid == os.getpid():
                 return
             self.users, self.connections = {}, set()
+            self._capacity = min(self.max_streams, _descriptors_for_streams())
             self.broker.subscribe(self.dispatch)  # may raise BrokerError: then retried at the next stream
             self.install_shutdown_signal()
             spawn(self._housekeeping, name="sse-notify-housekeeping")
@@ -391,7 +485,7 @@ class Hub:
         if self.stopping:
             conn.close("shutdown")
             return conn
-        if len(self.connections) >= self.max_streams:
+        if len(self.connections) >= self._capacity:
             self.refused += 1
             conn.close("overloaded")
             return conn

@@ -20,9 +20,9 @@ import typing as t
 from .concurrency import call_later
 from .errors import BrokerError
 from .events import comment, encode_event
+from .handoff import SocketHandoff
 from .hub import Hub, encode_notice
 from .notices import dumps
-from .socket_writer import SocketWriter
 
 __all__ = ["event_stream"]
 
@@ -38,15 +38,15 @@ def event_stream(
     last_event_id: str | None,
     *,
     expires_at: float | None = None,
-    writer: SocketWriter | None = None,
+    handoff: SocketHandoff | None = None,
 ) -> t.Iterator[bytes]:
     """Yield the bytes of ``user_id``'s stream until the client or the server ends it.
 
     :param expires_at: Unix time at which the stream's token expires; the
         stream is closed then (with a ``close`` event), and the client must
         come back with a new token.
-    :param writer: writes to the response's socket directly once the stream
-        is live (see ``socket_writer.py``); without one, everything is yielded.
+    :param handoff: hands the response's socket over to the hub once the
+        stream is live (see ``handoff.py``); without one, everything is yielded.
     """
     try:
         conn = hub.connect(user_id, expires_at)
@@ -57,7 +57,6 @@ def event_stream(
         log.warning("stream of %s refused for now: %s", user_id, exc)
         yield hub.closing_frame("store unavailable")
         return
-    cancel_expiry: t.Callable[[], None] | None = None
     try:
         if conn.closed:
             # Stopping, or full: send the client elsewhere or later, without
@@ -66,7 +65,7 @@ def event_stream(
             yield hub.closing_frame(conn.close_reason)
             return
         if expires_at is not None:
-            cancel_expiry = call_later(expires_at - time.time(), lambda: conn.close("token expired"))
+            conn.cancel_expiry = call_later(expires_at - time.time(), lambda: conn.close("token expired"))
         if last_event_id is None:
             # A fresh client starts from the store's head. Its first frame
             # carries that id (an id without data sets the browser's
@@ -111,30 +110,28 @@ def event_stream(
                     chunk, size = [], 0
             if chunk:
                 yield b"".join(chunk)
-        if writer is not None and writer.ready():
-            # From here on the hub writes to the socket itself while this
-            # greenlet waits; it only wakes to finish what the socket did not take.
-            conn.writer = writer
+        if handoff is not None and handoff.ready():
+            # Send what queued meanwhile, then give the socket to the hub and
+            # end this request: from here on no greenlet waits for the stream.
+            while data := conn.take(0):
+                conn.writing_since = time.monotonic()
+                yield data
+                conn.writing_since = 0.0
+            if not conn.closed:
+                conn.detach(handoff.detach(), handoff.chunked, hub)
+                return
         while True:
             data = conn.take()
             if data is None:
                 if conn.close_reason != "disconnected":
                     conn.writing_since = time.monotonic()
-                    closing = hub.closing_frame(conn.close_reason)
-                    if conn.writer is not None:
-                        conn.writer.sendall(conn.unsent() + conn.writer.frame(closing))
-                    else:
-                        yield closing
+                    yield hub.closing_frame(conn.close_reason)
                 return
             if not data:
                 continue
             conn.writing_since = time.monotonic()
-            if conn.writer is not None:
-                conn.writer.sendall(data)
-            else:
-                yield data
+            yield data
             conn.writing_since = 0.0
     finally:
-        if cancel_expiry is not None:
-            cancel_expiry()
-        hub.disconnect(conn)
+        if not conn.detached:
+            hub.disconnect(conn)

@@ -13,9 +13,9 @@ from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 
 from .errors import AuthError, BrokerError, BrokerUnavailable, InvalidNotice
 from .extension import USER_ID_RULE, PayloadTooLarge, get_state
+from .handoff import START_RESPONSE_KEY, SocketHandoff
 from .notices import Notice, is_valid_user_id
 from .security import RateLimited
-from .socket_writer import START_RESPONSE_KEY, SocketWriter
 from .streaming import event_stream
 
 __all__ = ["bp", "error_response", "http_error_response"]
@@ -159,10 +159,10 @@ def connection(user_id: str) -> Response:
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id is None:
         last_event_id = request.args.get("last_event_id")
-    writer = None
-    if state.settings.socket_writes:
-        writer = SocketWriter.for_response(request.environ.get(START_RESPONSE_KEY))
-    stream = event_stream(state.hub, user_id, last_event_id, expires_at=expires_at, writer=writer)
+    handoff = None
+    if state.settings.detach_streams:
+        handoff = SocketHandoff.for_response(request.environ.get(START_RESPONSE_KEY))
+    stream = event_stream(state.hub, user_id, last_event_id, expires_at=expires_at, handoff=handoff)
     response = Response(stream, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"

@@ -1,21 +1,24 @@
-"""Writing a stream's frames straight to its socket under gunicorn, past the WSGI iterator.
+"""Handing a live stream's socket over from gunicorn to the hub, so no greenlet waits per stream.
 
-Why code of our own here: through the WSGI iterator, every delivery wakes the
-stream's greenlet (an event, a switch, gunicorn's ``write``) one stream at a
-time. A py-spy profile of one worker broadcasting to 10,000 streams put ~70 %
-of the time in those wake-ups (docs/BENCHMARKS.md). With a :class:`SocketWriter`
-the hub's dispatch loop writes each frame to each idle stream's socket with one
-non-blocking ``os.write``, as Nchan does in C; only a stream whose socket buffer
-is full falls back to its own greenlet, which finishes the write blocking.
+Why code of our own here: through the WSGI iterator every open stream keeps a
+parked greenlet (with its saved stack, gunicorn's request and parser, the
+environ and the response objects: ~20 KiB each), and every delivery wakes that
+greenlet (an event, a switch, gunicorn's ``write``), one stream at a time. A
+py-spy profile of one worker broadcasting to 10,000 streams put ~70 % of its
+time in those wake-ups (docs/BENCHMARKS.md). Once a stream is live (headers
+and replay sent), :meth:`SocketHandoff.detach` takes a duplicate of the
+socket's file descriptor and lets gunicorn finish the request without writing
+anything more; the hub then writes each frame to each socket with one
+non-blocking ``os.write`` from its fan-out loop, as Nchan does in C, and an
+event-loop watcher finishes partial writes and notices a client that leaves.
 
-It is used only where that is exactly what gunicorn would have sent: gunicorn's
-plain HTTP/1.x :class:`gunicorn.http.wsgi.Response` (not HTTP/2, not TLS, not
-the uwsgi protocol, no ``Content-Length``), once its headers are out. The body
-framing is gunicorn's own choice (``resp.chunked``) and ``resp.sent`` is kept
-up to date for its access log. Anywhere else (another server, the threaded
-development server, a middleware that wraps ``start_response``)
-:meth:`SocketWriter.for_response` returns ``None`` and streams go through the
-WSGI iterator as usual.
+Only where that is exactly what gunicorn would have sent: gunicorn's plain
+HTTP/1.x :class:`gunicorn.http.wsgi.Response` (not HTTP/2, not TLS, not the
+uwsgi protocol, no ``Content-Length``) under gevent, once its headers are out.
+The body framing stays gunicorn's choice (``resp.chunked``). Anywhere else (another
+server, the threaded development server, a middleware that wraps
+``start_response``) :meth:`SocketHandoff.for_response` returns ``None`` and the
+stream goes through the WSGI iterator as usual.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import typing as t
 
 from .concurrency import gevent_active
 
-__all__ = ["START_RESPONSE_KEY", "SocketWriter", "capture_start_response"]
+__all__ = ["START_RESPONSE_KEY", "SocketHandoff", "capture_start_response"]
 
 #: The WSGI environ key under which :func:`capture_start_response` keeps the server's ``start_response``.
 START_RESPONSE_KEY = "sse_notify.start_response"
@@ -45,22 +48,19 @@ def capture_start_response(wsgi_app: WSGIApp) -> WSGIApp:
     return app
 
 
-class SocketWriter:
-    """Frames and writes body bytes on one gunicorn response's socket."""
+class SocketHandoff:
+    """Takes one gunicorn response's socket over once its headers are out."""
 
-    __slots__ = ("chunked", "fd", "response", "sock")
+    __slots__ = ("chunked", "response")
 
     def __init__(self, response: t.Any) -> None:
         self.response = response
-        self.sock = response.sock
-        self.fd: int = response.sock.fileno()
         self.chunked = False  # settled by start_response: see ready()
 
     @classmethod
-    def for_response(cls, start_response: t.Any) -> SocketWriter | None:
-        """A writer for the response behind ``start_response``, or ``None`` where it would not be safe."""
-        # Cooperative scheduling is what keeps the hub's writes and the
-        # stream's own from interleaving: never under threads.
+    def for_response(cls, start_response: t.Any) -> SocketHandoff | None:
+        """A handoff for the response behind ``start_response``, or ``None`` where it would not be safe."""
+        # Watchers of the event loop write for the hub: that needs gevent.
         if not gevent_active():
             return None
         response = getattr(start_response, "__self__", None)
@@ -79,23 +79,16 @@ class SocketWriter:
         self.chunked = bool(response.chunked)
         return True
 
-    def frame(self, data: bytes) -> bytes:
-        """``data`` as it goes on the wire (one HTTP chunk when chunked)."""
-        self.response.sent += len(data)
-        if self.chunked:
-            return b"%X\r\n%b\r\n" % (len(data), data)
-        return data
+    def detach(self) -> int:
+        """A non-blocking duplicate of the socket's descriptor, now the caller's to write and close.
 
-    def write_nowait(self, wire: bytes) -> int:
-        """Write what the socket buffer takes now; return how many bytes (``OSError`` if the peer is gone)."""
-        try:
-            return os.write(self.fd, wire)
-        except BlockingIOError:
-            return 0
-
-    def sendall(self, wire: bytes) -> None:
-        """Write all of ``wire``, waiting (cooperatively) while the socket buffer is full."""
-        self.sock.sendall(wire)
+        gunicorn then ends the request writing nothing more (no last chunk)
+        and closes its own descriptor; the connection lives on through ours.
+        """
+        fd = os.dup(self.response.sock.fileno())
+        self.response.chunked = False  # so gunicorn's close() writes no terminating chunk
+        self.response.force_close()  # and drops its side instead of reading a next request
+        return fd
 
 
 def _is_plain_gunicorn_response(response: object) -> bool:
