@@ -15,8 +15,10 @@ if _soft < _hard:
 
 bind = "127.0.0.1:8000"
 worker_class = "gevent"
-# gunicorn's default is 1000: a worker holding 1000 streams would stop
-# answering anything, publish included. Leave room for log files and the store.
+# Requests in progress per worker (gunicorn's default is 1000). Live streams are
+# handed over to sse_notify's hub and no longer count here (the hub caps them
+# below the open-files limit), but a burst of new streams, each replaying,
+# does. Leave room for log files and the store.
 worker_connections = max(1000, min(100_000, _hard - 256))
 # Streams end themselves on SIGTERM/SIGHUP (sse_notify.hub), so a reload takes
 # seconds; this is only the backstop for anything else still running.
