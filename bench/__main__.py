@@ -1,5 +1,12 @@
 """Benchmarks: ``python -m bench [scenario ...] [--smoke]``.
 
+``python -m bench scenarios --streams N --peers sse_notify,nchan,flask-sse --runs K --json out.json``
+runs the scenarios of issue #5 (idle, connect, fanout, unicast, churn; :mod:`bench.scenarios`)
+against sse_notify and its peers (:mod:`bench.peers`, settings in :mod:`bench.compare`) with the
+same N and load, and prints one table (:mod:`bench.report`): each figure per peer and the ratio
+sse_notify / peer. ``python -m bench --smoke`` is a tiny run of every scenario against every peer
+plus crossworker, for CI; it exits 1 on any error, lost notice or stream not opened.
+
 Scenario ``crossworker``: ``gunicorn -k gevent -w 4`` on the default SQLite
 store; streams of one user spread over every worker; notices are published
 one per POST at a fixed rate through the same server (so through random
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import secrets
@@ -33,6 +41,10 @@ from pathlib import Path
 import httpx
 from httpx_sse import aconnect_sse
 
+from bench import compare
+from bench.compare import PEER_NAMES
+from bench.report import render
+from bench.scenarios import SCENARIOS, Load
 from sse_notify.auth import issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,36 +171,125 @@ async def crossworker(streams: int, notices: int, rate: float) -> dict[str, t.An
     }
 
 
+PEER_SCENARIOS = tuple(SCENARIOS)
+
+
+def _clean(value: t.Any) -> t.Any:
+    """``value`` as strict JSON can hold it (NaN and infinities become None)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _crossworker(args: argparse.Namespace, streams: int) -> bool:
+    """Run the crossworker scenario ``args.runs`` times, print its JSON line; True when it failed."""
+    runs = [asyncio.run(crossworker(streams, args.notices, args.rate)) for _ in range(args.runs)]
+    report = dict(runs[0])
+    for key in ("p50_ms", "p99_ms", "max_ms", "client_cpu_s"):
+        values = [r[key] for r in runs if r[key] is not None]
+        report[key] = statistics.median(values) if values else None
+    report["lost"] = sum(r["lost"] for r in runs)
+    report["duplicated"] = sum(r["duplicated"] for r in runs)
+    report["runs"] = args.runs
+    print(json.dumps(report), flush=True)
+    if report["lost"] or report["duplicated"] or report["deliveries"] == 0:
+        print("crossworker: notices were lost or duplicated", file=sys.stderr)
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("scenarios", nargs="*", default=["crossworker"], help="crossworker (the default)")
-    parser.add_argument("--smoke", action="store_true", help="a tiny run that only proves the harness works")
-    parser.add_argument("--streams", type=int, default=200)
-    parser.add_argument("--notices", type=int, default=500)
-    parser.add_argument("--rate", type=float, default=100.0, help="notices per second")
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        help="crossworker (the default), idle, connect, fanout, unicast, churn; "
+        "'scenarios' for the last five, 'all' for every one",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny run of every scenario (or those named) against every peer: proves the harness works",
+    )
+    parser.add_argument("--streams", type=int, help="N streams (crossworker: 200, the others: 2000)")
+    parser.add_argument("--notices", type=int, default=500, help="crossworker: notices to publish")
+    parser.add_argument("--rate", type=float, default=100.0, help="crossworker: notices per second")
     parser.add_argument("--runs", type=int, default=3, help="repeat and report the median of each figure")
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEER_NAMES),
+        help=f"comma-separated, of {', '.join(PEER_NAMES)} (default: all)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write every figure of the comparison here")
+    parser.add_argument("--step-seconds", type=float, help="unicast: seconds per rate step (3)")
+    parser.add_argument("--idle-seconds", type=float, help="idle: the quiet window (10)")
+    parser.add_argument("--processes", type=int, help="load-generator processes (2, more when N needs)")
     args = parser.parse_args(argv)
-    unknown = set(args.scenarios) - {"crossworker"}
+    chosen: list[str] = []
+    for name in args.scenarios:
+        if name == "scenarios":
+            chosen += PEER_SCENARIOS
+        elif name == "all":
+            chosen += ("crossworker", *PEER_SCENARIOS)
+        else:
+            chosen.append(name)
+    if not chosen:
+        chosen = ["crossworker", *PEER_SCENARIOS] if args.smoke else ["crossworker"]
+    unknown = set(chosen) - {"crossworker", *PEER_SCENARIOS}
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    bad = set(peers) - set(PEER_NAMES)
+    if bad or not peers:
+        parser.error(f"unknown peer(s): {', '.join(sorted(bad))} (one of {', '.join(PEER_NAMES)})")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.smoke:
-        args.streams, args.notices, args.rate, args.runs = 8, 20, 50.0, 1
+    started = time.monotonic()
     failed = False
-    for name in args.scenarios:
-        runs = [asyncio.run(crossworker(args.streams, args.notices, args.rate)) for _ in range(args.runs)]
-        report = dict(runs[0])
-        for key in ("p50_ms", "p99_ms", "max_ms", "client_cpu_s"):
-            values = [r[key] for r in runs if r[key] is not None]
-            report[key] = statistics.median(values) if values else None
-        report["lost"] = sum(r["lost"] for r in runs)
-        report["duplicated"] = sum(r["duplicated"] for r in runs)
-        report["runs"] = args.runs
-        print(json.dumps(report))
-        if report["lost"] or report["duplicated"] or report["deliveries"] == 0:
-            print(f"{name}: notices were lost or duplicated", file=sys.stderr)
-            failed = True
+    if "crossworker" in chosen:
+        if args.smoke:
+            args.notices, args.rate, args.runs = 20, 50.0, 1
+        failed |= _crossworker(args, 8 if args.smoke else (args.streams or 200))
+    scenarios = [s for s in PEER_SCENARIOS if s in chosen]
+    if scenarios:
+        if args.smoke:
+            load, runs = Load.smoke(), 1
+        else:
+            load, runs = Load(streams=args.streams or 2000), args.runs
+        if args.step_seconds is not None:
+            load.step_seconds = args.step_seconds
+        if args.idle_seconds is not None:
+            load.idle_seconds = args.idle_seconds
+        if args.processes is not None:
+            load.processes = args.processes
+        require_all = os.environ.get("SSE_NOTIFY_REQUIRE_ALL") == "1"
+        report = compare.run(scenarios, peers, load, runs, require_all=require_all)
+        table = render(
+            report["results"],
+            peers,
+            report["skipped"],
+            load.streams,
+            runs,
+            compare.settings(report["machine"]),
+        )
+        report["table"] = table
+        print(table, flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(_clean(report), indent=1, allow_nan=False) + "\n")
+            print(f"every figure: {args.json}", file=sys.stderr)
+        found = compare.problems(report, strict=args.smoke)
+        for problem in found:
+            print(f"FAIL {problem}", file=sys.stderr)
+        failed |= bool(found)
+    took = time.monotonic() - started
+    print(
+        f"{'smoke' if args.smoke else 'bench'}: {'FAILED' if failed else 'ok'} in {took:.1f}s",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 

@@ -49,6 +49,17 @@ headers yet) per worker at a time, a connect/response-header timeout, a
 when the parent goes away (pipe EOF or a changed ``os.getppid()``), latency
 samples capped (``max_samples`` overall), per-notice fan-out records capped.
 
+Servers that send the response headers only with the first event (flask-sse
+does) never answer a stream that has nothing to say; pass
+``early_headers=False`` so a connection stops counting as in flight (and
+against ``connect_timeout``) once its request is written. ``held`` counts
+those connections, ``open`` only the ones answered with a 200.
+
+:meth:`LoadGen.redial` closes chosen streams and dials them again (the churn
+benchmark): the workers close them on their side, count them in ``redialed``
+(not in ``closed``, which counts closes by the server) and queue new
+connections for the same paths.
+
 The parent talks to workers over one ``Pipe`` each (request/response only,
 so nothing piles up unread) and reads live counters from shared memory
 (``RawArray``), so polling progress never blocks a worker. The waiting
@@ -95,8 +106,10 @@ _MAX_ERROR_KINDS = 50
     C_CPU_US,  # own CPU time (user + system), microseconds
     C_DIALED,  # connection attempts started
     C_STATE,  # 0 starting, 1 dialling, 2 every connection settled, 3 exited
+    C_HELD,  # connections whose request went out and that are still open (answered or not)
+    C_REDIALED,  # streams closed on purpose by redial() (not counted in C_CLOSED)
     N_COUNTERS,
-) = range(11)
+) = range(13)
 
 # Connection phases.
 _CONNECTING, _HEAD, _BODY, _DONE = range(4)
@@ -136,6 +149,8 @@ def summarize(stats: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         "open": stats["open"],
         "failed": stats["failed"],
         "closed": stats["closed"],
+        "held": stats["held"],
+        "redialed": stats["redialed"],
         "connect_rate_per_s": round(connect_rate(stats["connect_times"]), 1),
         "events": stats["events"],
         "latency_ms": {
@@ -166,6 +181,10 @@ class LoadGen:
     :param max_runtime: seconds after :meth:`start` at which workers close
         everything and exit, whatever happens.
     :param max_samples: latency samples kept overall (split between workers).
+    :param early_headers: the server answers a stream at once (True), so a
+        connection is in flight until its response headers; False for servers
+        that answer only with the first event (in flight until the request is
+        written, no response timeout).
     """
 
     def __init__(
@@ -183,6 +202,7 @@ class LoadGen:
         retries: int = 2,
         max_runtime: float = 600.0,
         max_samples: int = 2_000_000,
+        early_headers: bool = True,
         start_method: str = "spawn",
     ) -> None:
         if processes < 1:
@@ -213,8 +233,9 @@ class LoadGen:
             "retries": retries,
             "max_runtime": max_runtime,
             "max_samples": max(1, max_samples // processes),
+            "early_headers": early_headers,
         }
-        self._ctx = mp.get_context(start_method)
+        self._ctx: t.Any = mp.get_context(start_method)
         self._counters = self._ctx.RawArray("q", processes * N_COUNTERS)
         self._workers: list[t.Any] = []
         self._pipes: list[t.Any] = []
@@ -272,7 +293,7 @@ class LoadGen:
     # -- live progress (shared memory, never blocks a worker) -------------
 
     def counters(self) -> dict[str, int]:
-        """Live totals over the workers: open, connected, failed, closed, events, timed, bytes, dialed."""
+        """Live totals: open, connected, failed, closed, events, timed, bytes, dialed, held, redialed."""
         c = self._counters
         names = {
             "open": C_OPEN,
@@ -283,13 +304,24 @@ class LoadGen:
             "timed": C_TIMED,
             "bytes": C_BYTES,
             "dialed": C_DIALED,
+            "held": C_HELD,
+            "redialed": C_REDIALED,
         }
         return {name: sum(c[p * N_COUNTERS + k] for p in range(self.processes)) for name, k in names.items()}
 
     def cpu_seconds(self) -> float:
         """The workers' own CPU time so far (as last published by each worker)."""
         c = self._counters
-        return sum(c[p * N_COUNTERS + C_CPU_US] for p in range(self.processes)) / 1e6
+        return float(sum(c[p * N_COUNTERS + C_CPU_US] for p in range(self.processes))) / 1e6
+
+    def cpu_per_process(self) -> list[float]:
+        """Each worker's own CPU time so far, seconds (as last published; at most 0.5 s old)."""
+        c = self._counters
+        return [c[p * N_COUNTERS + C_CPU_US] / 1e6 for p in range(self.processes)]
+
+    def alive(self) -> int:
+        """How many worker processes are still running."""
+        return sum(proc.is_alive() for proc in self._workers)
 
     def _settled(self) -> bool:
         c = self._counters
@@ -323,13 +355,79 @@ class LoadGen:
                 return events
             time.sleep(0.005)
 
+    def wait_counter(self, name: str, target: int, *, stall: float, limit: float) -> int:
+        """Wait until counter ``name`` reaches ``target``, or it made no progress for ``stall``
+        seconds, or ``limit`` seconds passed, or every worker exited; return its value."""
+        deadline = time.monotonic() + limit
+        last, last_change = -1, time.monotonic()
+        while True:
+            value = self.counters()[name]
+            now = time.monotonic()
+            if value != last:
+                last, last_change = value, now
+            if value >= target or now >= deadline or now - last_change >= stall or not self.alive():
+                return value
+            time.sleep(0.01)
+
+    # -- churn ----------------------------------------------------------------
+
+    def redial(self, indexes: t.Iterable[int], timeout: float = 30.0) -> int:
+        """Close the connections ``indexes`` (positions in ``paths``) and dial them again.
+
+        Only connections that are open or waiting for their answer are closed; each is
+        replaced by a fresh connection to the same path (retries start over). Returns how
+        many were closed. Follow the reconnection with the ``open``/``held`` counters.
+        """
+        share: list[list[int]] = [[] for _ in range(self.processes)]
+        for i in indexes:
+            if not 0 <= i < self.count:
+                raise IndexError(f"no connection {i} (there are {self.count})")
+            share[i % self.processes].append(i)
+        asked = []
+        for p, pipe in enumerate(self._pipes):
+            if share[p]:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.send(("redial", share[p]))
+                    asked.append(pipe)
+        closed = 0
+        deadline = time.monotonic() + timeout
+        for pipe in asked:
+            try:
+                if pipe.poll(max(0.0, deadline - time.monotonic())):
+                    closed += int(pipe.recv())
+            except (EOFError, OSError):
+                continue
+        return closed
+
+    def indexes(self, timeout: float = 30.0) -> tuple[list[int], list[int]]:
+        """``(open, held)``: the positions in ``paths`` of streams open now (answered 200), and of
+        connections whose request went out and that are still open (answered or not)."""
+        for pipe in self._pipes:
+            with contextlib.suppress(OSError, ValueError):
+                pipe.send(("indexes",))
+        opened: list[int] = []
+        held: list[int] = []
+        deadline = time.monotonic() + timeout
+        for pipe in self._pipes:
+            try:
+                if pipe.poll(max(0.0, deadline - time.monotonic())):
+                    part_open, part_held = pipe.recv()
+                    opened += part_open
+                    held += part_held
+            except (EOFError, OSError):
+                continue
+        return sorted(opened), sorted(held)
+
     # -- results ------------------------------------------------------------
 
     def collect(self, *, reset: bool = False, timeout: float = 30.0) -> dict[str, t.Any]:
         """Every worker's stats merged.
 
         Keys: ``open``, ``connected``, ``failed``, ``closed``, ``events``,
-        ``timed``, ``bytes``, ``cpu`` (seconds, summed over workers),
+        ``timed``, ``bytes``, ``held``, ``redialed``, ``cpu`` (seconds, summed
+        over workers), ``cpu_per_worker`` (seconds, each worker's),
+        ``cpu_first_dial_per_worker`` (each worker's CPU seconds when it first dialled),
+        ``first_dial`` (Unix time of the first connection attempt, or None),
         ``latencies`` (``array('d')``, seconds), ``latencies_dropped``,
         ``connect_times`` (sorted Unix times of each 200),
         ``notices`` (``{sent_at: [deliveries, first_arrival, last_arrival]}``),
@@ -352,18 +450,23 @@ class LoadGen:
         return _merge(parts)
 
 
+_TOTALS = ("open", "connected", "failed", "closed", "events", "timed", "bytes", "held", "redialed")
+
+
 def _merge(parts: list[dict[str, t.Any]]) -> dict[str, t.Any]:
-    out: dict[str, t.Any] = {
-        key: 0 for key in ("open", "connected", "failed", "closed", "events", "timed", "bytes")
-    }
+    out: dict[str, t.Any] = {key: 0 for key in _TOTALS}
     out["cpu"] = 0.0
+    out["cpu_per_worker"] = [part["cpu"] for part in parts]
+    out["cpu_first_dial_per_worker"] = [part["cpu_first_dial"] for part in parts]
+    dials = [part["first_dial"] for part in parts if part.get("first_dial")]
+    out["first_dial"] = min(dials) if dials else None
     out["latencies_dropped"] = 0
     latencies = array("d")
     connect_times = array("d")
     notices: dict[float, list[float]] = {}
     errors: dict[str, int] = {}
     for part in parts:
-        for key in ("open", "connected", "failed", "closed", "events", "timed", "bytes", "latencies_dropped"):
+        for key in (*_TOTALS, "latencies_dropped"):
             out[key] += part[key]
         out["cpu"] += part["cpu"]
         latencies.extend(part["latencies"])
@@ -404,6 +507,7 @@ class _Conn:
         "path",
         "phase",
         "remaining",
+        "sent",
         "skip_lf",
         "sock",
         "started",
@@ -421,6 +525,7 @@ class _Conn:
         self.buf = b""  # header bytes, then undecoded chunked framing
         self.body = _IDENTITY
         self.remaining = 0  # Content-Length left, or bytes left in the current chunk
+        self.sent = False  # the request went out whole (the connection is "held")
         self.started = False  # a BOM may still come
         self.skip_lf = False  # the last SSE byte was a CR: drop a leading LF
         self.line = b""  # an SSE line not ended yet
@@ -446,6 +551,7 @@ class _Worker:
         self.connect_timeout: float = config["connect_timeout"]
         self.retries: int = config["retries"]
         self.max_samples: int = config["max_samples"]
+        self.early_headers: bool = config.get("early_headers", True)
         extra = "".join(f"{k}: {v}\r\n" for k, v in config["headers"].items())
         self.request_head = f"Host: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n"
         self.request_head += f"Cache-Control: no-cache\r\n{extra}\r\n"
@@ -453,8 +559,11 @@ class _Worker:
         self.conns: dict[int, _Conn] = {}
         self.pending: dict[int, _Conn] = {}  # dialled, no response headers yet
         self.ep = select.epoll()
-        self.stats = {k: 0 for k in ("open", "connected", "failed", "closed", "events", "timed", "bytes")}
+        self.stats = dict.fromkeys(_TOTALS, 0)
         self.dialed = 0
+        self.first_dial: float | None = None
+        self.cpu_first_dial = 0.0
+        self.by_index: dict[int, _Conn] = {}
         self.latencies = array("d")
         self.dropped = 0
         self.connect_times = array("d")
@@ -478,6 +587,8 @@ class _Worker:
         c[b + C_TIMED] = s["timed"]
         c[b + C_BYTES] = s["bytes"]
         c[b + C_DIALED] = self.dialed
+        c[b + C_HELD] = s["held"]
+        c[b + C_REDIALED] = s["redialed"]
         if state is not None:
             c[b + C_STATE] = state
 
@@ -495,6 +606,8 @@ class _Worker:
         out["connect_times"] = self.connect_times
         out["notices"] = self.notices
         out["errors"] = dict(self.errors)
+        out["first_dial"] = self.first_dial
+        out["cpu_first_dial"] = self.cpu_first_dial
         if reset:
             self.latencies = array("d")
             self.dropped = 0
@@ -502,12 +615,18 @@ class _Worker:
             self.stats["events"] = 0
             self.stats["timed"] = 0
             self.stats["bytes"] = 0
+            self.publish()  # so a waiter never reads the counts from before the reset
         return out
 
     # -- connections --
 
     def dial(self, conn: _Conn) -> None:
         self.dialed += 1
+        if self.first_dial is None:
+            self.first_dial = self.now
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            self.cpu_first_dial = ru.ru_utime + ru.ru_stime
+        self.by_index[conn.index] = conn
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         except OSError as exc:
@@ -544,6 +663,9 @@ class _Worker:
             self.ep.unregister(fd)
         sock.close()
         conn.sock = None
+        if conn.sent:
+            conn.sent = False
+            self.stats["held"] -= 1
 
     def fail(self, conn: _Conn, kind: str, *, retry: bool = True) -> None:
         """A connection that never got its 200."""
@@ -585,6 +707,10 @@ class _Worker:
         conn.tosend = conn.tosend[n:]
         if not conn.tosend:
             self.ep.modify(fd, select.EPOLLIN)
+            conn.sent = True
+            self.stats["held"] += 1
+            if not self.early_headers:
+                self.pending.pop(fd, None)
 
     def on_readable(self, conn: _Conn) -> None:
         sock = conn.sock
@@ -649,9 +775,9 @@ class _Worker:
             self.feed_sse(conn, data)
             return
         if body == _LENGTH:
-            take = data[: conn.remaining]
-            conn.remaining -= len(take)
-            self.feed_sse(conn, take)
+            part = data[: conn.remaining]
+            conn.remaining -= len(part)
+            self.feed_sse(conn, part)
             if conn.remaining <= 0 and conn.sock is not None:
                 self.feed_sse(conn, b"", eof=True)
                 self.closed(conn, "body complete")
@@ -811,11 +937,36 @@ class _Worker:
                 msg = self.pipe.recv()
                 if msg[0] == "collect":
                     self.pipe.send(self.snapshot(bool(msg[1])))
+                elif msg[0] == "redial":
+                    self.pipe.send(self.redial(msg[1]))
+                elif msg[0] == "indexes":
+                    live = [c for c in self.by_index.values() if c.sock is not None]
+                    self.pipe.send(
+                        ([c.index for c in live if c.phase == _BODY], [c.index for c in live if c.sent])
+                    )
                 elif msg[0] == "stop":
                     return False
         except (EOFError, OSError):
             return False
         return True
+
+    def redial(self, indexes: list[int]) -> int:
+        """Close these connections (open or awaiting their answer) and queue them anew."""
+        closed = 0
+        for i in indexes:
+            conn = self.by_index.get(i)
+            if conn is None or conn.sock is None:
+                continue
+            was_open = conn.phase == _BODY
+            self.drop(conn)
+            conn.phase = _DONE
+            if was_open:
+                self.stats["open"] -= 1
+            self.stats["redialed"] += 1
+            closed += 1
+            self.queue.append(_Conn(conn.index, conn.path, 0))
+        self.publish()
+        return closed
 
     def sweep(self) -> None:
         limit = self.now - self.connect_timeout

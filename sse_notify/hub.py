@@ -439,8 +439,10 @@ class Hub:
         # One loop for every stream of the process (not a timer per stream and
         # wait): every step it visits the next slice of the streams, so each
         # is visited once per heartbeat interval and the writes are spread
-        # over the interval instead of arriving as one burst.
-        step = min(1.0, self.heartbeat / 4)
+        # over the interval instead of arriving as one burst. Short steps keep
+        # each slice small: 10,000 streams at a 5 s heartbeat are 200 writes
+        # (about 2 ms) every 0.1 s, not a 20 ms pause every second.
+        step = min(0.1, self.heartbeat / 4)
         while True:
             batch: list[Connection | None] = list(self.connections)
             started = time.monotonic()

@@ -9,8 +9,10 @@ Three servers with one small interface (:class:`Peer`):
   own ``redis-server``.
 
 Each starts on free loopback ports in its own temporary directory, and :meth:`Peer.stop` stops
-every process it started by PID (SIGTERM, then SIGKILL after a timeout) and removes the
-directory. Use them as context managers::
+every process it started by PID (gunicorn with SIGINT, its quick shutdown, as nothing here needs
+draining; the others with SIGTERM; SIGKILL after a timeout) and removes the directory.
+:meth:`Peer.roles` names the processes (``master``, ``worker``, ``redis``) for /proc figures.
+Use them as context managers::
 
     with Nchan() as peer:
         url = peer.stream_url("alice")      # open with STREAM_HEADERS
@@ -119,11 +121,16 @@ class Peer:
     multiplexed = True
     #: Seconds to wait after SIGTERM before SIGKILL.
     stop_timeout = 15.0
+    #: Does a stream get its response headers at once (True), or only with its first event?
+    early_headers = True
+    #: Does the server take many notices in one request (:meth:`batch_request`)?
+    batch = False
 
     def __init__(self) -> None:
         self.port = 0
         self.tmp: Path | None = None
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._stop_signals: dict[int, int] = {}
         self._client: httpx.Client | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -157,12 +164,13 @@ class Peer:
 
     def stop(self) -> None:
         """Stop every process started here (newest first) by PID, then remove the temp dir."""
-        while self._procs:
-            _, proc = self._procs.pop()
-            _stop(proc, self.stop_timeout)
         if self._client is not None:
+            # First, so no keep-alive connection of ours holds up a server's shutdown.
             self._client.close()
             self._client = None
+        while self._procs:
+            _, proc = self._procs.pop()
+            _stop(proc, self.stop_timeout, self._stop_signals.pop(proc.pid, signal.SIGTERM))
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
@@ -182,6 +190,19 @@ class Peer:
                 found.extend(descendants(proc.pid))
         return found
 
+    def roles(self) -> dict[str, list[int]]:
+        """Live server PIDs by role: ``master`` and ``worker`` (gunicorn, nginx), ``redis``."""
+        out: dict[str, list[int]] = {}
+        for name, proc in self._procs:
+            if proc.poll() is not None:
+                continue
+            if name == "redis":
+                out.setdefault("redis", []).append(proc.pid)
+            else:
+                out.setdefault("master", []).append(proc.pid)
+                out.setdefault("worker", []).extend(descendants(proc.pid))
+        return out
+
     def log(self) -> str:
         """Everything the processes logged so far."""
         if self.tmp is None:
@@ -191,11 +212,14 @@ class Peer:
             parts.append(f"== {path.name}\n{path.read_text(errors='replace')}")
         return "\n".join(parts)
 
-    def _spawn(self, name: str, cmd: list[str], **kw: t.Any) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, cmd: list[str], stop_signal: int = signal.SIGTERM, **kw: t.Any
+    ) -> subprocess.Popen[bytes]:
         assert self.tmp is not None
         with open(self.tmp / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **kw)
         self._procs.append((name, proc))
+        self._stop_signals[proc.pid] = stop_signal
         return proc
 
     def _wait(self, ready: t.Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -236,6 +260,10 @@ class Peer:
         """The request that publishes ``data`` to everyone."""
         raise NotImplementedError
 
+    def batch_request(self, items: list[tuple[str, dict[str, t.Any]]]) -> httpx.Request:
+        """The request that publishes each ``(user, data)`` of ``items`` (only when :attr:`batch`)."""
+        raise NotImplementedError(f"{self.name} has no batch publish")
+
     #: Status codes that mean "accepted".
     ok_status: t.ClassVar[frozenset[int]] = frozenset({200, 201, 202})
 
@@ -257,17 +285,35 @@ class Peer:
         """How many streams the server has open (as it counts them)."""
         raise NotImplementedError
 
+    def subscribed(self) -> set[str] | None:
+        """The channels with a subscriber, where the server can list them (flask-sse); else None."""
+        return None
+
+    def stream_capacity(self) -> int | None:
+        """The most streams this server holds while still working (None: no known limit below
+        the benchmark's sizes); see :meth:`capacity_reason`."""
+        return None
+
+    def capacity_reason(self) -> str:
+        """Why :meth:`stream_capacity` is what it is."""
+        return "no known limit"
+
+    def subscriptions_made(self) -> int | None:
+        """Subscriptions the server has made since it started (only grows), where it can tell
+        (flask-sse: Redis's SUBSCRIBE count); else None."""
+        return None
+
     def wait_streams(self, n: int, timeout: float = 30) -> None:
         """Wait until the server counts at least ``n`` open streams (subscribed, so nothing is missed)."""
         self._wait(lambda: self.stream_count() >= n, f"{n} open streams", timeout)
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM ``proc``, SIGKILL it after ``timeout``; then SIGKILL any descendant it left behind."""
+def _stop(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to ``proc``, SIGKILL it after ``timeout``; then SIGKILL any descendant it left behind."""
     if proc.poll() is not None:
         return
     below = [(pid, _start_time(pid)) for pid in descendants(proc.pid)]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -294,6 +340,7 @@ class SSENotify(Peer):
 
     name = "sse_notify"
     multiplexed = True
+    batch = True
 
     def __init__(self, workers: int = 1, env: dict[str, str] | None = None) -> None:
         super().__init__()
@@ -313,7 +360,7 @@ class SSENotify(Peer):
         }
         cmd = [str(BIN / "gunicorn"), "--no-control-socket", "-k", "gevent", "-w", str(self.workers)]
         cmd += ["-b", f"127.0.0.1:{self.port}", "wsgi:app"]
-        self._spawn("gunicorn", cmd, cwd=ROOT, env=env)
+        self._spawn("gunicorn", cmd, signal.SIGINT, cwd=ROOT, env=env)
         self._wait(lambda: self.client.get(self.base_url + "/healthz").status_code == 200, "/healthz")
         self._wait(lambda: len(self.pids()) >= 1 + self.workers, "the workers")
 
@@ -333,6 +380,12 @@ class SSENotify(Peer):
     def broadcast_request(self, data: dict[str, t.Any]) -> httpx.Request:
         return self._post("/broadcast", data)
 
+    def batch_request(self, items: list[tuple[str, dict[str, t.Any]]]) -> httpx.Request:
+        """``POST /notices`` with ``[{"user_id": ..., "data": ...}, ...]``."""
+        headers = {"Authorization": f"Bearer {self.publish_key}"}
+        body = [{"user_id": _check_channel(user), "data": data} for user, data in items]
+        return self.client.build_request("POST", self.base_url + "/notices", json=body, headers=headers)
+
     def stream_count(self) -> int:
         return int(self.client.get(self.base_url + "/healthz").json()["streams"])
 
@@ -342,6 +395,8 @@ class Nchan(Peer):
 
     ``/sub/<user>`` subscribes to the channels ``<user>`` and ``all`` (EventSource only: send
     :data:`STREAM_HEADERS`); ``/pub/<channel>`` publishes; ``/status`` is nchan_stub_status.
+    ``ping_interval`` (seconds, 0 = off, Nchan's default) sends an EventSource ``ping`` event on
+    idle streams, Nchan's heartbeat.
     Publishing answers 201 (someone subscribed) or 202 (stored for later), after the message
     is in shared memory.
     """
@@ -349,8 +404,11 @@ class Nchan(Peer):
     name = "nchan"
     multiplexed = True
 
-    def __init__(self, nginx: str | None = None, module: str | Path | None = None) -> None:
+    def __init__(
+        self, nginx: str | None = None, module: str | Path | None = None, ping_interval: int = 0
+    ) -> None:
         super().__init__()
+        self.ping_interval = ping_interval
         self.nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
         self.module = Path(module) if module else _find_nchan_module()
 
@@ -359,6 +417,7 @@ class Nchan(Peer):
         template = (HERE / "nchan.conf.template").read_text()
         conf = template.replace("@PREFIX@", str(self.tmp))
         conf = conf.replace("@PORT@", str(self.port)).replace("@MODULE@", str(self.module))
+        conf = conf.replace("@PING@", str(int(self.ping_interval)))
         (self.tmp / "nginx.conf").write_text(conf)
         cmd = [self.nginx, "-p", f"{self.tmp}/", "-c", str(self.tmp / "nginx.conf")]
         cmd += ["-e", str(self.tmp / "error.log")]
@@ -409,12 +468,34 @@ class FlaskSSE(Peer):
 
     name = "flask-sse"
     multiplexed = False
+    early_headers = False
+
+    #: Descriptors the worker keeps for everything but streams: the Redis connections publishing
+    #: takes from its pool, the listening socket, logs. Without them, publishing fails (500).
+    fd_reserve = 128
 
     def __init__(self, worker_connections: int = 20000) -> None:
         super().__init__()
         self.worker_connections = worker_connections
         self.redis_port = 0
         self.redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+    @staticmethod
+    def _fd_limit() -> int:
+        # flask_sse_gunicorn.conf.py raises the worker's soft limit to the hard limit it inherits.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        return 65536 if hard == resource.RLIM_INFINITY else int(hard)
+
+    def stream_capacity(self) -> int | None:
+        """Two descriptors per stream (client socket, Redis connection) under the open-files limit,
+        keeping :attr:`fd_reserve` for publishing."""
+        return (self._fd_limit() - self.fd_reserve) // 2
+
+    def capacity_reason(self) -> str:
+        return (
+            f"2 file descriptors per stream under an open-files limit of {self._fd_limit():,}, "
+            f"{self.fd_reserve} kept so that publishing still gets Redis connections"
+        )
 
     @property
     def redis_url(self) -> str:
@@ -443,7 +524,7 @@ class FlaskSSE(Peer):
         cmd += ["-k", "gevent", "--worker-connections", str(self.worker_connections), "-w", "1"]
         cmd += ["-b", f"127.0.0.1:{self.port}", "bench.peers.flask_sse_app:app"]
         env = {**os.environ, "SSE_REDIS_URL": self.redis_url}
-        self._spawn("gunicorn", cmd, cwd=ROOT, env=env)
+        self._spawn("gunicorn", cmd, signal.SIGINT, cwd=ROOT, env=env)
         self._wait(lambda: self.client.get(self.base_url + "/healthz").status_code == 200, "/healthz")
 
     def stream_url(self, user: str) -> str:
@@ -459,8 +540,23 @@ class FlaskSSE(Peer):
         return self.client.build_request("POST", f"{self.base_url}/publish/all", json=data)
 
     def stream_count(self) -> int:
+        """Subscriptions over every channel (PUBSUB CHANNELS + NUMSUB; cheaper than CLIENT LIST)."""
         with self._redis() as r:
-            return len(r.client_list(_type="pubsub"))
+            channels = r.pubsub_channels()
+            total = 0
+            for start in range(0, len(channels), 5000):
+                total += sum(int(n) for _, n in r.pubsub_numsub(*channels[start : start + 5000]))
+            return total
+
+    def subscriptions_made(self) -> int | None:
+        """SUBSCRIBE commands Redis has run: one per stream flask-sse opened."""
+        with self._redis() as r:
+            stats = r.info("commandstats")
+            return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
+
+    def subscribed(self) -> set[str] | None:
+        with self._redis() as r:
+            return {c.decode() if isinstance(c, bytes) else str(c) for c in r.pubsub_channels()}
 
 
 PEERS: tuple[type[Peer], ...] = (SSENotify, Nchan, FlaskSSE)

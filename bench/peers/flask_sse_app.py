@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from flask import Flask, jsonify, request
-from flask_sse import sse
+from flask_sse import sse  # type: ignore[import-untyped]
 
 app = Flask(__name__)
 app.config["SSE_REDIS_URL"] = os.environ["SSE_REDIS_URL"]

@@ -87,6 +87,12 @@ class SQLiteBroker:
         self._wake = WakeChannel(self.path)
         self._closed = False
         self._feeding = False
+        # This process's feed: what it delivered last, and to whom. Guarded by
+        # _feed_lock, so the feed and a local publish never deliver at once.
+        self._feed_lock = threading.Lock()
+        self._feed_cursor = 0
+        self._feed_pid = -1
+        self._feed_callback: FeedCallback | None = None
 
     # -- connection -------------------------------------------------------
 
@@ -157,8 +163,35 @@ class SQLiteBroker:
             return notices
 
         notices: list[Notice] = self._run(work)
-        self._wake.wake_all()
+        delivered = self._deliver_here(notices)
+        self._wake.wake_all(skip_own=delivered)
         return notices
+
+    def _deliver_here(self, notices: list[Notice]) -> bool:
+        """Hand notices this process just stored to its own feed's callback, if nothing can be out of order.
+
+        That is when they come right after what the feed delivered last (no
+        other process committed in between) and none is a broadcast (whose
+        fan-out could make the publisher wait). It saves the feed's wake-up
+        and read-back of each notice on the worker that published it; every
+        other case, and every other process, goes through the feed.
+        """
+        callback = self._feed_callback
+        if callback is None or any(n.user_id is None for n in notices):
+            return False
+        if not self._feed_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._feed_pid != os.getpid() or notices[0].id != self._feed_cursor + 1:
+                return False
+            self._feed_cursor = notices[-1].id
+            try:
+                callback(notices)
+            except Exception:
+                log.exception("feed callback failed")
+            return True
+        finally:
+            self._feed_lock.release()
 
     def _trim_user(self, db: sqlite3.Connection, key: str) -> None:
         row = db.execute(
@@ -249,25 +282,30 @@ class SQLiteBroker:
             start = self.head()  # may raise BrokerError: nothing is set up yet, a later call retries
             self._wake.listen()
             self._feeding = True
-        spawn(lambda: self._feed(callback, start), name="sse-notify-sqlite-feed")
+            self._feed_cursor, self._feed_pid = start, os.getpid()
+            self._feed_callback = callback
+        spawn(lambda: self._feed(callback), name="sse-notify-sqlite-feed")
 
-    def _feed(self, callback: FeedCallback, cursor: int) -> None:
+    def _feed(self, callback: FeedCallback) -> None:
         while not self._closed:
-            try:
-                notices = self._after(cursor)
-            except BrokerError as exc:
-                log.warning("feed cannot read the store, retrying: %s", exc)
-                time.sleep(self.poll_interval)
-                continue
-            if notices:
-                cursor = notices[-1].id
+            full = False
+            with self._feed_lock:
                 try:
-                    callback(notices)
-                except Exception:
-                    log.exception("feed callback failed")
-                if len(notices) == _FEED_BATCH:
-                    continue
-            self._wake.wait(self.poll_interval)
+                    notices = self._after(self._feed_cursor)
+                except BrokerError as exc:
+                    log.warning("feed cannot read the store, retrying: %s", exc)
+                    notices = None
+                if notices:
+                    self._feed_cursor = notices[-1].id
+                    full = len(notices) == _FEED_BATCH
+                    try:
+                        callback(notices)
+                    except Exception:
+                        log.exception("feed callback failed")
+            if notices is None:
+                time.sleep(self.poll_interval)
+            elif not full:
+                self._wake.wait(self.poll_interval)
 
     def ping(self) -> None:
         """Raise :class:`BrokerUnavailable` if the file cannot be read."""

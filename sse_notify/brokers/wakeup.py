@@ -50,14 +50,17 @@ class WakeChannel:
             self._sender.setblocking(False)
         return self._sender
 
-    def wake_all(self) -> None:
-        """Wake every listening process (this one included)."""
+    def wake_all(self, *, skip_own: bool = False) -> None:
+        """Wake every listening process (this one too, unless ``skip_own``)."""
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return
         sender = self._send_socket()
+        own = os.path.basename(self._path) if skip_own and self._path else None
         for name in names:
+            if name == own:
+                continue
             path = os.path.join(self.directory, name)
             try:
                 sender.sendto(b"!", path)
