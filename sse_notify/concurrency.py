@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import typing as t
 
-__all__ = ["Event", "call_later", "gevent_active", "new_event", "spawn", "spawn_later", "watch_fd"]
+__all__ = ["Event", "Handle", "call_later", "gevent_active", "new_event", "spawn", "spawn_later", "watch_fd"]
 
 
 def gevent_active() -> bool:
@@ -66,8 +66,19 @@ def spawn_later(delay: float, func: t.Callable[[], object], name: str) -> None:
     timer.start()
 
 
-def call_later(delay: float, func: t.Callable[[], object]) -> t.Callable[[], None]:
-    """Call ``func`` after ``delay`` seconds; returns a function that cancels the call.
+class Handle(t.Protocol):
+    """**Protocol:** a pending call or a watcher; ``close()`` cancels it."""
+
+    def close(self) -> None: ...
+
+
+class _ThreadTimer(threading.Timer):
+    def close(self) -> None:
+        self.cancel()
+
+
+def call_later(delay: float, func: t.Callable[[], object]) -> Handle:
+    """Call ``func`` after ``delay`` seconds; ``close()`` the result to cancel.
 
     Under gevent this is a bare timer of the event loop (no greenlet, a few
     hundred bytes): ``func`` runs in the loop itself, so it must not block.
@@ -75,33 +86,23 @@ def call_later(delay: float, func: t.Callable[[], object]) -> t.Callable[[], Non
     if gevent_active():
         import gevent
 
-        timer = gevent.get_hub().loop.timer(max(0.0, delay))
-        timer.start(func)
-
-        def cancel() -> None:
-            timer.stop()
-            timer.close()
-
-        return cancel
-    thread = threading.Timer(max(0.0, delay), func)
+        timer: Handle = gevent.get_hub().loop.timer(max(0.0, delay))
+        timer.start(func)  # type: ignore[attr-defined]
+        return timer  # its close() stops it too
+    thread = _ThreadTimer(max(0.0, delay), func)
     thread.daemon = True
     thread.start()
-    return thread.cancel
+    return thread
 
 
-def watch_fd(fd: int, *, write: bool, func: t.Callable[[], object]) -> t.Callable[[], None]:
-    """Call ``func`` whenever ``fd`` is readable (or writable); returns a function that stops it.
+def watch_fd(fd: int, *, write: bool, func: t.Callable[[], object]) -> Handle:
+    """Call ``func`` whenever ``fd`` is readable (or writable); ``close()`` the result to stop.
 
     gevent only: a bare watcher of the event loop (no greenlet), and ``func``
     runs in the loop itself, so it must not block.
     """
     import gevent
 
-    watcher = gevent.get_hub().loop.io(fd, 2 if write else 1)
-    watcher.start(func)
-
-    def stop() -> None:
-        watcher.stop()
-        watcher.close()
-
-    return stop
+    watcher: Handle = gevent.get_hub().loop.io(fd, 2 if write else 1)
+    watcher.start(func)  # type: ignore[attr-defined]
+    return watcher  # its close() stops it too

@@ -24,7 +24,7 @@ import time
 import typing as t
 
 from .brokers import Broker
-from .concurrency import Event, gevent_active, new_event, spawn, spawn_later, watch_fd
+from .concurrency import Event, Handle, gevent_active, new_event, spawn, spawn_later, watch_fd
 from .errors import BrokerError
 from .events import comment, encode_event
 from .notices import Notice, dumps
@@ -63,6 +63,25 @@ def encode_notice(notice: Notice) -> bytes:
     return encode_event(notice.to_json(), event="notice", id=notice.id)
 
 
+class _NoWake:
+    """The event of a detached stream: nobody waits on it."""
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    def is_set(self) -> bool:
+        return False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return False
+
+
+_NO_WAKE = _NoWake()
+
+
 class Connection:
     """One open stream, reached in one of two ways.
 
@@ -86,14 +105,14 @@ class Connection:
         "_greenlet",
         "_hub",
         "_out",
-        "_stop_reading",
-        "_stop_writing",
-        "cancel_expiry",
+        "_reading",
+        "_writing",
         "chunked",
         "close_reason",
         "closed",
         "cursor",
         "expires_at",
+        "expiry",
         "fd",
         "max_pending",
         "pending",
@@ -117,14 +136,14 @@ class Connection:
         self.close_reason = ""
         self.writing_since = 0.0
         self.quiet = True  # nothing but the preamble written yet
-        self.cancel_expiry: t.Callable[[], None] | None = None
+        self.expiry: Handle | None = None
         # Detached streams only:
         self.fd = -1
         self.chunked = False
         self._out = bytearray()  # framed bytes the socket has not taken yet
         self._hub: Hub | None = None
-        self._stop_reading: t.Callable[[], None] | None = None
-        self._stop_writing: t.Callable[[], None] | None = None
+        self._reading: Handle | None = None
+        self._writing: Handle | None = None
         self._greenlet: t.Any = None
         if gevent_active():
             import gevent
@@ -205,7 +224,8 @@ class Connection:
         self.chunked = chunked
         self._hub = hub
         self._greenlet = None
-        self._stop_reading = watch_fd(fd, write=False, func=self._on_readable)
+        self._event = _NO_WAKE  # nobody waits any more: drop the event (fewer objects for the GC)
+        self._reading = watch_fd(fd, write=False, func=self._on_readable)
 
     def _wire(self, data: bytes) -> bytes:
         return b"%X\r\n%b\r\n" % (len(data), data) if self.chunked else data
@@ -228,7 +248,7 @@ class Connection:
             self._out += memoryview(wire)[written:]
             self.pending = len(self._out)
             self.writing_since = time.monotonic()
-            self._stop_writing = watch_fd(self.fd, write=True, func=self._on_writable)
+            self._writing = watch_fd(self.fd, write=True, func=self._on_writable)
 
     def _on_writable(self) -> None:
         try:
@@ -244,9 +264,9 @@ class Connection:
             self.writing_since = time.monotonic()  # it reads, however slowly
         else:
             self.writing_since = 0.0
-            if self._stop_writing is not None:
-                self._stop_writing()
-                self._stop_writing = None
+            if self._writing is not None:
+                self._writing.close()
+                self._writing = None
 
     def _on_readable(self) -> None:
         # A client sends nothing on an event stream: end of file (or an
@@ -262,10 +282,10 @@ class Connection:
 
     def _close_detached(self) -> None:
         fd, self.fd = self.fd, -1
-        for stop in (self._stop_reading, self._stop_writing):
-            if stop is not None:
-                stop()
-        self._stop_reading = self._stop_writing = None
+        for watcher in (self._reading, self._writing):
+            if watcher is not None:
+                watcher.close()
+        self._reading = self._writing = None
         hub, self._hub = self._hub, None
         out, self._out = self._out, bytearray()
         self.writing_since = 0.0
@@ -283,6 +303,10 @@ class Connection:
 
     # -- both ----------------------------------------------------------------
 
+    def expire(self) -> None:
+        """Close the stream because its token expired (the client comes back with a new one)."""
+        self.close("token expired")
+
     def close(self, reason: str) -> None:
         """End the stream: a yielded one at its next wake-up, a detached one now (the client resumes)."""
         if self.closed:
@@ -291,9 +315,9 @@ class Connection:
         self.close_reason = reason
         self._frames.clear()
         self.pending = 0
-        if self.cancel_expiry is not None:
-            self.cancel_expiry()
-            self.cancel_expiry = None
+        if self.expiry is not None:
+            self.expiry.close()
+            self.expiry = None
         if self.fd >= 0:
             self._close_detached()
         else:

@@ -65,7 +65,7 @@ def event_stream(
             yield hub.closing_frame(conn.close_reason)
             return
         if expires_at is not None:
-            conn.cancel_expiry = call_later(expires_at - time.time(), lambda: conn.close("token expired"))
+            conn.expiry = call_later(expires_at - time.time(), conn.expire)
         if last_event_id is None:
             # A fresh client starts from the store's head. Its first frame
             # carries that id (an id without data sets the browser's
