@@ -37,17 +37,3 @@ def when_ready(server):
         if url:
             server.log.info("sse_notify demo page: %s", url)
 
-
-def post_worker_init(worker: object) -> None:
-    """Keep the garbage collector's full collections short in a worker holding many streams.
-
-    A full collection walks every tracked object. What the worker has loaded by
-    now (the app, Flask, gunicorn: ~46,000 objects that never become garbage)
-    is frozen out of its sight. Measured on one worker holding 10,000 streams
-    under unicast load (docs/BENCHMARKS.md): one notice per POST went from
-    about 1,500/s with publish-to-receive p99 24 ms to about 1,950/s with p99
-    11 ms.
-    """
-    import gc
-
-    gc.freeze()
