@@ -36,4 +36,3 @@ def when_ready(server):
         url = demo_url(address)
         if url:
             server.log.info("sse_notify demo page: %s", url)
-
