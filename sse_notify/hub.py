@@ -24,7 +24,7 @@ import time
 import typing as t
 
 from .brokers import Broker
-from .concurrency import Event, Handle, gevent_active, new_event, spawn, spawn_later, watch_fd
+from .concurrency import Event, Handle, call_later, gevent_active, new_event, spawn, spawn_later, watch_fd
 from .errors import BrokerError
 from .events import comment, encode_event
 from .notices import Notice, dumps
@@ -111,7 +111,6 @@ class Connection:
         "close_reason",
         "closed",
         "cursor",
-        "expires_at",
         "expiry",
         "fd",
         "max_pending",
@@ -122,9 +121,8 @@ class Connection:
         "writing_since",
     )
 
-    def __init__(self, user_id: str, max_pending: int, event: Event, expires_at: float | None = None) -> None:
+    def __init__(self, user_id: str, max_pending: int, event: Event) -> None:
         self.user_id = user_id
-        self.expires_at = expires_at
         self.max_pending = max_pending
         self._event = event
         self._frames: list[tuple[int, bytes]] = []
@@ -504,10 +502,11 @@ class Hub:
         A stream born closed (``conn.closed``) must end at once: the worker is
         stopping, or holds :attr:`max_streams` already. Beyond
         :attr:`max_streams_per_user`, the user's oldest stream is closed, so a
-        new tab always works.
+        new tab always works. At ``expires_at`` (Unix time: its token's end)
+        the stream is closed with reason ``token expired``.
         """
         self.ensure_started()
-        conn = Connection(user_id, self.max_pending, new_event(), expires_at)
+        conn = Connection(user_id, self.max_pending, new_event())
         if self.stopping:
             conn.close("shutdown")
             return conn
@@ -520,6 +519,8 @@ class Hub:
             self._evict(next(iter(mine)), "replaced")  # may drop the user's (now empty) entry
         self.connections.add(conn)
         self.users.setdefault(user_id, {})[conn] = None
+        if expires_at is not None:
+            conn.expiry = call_later(expires_at - time.time(), conn.expire)
         return conn
 
     def disconnect(self, conn: Connection) -> None:

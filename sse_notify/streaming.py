@@ -17,7 +17,6 @@ import logging
 import time
 import typing as t
 
-from .concurrency import call_later
 from .errors import BrokerError
 from .events import comment, encode_event
 from .handoff import SocketHandoff
@@ -64,8 +63,6 @@ def event_stream(
             # makes EventSource give up for good.
             yield hub.closing_frame(conn.close_reason)
             return
-        if expires_at is not None:
-            conn.expiry = call_later(expires_at - time.time(), conn.expire)
         if last_event_id is None:
             # A fresh client starts from the store's head. Its first frame
             # carries that id (an id without data sets the browser's
