@@ -12,7 +12,18 @@ from __future__ import annotations
 import threading
 import typing as t
 
-__all__ = ["Event", "Handle", "call_later", "gevent_active", "new_event", "spawn", "spawn_later", "watch_fd"]
+__all__ = [
+    "Event",
+    "Handle",
+    "call_later",
+    "gevent_active",
+    "new_event",
+    "spawn",
+    "spawn_later",
+    "start_thread",
+    "thread_lock",
+    "watch_fd",
+]
 
 
 def gevent_active() -> bool:
@@ -64,6 +75,33 @@ def spawn_later(delay: float, func: t.Callable[[], object], name: str) -> None:
     timer.name = name
     timer.daemon = True
     timer.start()
+
+
+def start_thread(func: t.Callable[[], object], name: str) -> None:
+    """Run ``func`` in a real OS thread, under gevent too (for blocking work that releases the GIL).
+
+    ``func`` must not touch gevent objects or patched locks; it waits on a
+    :func:`thread_lock`.
+    """
+    if gevent_active():
+        from gevent import monkey
+
+        monkey.get_original("_thread", "start_new_thread")(func, ())
+        return
+    threading.Thread(target=func, name=name, daemon=True).start()
+
+
+def thread_lock() -> threading.Lock:
+    """A real OS lock, also under gevent: to wait in (and wake) a thread of :func:`start_thread`.
+
+    Blocking on it in the event loop's thread blocks the whole loop.
+    """
+    if gevent_active():
+        from gevent import monkey
+
+        lock: threading.Lock = monkey.get_original("_thread", "allocate_lock")()
+        return lock
+    return threading.Lock()
 
 
 class Handle(t.Protocol):

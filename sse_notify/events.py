@@ -71,7 +71,10 @@ def encode_event(
     if event is not None:
         parts.append(f"event: {_check_field('event', event)}\n")
     if data is not None:
-        parts.extend(f"data: {line}\n" for line in split_lines(data))
+        if "\n" in data or "\r" in data:
+            parts.extend(f"data: {line}\n" for line in split_lines(data))
+        else:  # one line (every notice: its JSON is compact): skip the split
+            parts.append(f"data: {data}\n")
     if retry is not None:
         if isinstance(retry, bool) or not isinstance(retry, int):
             raise TypeError(f"SSE 'retry' must be an int, got {type(retry).__name__}")

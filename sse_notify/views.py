@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 import typing as t
@@ -14,7 +13,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 from .errors import AuthError, BrokerError, BrokerUnavailable, InvalidNotice
 from .extension import USER_ID_RULE, PayloadTooLarge, get_state
 from .handoff import START_RESPONSE_KEY, SocketHandoff
-from .notices import Notice, is_valid_user_id
+from .notices import Notice, is_valid_user_id, loads
 from .security import RateLimited
 from .streaming import event_stream
 
@@ -132,7 +131,7 @@ def _json_body(limit: int | None = None) -> t.Any:
         )
     raw = _read_body(get_state().settings.max_body if limit is None else limit)
     try:
-        return json.loads(raw)
+        return loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
     except RecursionError:

@@ -32,7 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_notify.events import comment, encode_event, split_lines
-from sse_notify.notices import Notice, dumps, is_valid_user_id, utc_iso
+from sse_notify.notices import Notice, dumps, is_valid_user_id, loads, utc_iso
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -586,6 +586,89 @@ def test_dumps_refuses_nan(value: float) -> None:
 def test_dumps_is_compact_and_keeps_unicode() -> None:
     """dumps writes no spaces, escapes newlines, and keeps non-ASCII as is."""
     assert dumps({"a": [1, "b\n"], "\u00e9": "\u2028"}) == '{"a":[1,"b\\n"],"\u00e9":"\u2028"}'
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_dumps_and_loads_agree_with_the_standard_library(value: object) -> None:
+    """dumps and loads (orjson where exact) give the standard library's values, long integers too."""
+    try:
+        expected = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except UnicodeEncodeError:  # pragma: no cover - json.dumps with ensure_ascii=False never raises this
+        return
+    text = dumps(value)
+    assert "\n" not in text
+    assert "\r" not in text
+    assert json.loads(text) == json.loads(expected) == value
+    assert loads(text) == value
+    assert loads(text.encode()) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        pytest.param({1: "a", 2.5: None}, '{"1":"a","2.5":null}', id="non-string-keys"),
+        pytest.param({"n": 2**64}, '{"n":18446744073709551616}', id="over-64-bits"),
+        pytest.param({"n": -(2**63) - 1}, '{"n":-9223372036854775809}', id="under-64-bits"),
+        pytest.param({"n": None, "m": [None]}, '{"n":null,"m":[null]}', id="null"),
+    ],
+)
+def test_dumps_falls_back_where_orjson_differs(value: object, text: str) -> None:
+    """Where orjson refuses or would change a value, dumps writes what the standard library writes."""
+    assert dumps(value) == text
+    assert dumps(value) == json.dumps(value, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(datetime(2026, 11, 22, tzinfo=timezone.utc), id="datetime"),
+        pytest.param({1, 2}, id="set"),
+        pytest.param(b"bytes", id="bytes"),
+        pytest.param(object(), id="object"),
+    ],
+)
+def test_dumps_refuses_what_json_refuses(value: object) -> None:
+    """A type the standard library cannot encode is refused with TypeError, whatever orjson could do."""
+    with pytest.raises(TypeError):
+        dumps({"x": value})
+
+
+def test_dumps_refuses_circular_references() -> None:
+    """A structure that contains itself is refused with ValueError."""
+    looped: dict[str, object] = {}
+    looped["self"] = looped
+    with pytest.raises(ValueError, match="Circular"):
+        dumps(looped)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["NaN", '{"n":Infinity}', "[-Infinity]", '{"big":123456789012345678901234567890,"n":NaN}'],
+)
+def test_loads_refuses_nan_and_infinities(text: str) -> None:
+    """loads refuses NaN and the infinities, which are not JSON, on both of its paths."""
+    with pytest.raises(ValueError, match=r"unexpected character|no digit after sign|is not JSON"):
+        loads(text)
+    with pytest.raises(ValueError, match=r"unexpected character|no digit after sign|is not JSON"):
+        loads(text.encode())
+
+
+def test_loads_keeps_long_integers_exact() -> None:
+    """An integer of any length comes back exactly, not as a float."""
+    assert loads('{"id":123456789012345678901234567890}') == {"id": 123456789012345678901234567890}
+    assert loads(b"[18446744073709551616, 1.5]") == [18446744073709551616, 1.5]
 
 
 @pytest.mark.parametrize(

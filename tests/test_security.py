@@ -776,7 +776,7 @@ BIG = "x" * DEFAULTS["SSE_NOTIFY_MAX_BODY"]
             {"data": "{x", "content_type": "application/json"},
             400,
             "bad_request",
-            "Expecting property name enclosed in double quotes",
+            "not valid JSON: unexpected character, expected a string key: line 1 column 2",
             id="not-json",
         ),
         pytest.param(
@@ -786,6 +786,22 @@ BIG = "x" * DEFAULTS["SSE_NOTIFY_MAX_BODY"]
             "bad_request",
             "not valid JSON",
             id="not-utf8",
+        ),
+        pytest.param(
+            "/users/alice/notices",
+            {"data": '{"n": Infinity}', "content_type": "application/json"},
+            400,
+            "bad_request",
+            "not valid JSON",
+            id="infinity",
+        ),
+        pytest.param(
+            "/users/alice/notices",
+            {"data": '{"id": 123456789012345678901234567890, "n": NaN}', "content_type": "application/json"},
+            400,
+            "bad_request",
+            "NaN is not JSON",
+            id="nan-beside-a-long-integer",
         ),
         pytest.param("/users/alice/notices", {"json": [1]}, 400, "invalid_notice", "JSON object", id="list"),
         pytest.param("/users/alice/notices", {"json": 5}, 400, "invalid_notice", "JSON object", id="number"),
@@ -925,9 +941,12 @@ def test_embedded_errors_are_json(
 
 
 def test_a_lone_surrogate_is_a_400(client: FlaskClient, app: Flask) -> None:
-    """A body with a lone UTF-16 surrogate escape is a 400 invalid_notice, not a server error."""
+    """A body with a lone UTF-16 surrogate escape is a 400 that names it, not a server error."""
     response = client.post("/users/alice/notices", data='{"a": "\\ud800"}', content_type="application/json")
-    assert_json_error(response, 400, "invalid_notice")
+    assert "surrogate" in assert_json_error(response, 400, "bad_request")["detail"]
+    long_number = '{"n": 123456789012345678901234567890, "a": "\\ud800"}'  # the standard library's path
+    response = client.post("/users/alice/notices", data=long_number, content_type="application/json")
+    assert "surrogate" in assert_json_error(response, 400, "invalid_notice")["detail"]
     assert head(app) == 0
 
 
