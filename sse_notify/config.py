@@ -50,6 +50,9 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_SWEEP_INTERVAL": 60.0,
     "SSE_NOTIFY_MAX_BATCH": 1000,
     "SSE_NOTIFY_DETACH_STREAMS": True,
+    "SSE_NOTIFY_SNAPSHOT": True,
+    "SSE_NOTIFY_SNAPSHOT_SIZE": 10,
+    "SSE_NOTIFY_INBOX_PAGE_MAX": 100,
 }
 
 
@@ -146,6 +149,9 @@ class Settings:
     sweep_interval: float
     max_batch: int
     detach_streams: bool
+    snapshot: bool
+    snapshot_size: int
+    inbox_page_max: int
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:

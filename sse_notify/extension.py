@@ -14,6 +14,7 @@ from .config import Settings
 from .errors import InvalidNotice
 from .handoff import capture_start_response
 from .hub import KICK, Hub
+from .inbox import STATE_KEY, InboxPage, StateChange, change, list_page, read_all
 from .notices import Notice, dumps, is_valid_user_id
 from .security import AuthorizeHook, Security, announce
 
@@ -78,6 +79,40 @@ class State:
         if not is_valid_user_id(user_id):
             raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
         self.broker.publish(KICK, dumps({"user_id": user_id}))
+
+    # -- inboxes ------------------------------------------------------------
+
+    def inbox(
+        self,
+        user_id: str,
+        *,
+        before: int | None = None,
+        limit: int = 20,
+        unread_only: bool = False,
+        archived: bool = False,
+    ) -> InboxPage:
+        """A page of ``user_id``'s inbox, newest first, with the unread count."""
+        return list_page(
+            self.broker, user_id, before=before, limit=limit, unread_only=unread_only, archived=archived
+        )
+
+    def mark(
+        self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None
+    ) -> StateChange:
+        """Mark notices read, unread, archived or not; every open stream of the user is told.
+
+        :raises ~sse_notify.inbox.NoticeNotFound: if one is not in the user's inbox.
+        """
+        return self._announce(change(self.broker, user_id, ids, read=read, archived=archived))
+
+    def mark_all_read(self, user_id: str) -> StateChange:
+        """Mark everything in the inbox read; every open stream of the user is told."""
+        return self._announce(read_all(self.broker, user_id))
+
+    def _announce(self, state_change: StateChange) -> StateChange:
+        # Through the store, like a notice, so streams on every worker and host get it.
+        self.broker.publish(STATE_KEY, state_change.to_record())
+        return state_change
 
 
 class PayloadTooLarge(InvalidNotice):

@@ -102,9 +102,51 @@ def _schemas() -> dict[str, Schema]:
             "required": ["event", "data"],
         }
 
+    inbox_notice = {
+        **notice,
+        "properties": {
+            **notice["properties"],
+            "read": {"type": "boolean"},
+            "archived": {"type": "boolean"},
+        },
+        "required": [*notice["required"], "read", "archived"],
+        "description": "A notice in a user's inbox, with its read and archived state.",
+    }
+    unread = {
+        "type": "integer",
+        "minimum": 0,
+        "description": "Unread notices not archived, in the whole inbox.",
+    }
+    ids = {"type": "array", "items": {"type": "integer", "minimum": 1}}
     return {
         "UserId": user_id,
         "Notice": notice,
+        "InboxNotice": inbox_notice,
+        "InboxPage": _obj(
+            notices={"type": "array", "items": _schema("InboxNotice")},
+            unread=unread,
+            next={
+                "type": ["integer", "null"],
+                "description": "Pass as `before` for the next page; `null` on the last one.",
+            },
+        ),
+        "Marked": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer", "minimum": 1},
+                "read": {"type": "boolean"},
+                "archived": {"type": "boolean"},
+                "unread": unread,
+            },
+            "required": ["id", "unread"],
+            "additionalProperties": False,
+            "description": "The mark that was set (`read` or `archived`) and the new unread count.",
+        },
+        "AllRead": _obj(
+            read={"const": True},
+            through={"type": "integer", "minimum": 0, "description": "Everything up to here is read."},
+            unread=unread,
+        ),
         "NoticeData": {
             "type": "object",
             "description": "Any JSON object, at most `SSE_NOTIFY_MAX_BODY` bytes.",
@@ -153,6 +195,43 @@ def _schemas() -> dict[str, Schema]:
                     "The server ends the stream for a reason the page should act on.",
                     _obj(reason={"enum": ["token_expired", "replaced", "kicked"]}),
                 ),
+                sse(
+                    "snapshot",
+                    "The first event of every stream (`SSE_NOTIFY_SNAPSHOT`): the unread count and the "
+                    "newest `SSE_NOTIFY_SNAPSHOT_SIZE` notices not archived. It has no `id`.",
+                    _obj(
+                        unread=unread,
+                        cursor={
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "The newest id in the inbox when taken: a replayed notice "
+                            "at or below it is already counted.",
+                        },
+                        notices={"type": "array", "items": _schema("InboxNotice")},
+                    ),
+                ),
+                sse(
+                    "read",
+                    "Notices were marked read or unread (in any tab or by a backend); no `id`. After "
+                    "read-all: `all: true` and `through`.",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "ids": ids,
+                            "read": {"type": "boolean"},
+                            "all": {"const": True},
+                            "through": {"type": "integer", "minimum": 0},
+                            "unread": unread,
+                        },
+                        "required": ["ids", "read", "unread"],
+                        "additionalProperties": False,
+                    },
+                ),
+                sse(
+                    "archive",
+                    "Notices were archived or unarchived; no `id`.",
+                    _obj(ids=ids, archived={"type": "boolean"}, unread=unread),
+                ),
             ],
         },
     }
@@ -173,7 +252,10 @@ def _shared_responses() -> dict[str, Schema]:
         "403": _error(
             "Credentials that do not allow this: a token of another user, an unknown key", ["forbidden"]
         ),
-        "404": _error("No such route: a user id with `/` in it, for one", ["not_found"]),
+        "404": _error(
+            "No such route (a user id with `/` in it, for one), or a notice not in the user's inbox",
+            ["not_found"],
+        ),
         "413": _error(
             "The body, or a notice's data, is over `SSE_NOTIFY_MAX_BODY` "
             "(a batch's body: `SSE_NOTIFY_MAX_BATCH_BODY`)",
@@ -223,6 +305,28 @@ def _paths() -> dict[str, Schema]:
         "schema": _schema("UserId"),
     }
     publisher: list[dict[str, list[str]]] = [{"publishKey": []}]
+    reader: list[dict[str, list[str]]] = [
+        {"connectionTokenBearer": []},
+        {"connectionToken": []},
+        {"connectionTokenCookie": []},
+        {"publishKey": []},
+    ]
+    notice_id = {
+        "name": "notice_id",
+        "in": "path",
+        "required": True,
+        "description": "The notice's id.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+
+    def flag(name: str, description: str) -> Schema:
+        return {
+            "name": name,
+            "in": "query",
+            "description": f"{description} `true` or `false` (default).",
+            "schema": {"enum": ["true", "false", "1", "0"]},
+        }
+
     auth_errors = ("401", "403", "429")
     notice_body = _json("The notice's data.", _schema("NoticeData"), required=True)
     created = _json("Stored and delivered.", _schema("Notice"))
@@ -236,6 +340,19 @@ def _paths() -> dict[str, Schema]:
                 "index",
                 "The demo page",
                 {"200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                tag="meta",
+            )
+        },
+        "/sse-notify.js": {
+            "get": _operation(
+                "clientScript",
+                "The browser client (one connection per user across tabs; see docs/CLIENT.md)",
+                {
+                    "200": {
+                        "description": "JavaScript.",
+                        "content": {"text/javascript": {"schema": {"type": "string"}}},
+                    }
+                },
                 tag="meta",
             )
         },
@@ -283,6 +400,37 @@ def _paths() -> dict[str, Schema]:
             )
         },
         "/users/{user_id}/notices": {
+            "get": _operation(
+                "inbox",
+                "A page of the user's inbox, newest first, with the unread count",
+                {
+                    "200": _json("The page.", _schema("InboxPage")),
+                    **_responses("400", "401", "403", "500", "503"),
+                },
+                description=(
+                    "The user's notices and the broadcasts the store still holds. Without filters: "
+                    "those not archived. Needs the user's connection token or a publish key."
+                ),
+                security=reader,
+                parameters=[
+                    user,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "Notices per page (default 20, at most `SSE_NOTIFY_INBOX_PAGE_MAX`).",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "Only notices older than this id (the previous page's `next`).",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                    },
+                    flag("unread", "Only unread notices."),
+                    flag("archived", "Only archived notices (instead of only those not archived)."),
+                ],
+                tag="inbox",
+            ),
             "post": _operation(
                 "publish",
                 "Send a notice to one user",
@@ -290,7 +438,7 @@ def _paths() -> dict[str, Schema]:
                 security=publisher,
                 parameters=[user],
                 body=notice_body,
-            )
+            ),
         },
         "/broadcast": {
             "post": _operation(
@@ -318,6 +466,45 @@ def _paths() -> dict[str, Schema]:
                     {"type": "array", "minItems": 1, "items": _schema("BatchItem")},
                     required=True,
                 ),
+            )
+        },
+        **{
+            f"/users/{{user_id}}/notices/{{notice_id}}/{action}": {
+                "post": _operation(
+                    f"mark{action.capitalize()}",
+                    summary,
+                    {
+                        "200": _json("Marked.", _schema("Marked")),
+                        **_responses("400", "401", "403", "404", "500", "503"),
+                    },
+                    description=(
+                        "Every open stream of the user, on every worker, gets the change as a "
+                        f"`{'read' if 'read' in action else 'archive'}` event. Marking again is harmless."
+                    ),
+                    security=reader,
+                    parameters=[user, notice_id],
+                    tag="inbox",
+                )
+            }
+            for action, summary in (
+                ("read", "Mark a notice read"),
+                ("unread", "Mark a notice unread"),
+                ("archive", "Archive a notice"),
+                ("unarchive", "Take a notice out of the archive"),
+            )
+        },
+        "/users/{user_id}/notices/read-all": {
+            "post": _operation(
+                "markAllRead",
+                "Mark everything in the user's inbox read",
+                {
+                    "200": _json("Marked.", _schema("AllRead")),
+                    **_responses("400", "401", "403", "500", "503"),
+                },
+                description="Open streams get a `read` event with `all: true`.",
+                security=reader,
+                parameters=[user],
+                tag="inbox",
             )
         },
         "/users/{user_id}/tokens": {
@@ -395,6 +582,10 @@ def document(prefix: str = "") -> dict[str, t.Any]:
         "tags": [
             {"name": "notices", "description": "Publish (publish key)."},
             {"name": "stream", "description": "Streams, their tokens, and kicking them."},
+            {
+                "name": "inbox",
+                "description": "A user's notices with read state (their token or a publish key).",
+            },
             {"name": "meta", "description": "Health, this document, the demo page."},
         ],
         "paths": {prefix + path: item for path, item in _paths().items()},

@@ -151,6 +151,22 @@ class Security:
             )
         return verify_token(self.secret, token, user_id).expires_at
 
+    def check_owner(self, request: Request, user_id: str) -> None:
+        """Allow ``user_id``'s own token (or the ``authorize`` hook), or a publish key (inbox endpoints).
+
+        :raises ~sse_notify.errors.AuthError: 401 without credentials, 403 with wrong ones.
+        """
+        if not self.enabled:
+            return
+        bearer = _bearer(request)
+        if bearer is not None:
+            try:
+                check_publish_key(self.publish_keys, bearer)  # constant-time against each key
+                return
+            except Forbidden:
+                pass  # not a publish key: maybe the user's token
+        self.stream_grant(request, user_id)
+
     def check_publisher(self, request: Request) -> None:
         """Check the publish key and its rate limit.
 

@@ -21,6 +21,7 @@ from .errors import BrokerError
 from .events import comment, encode_event
 from .handoff import SocketHandoff
 from .hub import Hub, encode_notice
+from .inbox import snapshot as inbox_snapshot
 from .notices import dumps
 
 __all__ = ["event_stream"]
@@ -38,6 +39,7 @@ def event_stream(
     *,
     expires_at: float | None = None,
     handoff: SocketHandoff | None = None,
+    snapshot: int = 0,
 ) -> t.Iterator[bytes]:
     """Yield the bytes of ``user_id``'s stream until the client or the server ends it.
 
@@ -46,6 +48,8 @@ def event_stream(
         come back with a new token.
     :param handoff: hands the response's socket over to the hub once the
         stream is live (see ``handoff.py``); without one, everything is yielded.
+    :param snapshot: when above 0, the first event is a ``snapshot`` of the
+        inbox: the unread count and this many newest notices.
     """
     try:
         conn = hub.connect(user_id, expires_at)
@@ -69,18 +73,30 @@ def event_stream(
             # lastEventId, dispatching nothing), so even a client that has
             # received no notice yet resumes from here after a reconnect.
             try:
-                conn.cursor = hub.broker.head()
+                # Every notice after the hub's cursor reaches this stream live: start
+                # there (no query), or at the store's head before the feed brought any.
+                conn.cursor = hub.cursor if hub.cursor is not None else hub.broker.head()
             except BrokerError as exc:
                 # Without a starting cursor the client could not resume: send it
                 # back later (a 200 with a retry: EventSource tries again).
                 log.warning("stream of %s refused for now: %s", user_id, exc)
                 yield hub.closing_frame("store unavailable")
                 return
-            yield comment("connected") + encode_event(id=conn.cursor, retry=hub.retry)
+            preamble = comment("connected") + encode_event(id=conn.cursor, retry=hub.retry)
         else:
-            # First bytes at once: headers go out, EventSource fires "open",
-            # proxies stop waiting.
-            yield comment("connected") + encode_event(retry=hub.retry)
+            preamble = comment("connected") + encode_event(retry=hub.retry)
+        if snapshot:
+            # Read after the stream joined the hub: a notice published meanwhile
+            # is in the snapshot, arrives live, or both (the client keeps one).
+            try:
+                preamble += encode_event(inbox_snapshot(hub.broker, user_id, snapshot), event="snapshot")
+            except BrokerError as exc:
+                log.warning("closing a stream of %s: snapshot failed: %s", user_id, exc)
+                yield hub.closing_frame("store unavailable")
+                return
+        # First bytes at once: headers go out, EventSource fires "open", proxies stop waiting.
+        yield preamble
+        if last_event_id is not None:
             try:
                 replay = hub.broker.replay(user_id, last_event_id)
             except BrokerError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import time
 import typing as t
@@ -13,6 +14,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 from .errors import AuthError, BrokerError, BrokerUnavailable, InvalidNotice
 from .extension import USER_ID_RULE, PayloadTooLarge, get_state
 from .handoff import START_RESPONSE_KEY, SocketHandoff
+from .inbox import NoticeNotFound
 from .notices import Notice, is_valid_user_id, loads
 from .security import RateLimited
 from .streaming import event_stream
@@ -149,6 +151,28 @@ def index() -> str:
     return render_template("index.html")
 
 
+#: The browser client, shipped inside the package.
+CLIENT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "sse-notify.js")
+
+
+@functools.cache
+def _client_script() -> tuple[bytes, str]:
+    with open(CLIENT_SCRIPT, "rb") as f:
+        body = f.read()
+    return body, hashlib.sha256(body).hexdigest()[:16]
+
+
+@bp.get("/sse-notify.js")
+def client_script() -> Response:
+    """The browser client: one connection per user across tabs, read state, token renewal."""
+    body, etag = _client_script()
+    response = Response(body, mimetype="text/javascript")
+    response.set_etag(etag)
+    response.cache_control.public = True
+    response.cache_control.max_age = 300
+    return response.make_conditional(request)  # type: ignore[return-value]
+
+
 @bp.get("/connection/<user_id>")
 def connection(user_id: str) -> Response:
     """The user's event stream (``text/event-stream``), resumable with ``Last-Event-ID``."""
@@ -161,7 +185,10 @@ def connection(user_id: str) -> Response:
     handoff = None
     if state.settings.detach_streams:
         handoff = SocketHandoff.for_response(request.environ.get(START_RESPONSE_KEY))
-    stream = event_stream(state.hub, user_id, last_event_id, expires_at=expires_at, handoff=handoff)
+    snapshot = state.settings.snapshot_size if state.settings.snapshot else 0
+    stream = event_stream(
+        state.hub, user_id, last_event_id, expires_at=expires_at, handoff=handoff, snapshot=snapshot
+    )
     response = Response(stream, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
@@ -200,6 +227,81 @@ def publish_batch() -> Response:
             raise InvalidNotice(f"notice {index}: user_id must be a string (use /broadcast for everyone)")
         items.append((item["user_id"], item["data"]))
     return _created(get_state().publish_many(items), single=False)
+
+
+def _inbox_reader(user_id: str) -> None:
+    """The user's own token (as for their stream) or a publish key may read and mark the inbox."""
+    _check_user_id(user_id)
+    get_state().security.check_owner(request, user_id)
+
+
+def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+def _bool_arg(name: str) -> bool:
+    raw = request.args.get(name, "false").lower()
+    if raw not in {"true", "false", "1", "0"}:
+        raise BadRequest(f"{name} must be true or false, got {raw!r}")
+    return raw in {"true", "1"}
+
+
+@bp.get("/users/<user_id>/notices")
+def inbox(user_id: str) -> Response:
+    """A page of the user's inbox, newest first, with the unread count."""
+    _inbox_reader(user_id)
+    state = get_state()
+    page = state.inbox(
+        user_id,
+        before=_int_arg("before", None, 1, 2**63 - 1),
+        limit=t.cast(int, _int_arg("limit", 20, 1, state.settings.inbox_page_max)),
+        unread_only=_bool_arg("unread"),
+        archived=_bool_arg("archived"),
+    )
+    return Response(page.to_json(), content_type="application/json")
+
+
+_MARKS: dict[str, dict[str, bool]] = {
+    "read": {"read": True},
+    "unread": {"read": False},
+    "archive": {"archived": True},
+    "unarchive": {"archived": False},
+}
+
+
+def mark(user_id: str, notice_id: int, action: str) -> Response:
+    """Mark one notice; every open stream of the user gets the change (event ``read`` or ``archive``)."""
+    _inbox_reader(user_id)
+    done = get_state().mark(user_id, [notice_id], **_MARKS[action])
+    return jsonify(id=notice_id, **_MARKS[action], unread=done.unread)
+
+
+for _action in _MARKS:  # one route each, as the OpenAPI document lists them
+    bp.add_url_rule(
+        f"/users/<user_id>/notices/<int:notice_id>/{_action}",
+        endpoint=f"mark_{_action}",
+        view_func=mark,
+        methods=["POST"],
+        defaults={"action": _action},
+    )
+
+
+@bp.post("/users/<user_id>/notices/read-all")
+def mark_all_read(user_id: str) -> Response:
+    """Mark everything in the user's inbox read."""
+    _inbox_reader(user_id)
+    done = get_state().mark_all_read(user_id)
+    return jsonify(read=True, through=done.through, unread=done.unread)
+
+
+@bp.errorhandler(NoticeNotFound)
+def _not_in_inbox(exc: NoticeNotFound) -> tuple[Response, int]:
+    return error_response(404, "not_found", str(exc))
 
 
 @bp.post("/users/<user_id>/tokens")

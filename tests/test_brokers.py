@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -33,6 +34,7 @@ from sse_notify.brokers import Broker, MemoryBroker, Replay, SQLiteBroker
 from sse_notify.brokers.redis import RedisBroker
 from sse_notify.brokers.wakeup import WakeChannel
 from sse_notify.errors import BrokerError, BrokerUnavailable, ConfigError
+from sse_notify.inbox import NoticeNotFound, change, list_page, read_all, snapshot
 from sse_notify.notices import Notice, dumps
 
 from .support import RedisServer
@@ -334,6 +336,123 @@ class BrokerContract:
         assert broker.replay("alice", str(old_shout.id)) == Replay([fresh], old_shout.id, None)
         assert broker.trim_expired() == 0
 
+    # -- inbox ------------------------------------------------------------
+
+    @staticmethod
+    def _listed(broker: Broker, user: str, **filters: t.Any) -> list[tuple[int, bool, bool]]:
+        page = list_page(broker, user, **filters)
+        return [(item.notice.id, item.read, item.archived) for item in page.items]
+
+    def test_inbox_lists_own_and_broadcasts_newest_first(self, broker: Broker) -> None:
+        """The inbox holds the user's notices and the broadcasts, newest first, all unread at first."""
+        a1 = broker.publish("alice", payload(1))
+        broker.publish("bob", payload(2))
+        shout = broker.publish(None, payload(3))
+        a2 = broker.publish("alice", payload(4))
+        page = list_page(broker, "alice")
+        assert [item.notice for item in page.items] == [a2, shout, a1]
+        assert [(item.read, item.archived) for item in page.items] == [(False, False)] * 3
+        assert (page.unread, page.next) == (3, None)
+        assert list_page(broker, "carol").unread == 1  # the broadcast only
+
+    def test_inbox_marks_read_unread_archive(self, broker: Broker) -> None:
+        """Marks set the read and archived flags and the unread count; archived ones are listed apart."""
+        a1, a2, a3 = (broker.publish("alice", payload(i)) for i in range(3))
+        done = change(broker, "alice", [a1.id, a3.id], read=True)
+        assert (done.event, done.ids, done.value, done.unread) == ("read", [a1.id, a3.id], True, 1)
+        assert self._listed(broker, "alice") == [
+            (a3.id, True, False),
+            (a2.id, False, False),
+            (a1.id, True, False),
+        ]
+
+        assert change(broker, "alice", [a3.id], read=False).unread == 2
+        done = change(broker, "alice", [a2.id], archived=True)
+        assert (done.event, done.value, done.unread) == ("archive", True, 1)  # archived is not counted
+        assert self._listed(broker, "alice") == [(a3.id, False, False), (a1.id, True, False)]
+        assert self._listed(broker, "alice", archived=True) == [(a2.id, False, True)]
+        assert change(broker, "alice", [a2.id], archived=False).unread == 2
+        assert self._listed(broker, "alice", unread_only=True) == [
+            (a3.id, False, False),
+            (a2.id, False, False),
+        ]
+
+    def test_inbox_read_all_then_new_and_unread_marks(self, broker: Broker) -> None:
+        """read-all marks everything read; later notices are unread; one can be marked unread after it."""
+        old = [broker.publish("alice", payload(i)) for i in range(3)] + [broker.publish(None, payload(9))]
+        change(broker, "alice", [old[0].id], read=False)
+        done = read_all(broker, "alice")
+        assert (done.through, done.unread, done.value) == (old[-1].id, 0, True)
+        assert all(read for _, read, _ in self._listed(broker, "alice"))
+
+        new = broker.publish("alice", payload(5))
+        assert list_page(broker, "alice").unread == 1
+        assert change(broker, "alice", [old[1].id], read=False).unread == 2
+        assert self._listed(broker, "alice", unread_only=True) == [
+            (new.id, False, False),
+            (old[1].id, False, False),
+        ]
+        assert read_all(broker, "alice").unread == 0
+
+    def test_inbox_marks_are_per_user_even_for_broadcasts(self, broker: Broker) -> None:
+        """A broadcast one user read or archived is still unread for everyone else."""
+        shout = broker.publish(None, payload(1))
+        change(broker, "alice", [shout.id], read=True)
+        change(broker, "alice", [shout.id], archived=True)
+        read_all(broker, "carol")
+        assert self._listed(broker, "bob") == [(shout.id, False, False)]
+        assert list_page(broker, "bob").unread == 1
+        assert self._listed(broker, "alice", archived=True) == [(shout.id, True, True)]
+
+    def test_inbox_pages_with_before_and_next(self, broker: Broker) -> None:
+        """Pages of ``limit`` follow each other with ``next`` as ``before``, and the last says no more."""
+        ids = [n.id for n in broker.publish_many([("alice", payload(i)) for i in range(7)])]
+        newest_first = ids[::-1]
+        seen: list[int] = []
+        before = None
+        while True:
+            page = list_page(broker, "alice", before=before, limit=3)
+            seen += [item.notice.id for item in page.items]
+            assert page.unread == 7
+            if page.next is None:
+                break
+            before = page.next
+        assert seen == newest_first
+        assert [i.notice.id for i in list_page(broker, "alice", before=ids[2]).items] == ids[1::-1]
+
+    def test_inbox_refuses_notices_not_in_the_inbox(self, broker: Broker) -> None:
+        """Marking another user's notice, or an id never issued, is NoticeNotFound; nothing changes."""
+        bobs = broker.publish("bob", payload(1))
+        mine = broker.publish("alice", payload(2))
+        for ids in ([bobs.id], [mine.id, 999_999]):
+            with pytest.raises(NoticeNotFound, match="not in alice's inbox"):
+                change(broker, "alice", ids, read=True)
+        assert self._listed(broker, "alice") == [(mine.id, False, False)]
+
+    def test_inbox_forgets_marks_of_trimmed_notices(self, make_broker: MakeBroker) -> None:
+        """Notices dropped by retention leave the inbox and its count, with their marks."""
+        broker = make_broker(retention_count=2)
+        first = broker.publish("alice", payload(1))
+        change(broker, "alice", [first.id], archived=True)
+        kept = [broker.publish("alice", payload(i)) for i in range(2)]
+        assert self._listed(broker, "alice") == [(kept[1].id, False, False), (kept[0].id, False, False)]
+        assert self._listed(broker, "alice", archived=True) == []
+        assert list_page(broker, "alice").unread == 2
+        assert first.id not in broker.inbox_state("alice").archived
+
+    def test_snapshot_has_the_unread_count_and_newest_notices(self, broker: Broker) -> None:
+        """The snapshot is the unread count and the newest notices (not archived), with their flags."""
+        notices = [broker.publish("alice", payload(i)) for i in range(4)]
+        change(broker, "alice", [notices[3].id], archived=True)
+        change(broker, "alice", [notices[2].id], read=True)
+        body = json.loads(snapshot(broker, "alice", 2))
+        assert (body["unread"], body["cursor"]) == (2, notices[3].id)  # the archived newest counts
+        assert json.loads(snapshot(broker, "nobody", 2)) == {"unread": 0, "cursor": 0, "notices": []}
+        assert [(n["id"], n["read"], n["archived"], n["data"]) for n in body["notices"]] == [
+            (notices[2].id, True, False, {"n": 2}),
+            (notices[1].id, False, False, {"n": 1}),
+        ]
+
     # -- head -------------------------------------------------------------
 
     def test_head(self, broker: Broker) -> None:
@@ -494,6 +613,24 @@ class DurableContract(BrokerContract):
         assert second.publish("alice", payload(9)).id == head + 1
 
 
+class InboxDurableContract(DurableContract):
+    """Inbox marks survive closing every broker on the store, and are shared by its processes."""
+
+    def test_inbox_marks_are_shared_and_durable(self, make_broker: MakeBroker) -> None:
+        """Marks made through one broker are seen by another on the same store, and after reopening."""
+        first = make_broker()
+        a1, a2 = first.publish("alice", payload(1)), first.publish("alice", payload(2))
+        change(first, "alice", [a1.id], archived=True)
+        read_all(first, "alice")
+        change(first, "alice", [a2.id], read=False)
+        first.close()
+        again = make_broker()
+        page = list_page(again, "alice")
+        assert [(i.notice.id, i.read) for i in page.items] == [(a2.id, False)]
+        assert page.unread == 1
+        assert [i.notice.id for i in list_page(again, "alice", archived=True).items] == [a1.id]
+
+
 class TestMemoryBroker(BrokerContract):
     durable = False
     shared = False
@@ -502,7 +639,7 @@ class TestMemoryBroker(BrokerContract):
         return MemoryBroker(**options)
 
 
-class TestRedisBroker(DurableContract):
+class TestRedisBroker(InboxDurableContract):
     durable = True
     shared = True
     fast_feed: t.ClassVar[dict[str, t.Any]] = {"poll_interval": 0.05}
@@ -533,7 +670,7 @@ def test_redis_databases_do_not_share_live_notices(redis_server: RedisServer) ->
         one.close()
 
 
-class TestSQLiteBroker(DurableContract):
+class TestSQLiteBroker(InboxDurableContract):
     durable = True
     shared = True
     fast_feed: t.ClassVar[dict[str, t.Any]] = {"poll_interval": 0.05}

@@ -72,7 +72,7 @@ def test_same_valid_http_either_way(make_server: t.Callable[..., Server], detach
     events = decode_raw_stream(received)
     notices = [e for e in events if e.event == "notice"]
     assert [int(e.id) for e in notices] == sent
-    assert [e.event for e in events if e.data and e.event != "notice"] == ["close"]
+    assert [e.event for e in events if e.data and e.event != "notice"] == ["snapshot", "close"]
 
 
 def test_http_1_0_stream_is_unframed_and_ends_by_closing(make_server: t.Callable[..., Server]) -> None:

@@ -38,6 +38,20 @@ ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/users/{user_id}/kick"): PUBLISHER | {"400", "500", "503"},
     ("get", "/healthz"): {"503"},
     ("get", "/openapi.json"): set(),
+    ("get", "/sse-notify.js"): set(),
+    ("get", "/users/{user_id}/notices"): {"400", "401", "403", "500", "503"},
+    ("post", "/users/{user_id}/notices/read-all"): {"400", "401", "403", "500", "503"},
+    **{
+        ("post", f"/users/{{user_id}}/notices/{{notice_id}}/{action}"): {
+            "400",
+            "401",
+            "403",
+            "404",
+            "500",
+            "503",
+        }
+        for action in ("read", "unread", "archive", "unarchive")
+    },
 }
 
 

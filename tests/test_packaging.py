@@ -41,12 +41,14 @@ def test_installed_wheel_serves_the_page(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("sse_notify-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "sse_notify/templates/index.html" in names
+    assert "sse_notify/static/sse-notify.js" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     check = (
         f"import sse_notify; assert sse_notify.__file__.startswith({str(target)!r}), sse_notify.__file__;"
         "app = sse_notify.create_app({'SSE_NOTIFY_BROKER_URL': 'memory://'});"
-        "r = app.test_client().get('/'); assert r.status_code == 200 and b'EventSource' in r.data, r.status"
+        "c = app.test_client(); r = c.get('/'); assert r.status_code == 200 and b'sse-notify.js' in r.data;"
+        "r = c.get('/sse-notify.js'); assert r.status_code == 200 and b'SSENotify' in r.data"
     )
     subprocess.run(
         [sys.executable, "-c", check], cwd=tmp_path, env={"PYTHONPATH": str(target)}, check=True, timeout=60

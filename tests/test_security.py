@@ -672,7 +672,7 @@ def test_kick_closes_every_stream_on_every_worker(make_server: t.Callable[..., S
     assert not bob.ended.is_set()
     sent = server.publish("bob", {"n": 1})
     assert bob.next("notice", timeout=10).id == str(sent["id"])
-    assert [b.event for b in named(bob.seen)] == ["notice"]
+    assert [b.event for b in named(bob.seen)] == ["snapshot", "notice"]
     for stream in [*alice, bob]:
         stream.close()
 
@@ -955,7 +955,7 @@ def test_a_lone_surrogate_is_a_400(client: FlaskClient, app: Flask) -> None:
     [
         ("get", "/nowhere", 404, "not_found"),
         ("post", "/nowhere", 404, "not_found"),
-        ("get", "/users/alice/notices", 405, "method_not_allowed"),
+        ("put", "/users/alice/notices", 405, "method_not_allowed"),
         ("delete", "/broadcast", 405, "method_not_allowed"),
         ("post", "/connection/alice", 405, "method_not_allowed"),
     ],
@@ -967,9 +967,9 @@ def test_404_and_405_are_json(client: FlaskClient, method: str, path: str, statu
 
 def test_405_keeps_the_allow_header(client: FlaskClient) -> None:
     """A 405 says which methods are allowed (Allow header), as HTTP requires."""
-    response = client.get("/users/alice/notices")
+    response = client.put("/users/alice/notices")
     assert response.status_code == 405
-    assert set(response.headers.get("Allow", "").replace(" ", "").split(",")) >= {"POST"}
+    assert set(response.headers.get("Allow", "").replace(" ", "").split(",")) >= {"GET", "POST"}
 
 
 BAD_IDS = [
@@ -1071,7 +1071,8 @@ def test_no_injection_into_the_stream(make_server: t.Callable[..., Server]) -> N
         assert [e.id for e in got] == [str(n["id"]) for n in sent[user]]
         assert [json.loads(e.data) for e in got] == sent[user]
         sub.nothing(1.5, event="notice")
-        assert [e.event for e in sub.received] == ["notice"] * len(sent[user]), sub.received
+        events = [e.event for e in sub.received]
+        assert events == ["snapshot"] + ["notice"] * len(sent[user]), sub.received
         assert sub.events.empty(), "an extra event arrived"
         assert sub.last_event_id == str(sent[user][-1]["id"])
         sub.close()

@@ -75,7 +75,7 @@ def test_broadcast_and_batch(client: FlaskClient) -> None:
         ),
         ("get", "/connection/bad%0Aid", {}, 400, "bad_request", "user id"),
         ("get", "/nowhere", {}, 404, "not_found", "not found"),
-        ("get", "/users/alice/notices", {}, 405, "method_not_allowed", "not allowed"),
+        ("put", "/users/alice/notices", {}, 405, "method_not_allowed", "not allowed"),
         ("delete", "/broadcast", {}, 405, "method_not_allowed", "not allowed"),
     ],
 )
@@ -166,7 +166,9 @@ def test_stream_replays_then_ends_on_shutdown(client: FlaskClient, app: Flask) -
     assert response.headers["X-Accel-Buffering"] == "no"
     assert "Connection" not in response.headers
     chunks = iter(response.response)
-    assert next(chunks) == b": connected\n\nretry: 2000\n\n"
+    head = next(chunks)
+    assert head.startswith(b": connected\n\nretry: 2000\n\nevent: snapshot\ndata: ")
+    assert json.loads(head.split(b"data: ", 1)[1])["unread"] == 1
     frame = next(chunks)
     assert frame.startswith(f"id: {sent.id}\nevent: notice\ndata: ".encode())
     assert json.loads(frame.split(b"data: ", 1)[1]) == sent.to_dict()
@@ -179,10 +181,14 @@ def test_stream_replays_then_ends_on_shutdown(client: FlaskClient, app: Flask) -
 
 
 def test_index_page(client: FlaskClient) -> None:
-    """The demo page is served at / as HTML that opens an EventSource."""
+    """The demo page is served at / as HTML that loads the browser client, which the app serves too."""
     response = client.get("/")
     assert response.status_code == 200
-    assert b"EventSource" in response.data
+    assert b"sse-notify.js" in response.data
+    script = client.get("/sse-notify.js")
+    assert script.status_code == 200
+    assert script.mimetype == "text/javascript"
+    assert b"SSENotify" in script.data
 
 
 def test_fresh_stream_starts_with_the_head_cursor(client: FlaskClient, app: Flask) -> None:
@@ -191,7 +197,7 @@ def test_fresh_stream_starts_with_the_head_cursor(client: FlaskClient, app: Flas
         before = notify("alice", {"n": 1})
     response = client.get(f"/connection/alice?token={token_for('alice')}", buffered=False)
     first = next(iter(response.response))
-    assert first == f": connected\n\nid: {before.id}\nretry: 2000\n\n".encode()
+    assert first.startswith(f": connected\n\nid: {before.id}\nretry: 2000\n\nevent: snapshot\n".encode())
     response.close()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass
 
+from ..inbox import InboxStore
 from ..notices import Notice
 
 __all__ = ["Broker", "FeedCallback", "Replay", "plan_replay"]
@@ -74,8 +75,8 @@ def plan_replay(last_event_id: str, floor: int, head: int) -> tuple[int, str | N
     return cursor, None
 
 
-class Broker(t.Protocol):
-    """**Protocol:** a notice store with replay and a per-process feed."""
+class Broker(InboxStore, t.Protocol):
+    """**Protocol:** a notice store with replay, a per-process feed, and inbox marks."""
 
     #: Whether notices survive a restart of every process.
     durable: bool

@@ -13,6 +13,7 @@ import typing as t
 from collections import defaultdict, deque
 
 from ..errors import BrokerError
+from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
 from .base import BROADCAST_KEY, FeedCallback, Replay, plan_replay
 
@@ -34,13 +35,26 @@ class MemoryBroker:
         self._logs: dict[str, deque[Notice]] = defaultdict(deque)
         self._floor: dict[str, int] = defaultdict(int)
         self._callbacks: list[FeedCallback] = []
+        self._by_id: dict[int, Notice] = {}
+        self._through: dict[str, int] = {}
+        self._read: dict[str, dict[int, bool]] = defaultdict(dict)
+        self._archived: dict[str, set[int]] = defaultdict(set)
 
     def _append(self, notice: Notice) -> None:
         key = BROADCAST_KEY if notice.user_id is None else notice.user_id
         log = self._logs[key]
         log.append(notice)
+        self._by_id[notice.id] = notice
         while len(log) > self.retention_count:
-            self._floor[key] = log.popleft().id
+            self._drop(key, log.popleft())
+
+    def _drop(self, key: str, notice: Notice) -> None:
+        self._floor[key] = notice.id
+        del self._by_id[notice.id]
+        users = set(self._read) | set(self._archived) if key == BROADCAST_KEY else {key}
+        for user in users:
+            self._read.get(user, {}).pop(notice.id, None)
+            self._archived.get(user, set()).discard(notice.id)
 
     def publish(self, user_id: str | None, data_json: str) -> Notice:
         """Store one notice, then announce it."""
@@ -96,9 +110,54 @@ class MemoryBroker:
         with self._lock:
             for key, log in self._logs.items():
                 while log and log[0].created_at < cutoff:
-                    self._floor[key] = log.popleft().id
+                    self._drop(key, log.popleft())
                     dropped += 1
         return dropped
+
+    # -- inboxes ----------------------------------------------------------
+
+    def inbox_ids(self, user_id: str) -> list[int]:
+        """Cursors of the user's notices and the broadcasts, newest first."""
+        with self._lock:
+            ids = [n.id for key in (user_id, BROADCAST_KEY) for n in self._logs.get(key, ())]
+        ids.sort(reverse=True)
+        return ids
+
+    def inbox_notices(self, user_id: str, ids: t.Sequence[int]) -> list[Notice]:
+        """The user's stored notices (own or broadcast) with these cursors, in that order."""
+        with self._lock:
+            found = [self._by_id[seq] for seq in ids if seq in self._by_id]
+        return [n for n in found if n.user_id in (user_id, None)]
+
+    def inbox_state(self, user_id: str) -> InboxState:
+        """The user's marks."""
+        with self._lock:
+            return InboxState(
+                self._through.get(user_id, 0),
+                dict(self._read.get(user_id, {})),
+                frozenset(self._archived.get(user_id, ())),
+            )
+
+    def mark(
+        self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None
+    ) -> None:
+        """Set read and/or archived on these notices of the user."""
+        with self._lock:
+            for seq in ids:
+                if read is not None:
+                    self._read[user_id][seq] = read
+                if archived:
+                    self._archived[user_id].add(seq)
+                elif archived is not None:
+                    self._archived[user_id].discard(seq)
+
+    def mark_read_through(self, user_id: str, through: int) -> None:
+        """Everything up to ``through`` is read."""
+        with self._lock:
+            self._through[user_id] = max(self._through.get(user_id, 0), through)
+            marks = self._read.get(user_id, {})
+            for seq in [s for s in marks if s <= through]:
+                del marks[seq]
 
     def ping(self) -> None:
         """Always reachable."""

@@ -12,6 +12,9 @@ Layout (every key under one prefix, ``sse_notify:`` by default):
 ``{p}all``             a short stream of every notice, for a feed to catch up
                        after it lost its subscription (``~`` capped)
 ``{p}events``          the pub/sub channel announcing every batch
+``{p}marks:{user}``    hash: a user's inbox marks, field ``<cursor>``, value
+                       ``r``/``u`` (read, unread) and ``a`` (archived)
+``{p}through``         hash: per user, the read-all cursor
 =====================  ========================================================
 
 **Atomic publish.** One Lua script stores a batch (INCR, XADD, trimming, floors)
@@ -39,6 +42,7 @@ from urllib.parse import urlsplit
 
 from ..concurrency import spawn
 from ..errors import BrokerError, BrokerUnavailable, ConfigError
+from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
 from .base import BROADCAST_KEY, FeedCallback, Replay, parse_cursor, plan_replay
 
@@ -59,18 +63,20 @@ local function trim(p, key, keep, cutoff)
   local stream = p .. 'log:' .. key
   local dropped = nil
   local n = redis.call('XLEN', stream)
+  local marks = p .. 'marks:' .. key
+  local function drop(id)
+    redis.call('XDEL', stream, id)
+    if key ~= '*' then redis.call('HDEL', marks, string.match(id, '^(%d+)')) end
+    dropped = id
+  end
   if n > keep then
     local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', n - keep)
-    for _, e in ipairs(old) do
-      redis.call('XDEL', stream, e[1])
-      dropped = e[1]
-    end
+    for _, e in ipairs(old) do drop(e[1]) end
   end
   while true do
     local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
     if #first == 0 or first[1][2][2] >= cutoff then break end
-    redis.call('XDEL', stream, first[1][1])
-    dropped = first[1][1]
+    drop(first[1][1])
   end
   if dropped then
     local seq = tonumber(string.match(dropped, '^(%d+)'))
@@ -139,6 +145,33 @@ end
 return dropped
 """
 )
+
+
+_MARK = """
+local marks, ttl, read, archived = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+for i = 4, #ARGV do
+  local old = redis.call('HGET', marks, ARGV[i]) or ''
+  local r = string.match(old, '[ru]') or ''
+  local a = string.find(old, 'a', 1, true) and 'a' or ''
+  if read ~= '' then r = read end
+  if archived == '1' then a = 'a' elseif archived == '0' then a = '' end
+  if r .. a == '' then redis.call('HDEL', marks, ARGV[i]) else redis.call('HSET', marks, ARGV[i], r .. a) end
+end
+redis.call('PEXPIRE', marks, ttl)
+"""
+
+_READ_THROUGH = """
+local marks, through, user, seq = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', through, user) or '0')
+if seq > cur then redis.call('HSET', through, user, seq) end
+local all = redis.call('HGETALL', marks)
+for i = 1, #all, 2 do
+  if tonumber(all[i]) <= seq then
+    local a = string.find(all[i + 1], 'a', 1, true) and 'a' or ''
+    if a == '' then redis.call('HDEL', marks, all[i]) else redis.call('HSET', marks, all[i], a) end
+  end
+end
+"""
 
 
 def _seq(entry_id: bytes | str) -> int:
@@ -220,6 +253,8 @@ class RedisBroker:
                     "publish": client.register_script(_PUBLISH),
                     "replay": client.register_script(_REPLAY),
                     "sweep": client.register_script(_SWEEP),
+                    "mark": client.register_script(_MARK),
+                    "read_through": client.register_script(_READ_THROUGH),
                 }
                 self._client_obj, self._pid = client, os.getpid()
         return self._client_obj
@@ -311,6 +346,85 @@ class RedisBroker:
         ]
         notices = sorted((n for n in notices if n.id > start), key=lambda n: n.id)
         return Replay(notices, start, reset)
+
+    # -- inboxes ----------------------------------------------------------
+
+    def _ttl_ms(self) -> int:
+        # A user's streams (and marks) expire whole well after the retention age.
+        return int((self.retention_age * 2 + 60) * 1000)
+
+    def inbox_ids(self, user_id: str) -> list[int]:
+        """Cursors of the user's notices and the broadcasts, newest first."""
+
+        def work(client: t.Any) -> list[int]:
+            pipe = client.pipeline(transaction=False)
+            for key in (user_id, BROADCAST_KEY):
+                pipe.xrevrange(f"{self.prefix}log:{key}", max="+", min="-")
+            mine, everyone = pipe.execute()
+            return sorted((_seq(e[0]) for e in (*mine, *everyone)), reverse=True)
+
+        ids: list[int] = self._call(work)
+        return ids
+
+    def inbox_notices(self, user_id: str, ids: t.Sequence[int]) -> list[Notice]:
+        """The user's stored notices (own or broadcast) with these cursors, in that order."""
+        if not ids:
+            return []
+
+        def work(client: t.Any) -> list[Notice]:
+            pipe = client.pipeline(transaction=False)
+            for seq in ids:
+                for key in (user_id, BROADCAST_KEY):
+                    pipe.xrange(f"{self.prefix}log:{key}", min=f"{seq}-0", max=f"{seq}-0")
+            replies = pipe.execute()
+            found = {}
+            for index, entries in enumerate(replies):
+                key = user_id if index % 2 == 0 else BROADCAST_KEY
+                for entry in entries:
+                    notice = _entry_notice(entry, key)
+                    found[notice.id] = notice
+            return [found[seq] for seq in ids if seq in found]
+
+        notices: list[Notice] = self._call(work)
+        return notices
+
+    def inbox_state(self, user_id: str) -> InboxState:
+        """The user's marks."""
+
+        def work(client: t.Any) -> InboxState:
+            pipe = client.pipeline(transaction=True)
+            pipe.hget(f"{self.prefix}through", user_id)
+            pipe.hgetall(f"{self.prefix}marks:{user_id}")
+            through, marks = pipe.execute()
+            read: dict[int, bool] = {}
+            archived = set()
+            for field, value in marks.items():
+                seq, flags = int(field), _text(value)
+                if "r" in flags or "u" in flags:
+                    read[seq] = "r" in flags
+                if "a" in flags:
+                    archived.add(seq)
+            return InboxState(int(through or 0), read, frozenset(archived))
+
+        state: InboxState = self._call(work)
+        return state
+
+    def mark(
+        self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None
+    ) -> None:
+        """Set read and/or archived on these notices of the user (one script)."""
+        args = [
+            self._ttl_ms(),
+            "" if read is None else ("r" if read else "u"),
+            "" if archived is None else str(int(archived)),
+            *ids,
+        ]
+        self._call(lambda client: self._scripts["mark"](keys=[f"{self.prefix}marks:{user_id}"], args=args))
+
+    def mark_read_through(self, user_id: str, through: int) -> None:
+        """Everything up to ``through`` is read (one script)."""
+        keys = [f"{self.prefix}marks:{user_id}", f"{self.prefix}through"]
+        self._call(lambda client: self._scripts["read_through"](keys=keys, args=[user_id, through]))
 
     # -- the feed ---------------------------------------------------------
 

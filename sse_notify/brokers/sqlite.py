@@ -36,6 +36,7 @@ import typing as t
 
 from ..concurrency import spawn, start_thread, thread_lock
 from ..errors import BrokerError, BrokerUnavailable
+from ..inbox import InboxState
 from ..notices import Notice, dumps, utc_iso_ago, utc_now_iso
 from .base import BROADCAST_KEY, FeedCallback, Replay, plan_replay
 from .wakeup import WakeChannel
@@ -57,6 +58,17 @@ CREATE TABLE IF NOT EXISTS trimmed (
     user_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inbox_marks (
+    user_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    read INTEGER,
+    archived INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox_through (
+    user_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 _FEED_BATCH = 1000
@@ -225,6 +237,8 @@ class SQLiteBroker:
             if cut is not None:
                 db.execute("DELETE FROM notices WHERE user_id = ? AND seq <= ?", (key, cut))
                 self._raise_floor(db, key, cut)
+                if key != BROADCAST_KEY:
+                    db.execute("DELETE FROM inbox_marks WHERE user_id = ? AND seq <= ?", (key, cut))
 
     @staticmethod
     def _raise_floor(db: sqlite3.Connection, key: str, seq: int) -> None:
@@ -247,6 +261,10 @@ class SQLiteBroker:
             for key, seq, _ in rows:
                 db.execute("DELETE FROM notices WHERE user_id = ? AND seq <= ?", (key, seq))
                 self._raise_floor(db, key, seq)
+            # Marks of notices no longer stored (broadcasts trimmed by count included).
+            db.execute(
+                "DELETE FROM inbox_marks WHERE NOT EXISTS (SELECT 1 FROM notices WHERE seq = inbox_marks.seq)"
+            )
             db.execute("COMMIT")
             return sum(count for _, _, count in rows)
 
@@ -294,6 +312,92 @@ class SQLiteBroker:
             ).fetchall()
         )
         return [_row_notice(r) for r in rows]
+
+    # -- inboxes ----------------------------------------------------------
+
+    def inbox_ids(self, user_id: str) -> list[int]:
+        """Cursors of the user's notices and the broadcasts, newest first (from the index alone)."""
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT seq FROM notices WHERE user_id IN (?, ?) ORDER BY seq DESC", (user_id, BROADCAST_KEY)
+            ).fetchall()
+        )
+        return [seq for (seq,) in rows]
+
+    def inbox_notices(self, user_id: str, ids: t.Sequence[int]) -> list[Notice]:
+        """The user's stored notices (own or broadcast) with these cursors, in that order."""
+        if not ids:
+            return []
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT seq, user_id, created_at, data FROM notices "
+                "WHERE seq IN (SELECT value FROM json_each(?)) AND user_id IN (?, ?)",
+                (dumps(list(ids)), user_id, BROADCAST_KEY),
+            ).fetchall()
+        )
+        found = {row[0]: _row_notice(row) for row in rows}
+        return [found[seq] for seq in ids if seq in found]
+
+    def inbox_state(self, user_id: str) -> InboxState:
+        """The user's marks (one snapshot)."""
+
+        def work(db: sqlite3.Connection) -> InboxState:
+            db.execute("BEGIN")
+            try:
+                row = db.execute("SELECT seq FROM inbox_through WHERE user_id = ?", (user_id,)).fetchone()
+                marks = db.execute(
+                    "SELECT seq, read, archived FROM inbox_marks WHERE user_id = ?", (user_id,)
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return InboxState(
+                row[0] if row else 0,
+                {seq: bool(read) for seq, read, _ in marks if read is not None},
+                frozenset(seq for seq, _, archived in marks if archived),
+            )
+
+        state: InboxState = self._run(work)
+        return state
+
+    def mark(
+        self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None
+    ) -> None:
+        """Set read and/or archived on these notices of the user, in one transaction."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            if read is not None:
+                db.executemany(
+                    "INSERT INTO inbox_marks (user_id, seq, read) VALUES (?, ?, ?) "
+                    "ON CONFLICT (user_id, seq) DO UPDATE SET read = excluded.read",
+                    [(user_id, seq, int(read)) for seq in ids],
+                )
+            if archived is not None:
+                db.executemany(
+                    "INSERT INTO inbox_marks (user_id, seq, archived) VALUES (?, ?, ?) "
+                    "ON CONFLICT (user_id, seq) DO UPDATE SET archived = excluded.archived",
+                    [(user_id, seq, int(archived)) for seq in ids],
+                )
+            db.execute("COMMIT")
+
+        self._run(work)
+
+    def mark_read_through(self, user_id: str, through: int) -> None:
+        """Everything up to ``through`` is read: move the user's cursor, drop read marks below it."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO inbox_through (user_id, seq) VALUES (?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+                (user_id, through),
+            )
+            db.execute(
+                "UPDATE inbox_marks SET read = NULL WHERE user_id = ? AND seq <= ?", (user_id, through)
+            )
+            db.execute("COMMIT")
+
+        self._run(work)
 
     # -- the feed ---------------------------------------------------------
 

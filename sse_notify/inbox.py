@@ -1,0 +1,221 @@
+"""A user's inbox: read and archived state over the stored notices. Pure code.
+
+Every store keeps the same small state per user (see :class:`InboxState`):
+
+- ``through``: everything up to this cursor is read (``read-all`` moves it);
+- explicit marks per notice: read or unread (overriding ``through``), archived.
+
+The inbox of a user is what replay would send them: their own notices and the
+broadcasts the store still holds. Listing, filtering, paging and the unread
+count are computed here, the same way for every backend, from the cursors the
+store returns (:meth:`Inbox.ids`, newest first) and this state.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass, field
+
+from .notices import Notice, dumps
+
+__all__ = [
+    "STATE_KEY",
+    "InboxItem",
+    "InboxPage",
+    "InboxState",
+    "InboxStore",
+    "NoticeNotFound",
+    "StateChange",
+    "change",
+    "list_page",
+    "read_all",
+    "snapshot",
+]
+
+#: Store key of the control records that carry a state change to every worker's streams.
+STATE_KEY = "!state"
+
+
+class NoticeNotFound(LookupError):
+    """A notice id that is not (or no longer) in the user's inbox (404)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxState:
+    """One user's read and archived marks."""
+
+    #: Every notice at or below this cursor is read, unless marked unread.
+    through: int = 0
+    #: Explicit marks: ``True`` read, ``False`` unread.
+    read: t.Mapping[int, bool] = field(default_factory=dict)
+    archived: frozenset[int] = frozenset()
+
+    def is_read(self, seq: int) -> bool:
+        """Whether notice ``seq`` is read."""
+        return self.read.get(seq, seq <= self.through)
+
+    def unread(self, ids: t.Iterable[int]) -> int:
+        """How many of ``ids`` are unread and not archived."""
+        return sum(1 for seq in ids if seq not in self.archived and not self.is_read(seq))
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """A notice as the inbox shows it: with its state."""
+
+    notice: Notice
+    read: bool
+    archived: bool
+
+    def to_json(self) -> str:
+        """The notice's JSON (:meth:`Notice.to_json`) plus ``read`` and ``archived``."""
+        flags = (
+            f',"read":{"true" if self.read else "false"},"archived":{"true" if self.archived else "false"}}}'
+        )
+        return self.notice.to_json()[:-1] + flags
+
+
+@dataclass(frozen=True, slots=True)
+class InboxPage:
+    """One page of a listing, newest first."""
+
+    items: list[InboxItem]
+    #: Unread, unarchived notices in the whole inbox (not only this page).
+    unread: int
+    #: The ``before`` of the next page, ``None`` on the last one.
+    next: int | None
+    #: The newest id in the whole inbox, archived or not (0: empty).
+    newest: int = 0
+
+    def to_json(self) -> str:
+        """``{"notices": [...], "unread": n, "next": id|null}``."""
+        items = ",".join(item.to_json() for item in self.items)
+        return f'{{"notices":[{items}],"unread":{self.unread},"next":{dumps(self.next)}}}'
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """What a mark changed, as pushed to the user's streams (event ``read`` or ``archive``)."""
+
+    user_id: str
+    event: str
+    ids: list[int]
+    value: bool
+    unread: int
+    #: For ``read-all``: the cursor everything up to is now read.
+    through: int | None = None
+
+    def payload(self) -> dict[str, t.Any]:
+        """The ``data`` of the SSE event."""
+        body: dict[str, t.Any] = {"ids": self.ids, "read" if self.event == "read" else "archived": self.value}
+        if self.through is not None:
+            body["all"] = True
+            body["through"] = self.through
+        body["unread"] = self.unread
+        return body
+
+    def to_record(self) -> str:
+        """The control record's data (see :data:`STATE_KEY`)."""
+        return dumps({"user_id": self.user_id, "event": self.event, "data": self.payload()})
+
+
+class InboxStore(t.Protocol):
+    """**Protocol:** what a store keeps for inboxes (part of every store's ``Broker``)."""
+
+    def inbox_ids(self, user_id: str) -> list[int]:
+        """Cursors of the user's stored notices and the stored broadcasts, newest first."""
+        ...
+
+    def inbox_notices(self, user_id: str, ids: t.Sequence[int]) -> list[Notice]:
+        """The user's stored notices (own or broadcast) with these cursors, in that order."""
+        ...
+
+    def inbox_state(self, user_id: str) -> InboxState:
+        """The user's marks."""
+        ...
+
+    def mark(
+        self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None
+    ) -> None:
+        """Set ``read`` and/or ``archived`` on these notices of the user (atomic)."""
+        ...
+
+    def mark_read_through(self, user_id: str, through: int) -> None:
+        """Mark every notice up to ``through`` read (explicit marks at or below it are dropped)."""
+        ...
+
+
+def list_page(
+    store: InboxStore,
+    user_id: str,
+    *,
+    before: int | None = None,
+    limit: int = 20,
+    unread_only: bool = False,
+    archived: bool = False,
+) -> InboxPage:
+    """A page of the user's inbox, newest first: archived notices only, or only those not archived."""
+    ids = store.inbox_ids(user_id)
+    if not ids:  # nothing stored for this user: no state to read (one query per new stream)
+        return InboxPage([], 0, None)
+    state = store.inbox_state(user_id)
+    chosen: list[int] = []
+    more = False
+    for seq in ids:
+        if before is not None and seq >= before:
+            continue
+        if (seq in state.archived) != archived:
+            continue
+        if unread_only and state.is_read(seq):
+            continue
+        if len(chosen) == limit:
+            more = True
+            break
+        chosen.append(seq)
+    items = [
+        InboxItem(n, state.is_read(n.id), n.id in state.archived)
+        for n in store.inbox_notices(user_id, chosen)
+    ]
+    return InboxPage(items, state.unread(ids), chosen[-1] if more and chosen else None, ids[0])
+
+
+def change(
+    store: InboxStore,
+    user_id: str,
+    ids: t.Sequence[int],
+    *,
+    read: bool | None = None,
+    archived: bool | None = None,
+) -> StateChange:
+    """Mark notices of the user; :class:`NoticeNotFound` if one is not in their inbox."""
+    present = set(store.inbox_ids(user_id))
+    for seq in ids:
+        if seq not in present:
+            raise NoticeNotFound(f"notice {seq} is not in {user_id}'s inbox (never sent to them, or expired)")
+    store.mark(user_id, ids, read=read, archived=archived)
+    unread = store.inbox_state(user_id).unread(present)
+    if read is not None:
+        return StateChange(user_id, "read", list(ids), read, unread)
+    return StateChange(user_id, "archive", list(ids), bool(archived), unread)
+
+
+def read_all(store: InboxStore, user_id: str) -> StateChange:
+    """Mark everything in the user's inbox read."""
+    ids = store.inbox_ids(user_id)
+    through = ids[0] if ids else 0
+    if through:
+        store.mark_read_through(user_id, through)
+    unread = store.inbox_state(user_id).unread(ids)
+    return StateChange(user_id, "read", [], True, unread, through=through)
+
+
+def snapshot(store: InboxStore, user_id: str, size: int) -> str:
+    """The ``snapshot`` event's data: ``{"unread": n, "cursor": id, "notices": [...]}``.
+
+    ``notices`` are the newest ``size`` not archived; ``cursor`` is the newest id
+    in the inbox when it was taken (0: none), so a client knows that a replayed
+    notice at or below it is already counted, listed or not.
+    """
+    page = list_page(store, user_id, limit=size)
+    items = ",".join(item.to_json() for item in page.items)
+    return f'{{"unread":{page.unread},"cursor":{page.newest},"notices":[{items}]}}'
