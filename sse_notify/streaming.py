@@ -69,7 +69,9 @@ def event_stream(
             # lastEventId, dispatching nothing), so even a client that has
             # received no notice yet resumes from here after a reconnect.
             try:
-                conn.cursor = hub.broker.head()
+                # Every notice after the hub's cursor reaches this stream live: start
+                # there (no query), or at the store's head before the feed brought any.
+                conn.cursor = hub.cursor if hub.cursor is not None else hub.broker.head()
             except BrokerError as exc:
                 # Without a starting cursor the client could not resume: send it
                 # back later (a 200 with a retry: EventSource tries again).
