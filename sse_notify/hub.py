@@ -401,7 +401,10 @@ class Hub:
                 return
             self.users, self.connections = {}, set()
             self._capacity = min(self.max_streams, _descriptors_for_streams())
+            self.cursor = None  # a forked child's feed starts afresh
             self.broker.subscribe(self.dispatch)  # may raise BrokerError: then retried at the next stream
+            with contextlib.suppress(BrokerError):  # else each new stream asks the store, until a dispatch
+                self.cursor = self.broker.head()
             self.install_shutdown_signal()
             spawn(self._housekeeping, name="sse-notify-housekeeping")
             spawn(self._heartbeats, name="sse-notify-heartbeats")

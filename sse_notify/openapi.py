@@ -308,7 +308,6 @@ def _paths() -> dict[str, Schema]:
     reader: list[dict[str, list[str]]] = [
         {"connectionTokenBearer": []},
         {"connectionToken": []},
-        {"connectionTokenCookie": []},
         {"publishKey": []},
     ]
     notice_id = {

@@ -128,7 +128,7 @@ class Security:
         """A connection token for ``user_id`` (default lifetime ``SSE_NOTIFY_TOKEN_TTL``)."""
         return issue_token(self.secret, user_id, self.token_ttl if ttl is None else ttl)
 
-    def stream_grant(self, request: Request, user_id: str) -> float | None:
+    def stream_grant(self, request: Request, user_id: str, *, cookie: bool = True) -> float | None:
         """Check a stream request; return when its access ends (``None``: never).
 
         :raises ~sse_notify.errors.AuthError: 401 or 403, before any byte of the stream is sent.
@@ -143,16 +143,23 @@ class Security:
                 raise Forbidden("the application does not allow this stream")
         # The URL's token first: it is the one the page chose for this stream
         # (an Authorization header may belong to a proxy or another API).
-        token = request.args.get("token") or _bearer(request) or request.cookies.get(self.cookie)
+        token = request.args.get("token") or _bearer(request) or (cookie and request.cookies.get(self.cookie))
         if not token:
+            where = (
+                f"?token=, Authorization: Bearer, or the {self.cookie} cookie"
+                if cookie
+                else ("?token= or Authorization: Bearer")
+            )
             raise Unauthenticated(
-                "this stream needs a connection token: ?token=, Authorization: Bearer, "
-                f"or the {self.cookie} cookie"
+                f"this {'stream' if cookie else 'endpoint'} needs a connection token: {where}"
             )
         return verify_token(self.secret, token, user_id).expires_at
 
     def check_owner(self, request: Request, user_id: str) -> None:
         """Allow ``user_id``'s own token (or the ``authorize`` hook), or a publish key (inbox endpoints).
+
+        Not the token cookie: it is scoped to the stream URLs, and a cookie would let another
+        site's form mark a user's notices (cross-site request forgery).
 
         :raises ~sse_notify.errors.AuthError: 401 without credentials, 403 with wrong ones.
         """
@@ -165,7 +172,7 @@ class Security:
                 return
             except Forbidden:
                 pass  # not a publish key: maybe the user's token
-        self.stream_grant(request, user_id)
+        self.stream_grant(request, user_id, cookie=False)
 
     def check_publisher(self, request: Request) -> None:
         """Check the publish key and its rate limit.

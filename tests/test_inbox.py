@@ -133,6 +133,17 @@ def test_inbox_needs_the_users_token_or_a_publish_key(client: FlaskClient) -> No
         assert call(path, headers={"Authorization": f"Bearer {PUBLISH_KEY}"}).status_code == 200
 
 
+def test_inbox_does_not_take_the_token_cookie(client: FlaskClient) -> None:
+    """The token cookie (meant for streams) does not open the inbox: another site's form could use it."""
+    mine = publish(client, "alice", 1)
+    client.set_cookie("sse_notify_token", token_for("alice"))
+    anonymous = {"Authorization": ""}
+    response = client.post(f"/users/alice/notices/{mine}/read", headers=anonymous)
+    assert response.status_code == 401
+    assert "?token= or Authorization: Bearer" in response.get_json()["detail"]
+    assert client.get("/users/alice/notices", headers=anonymous).status_code == 401
+
+
 # -- on the stream, with real servers ----------------------------------------------------
 
 
