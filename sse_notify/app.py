@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from .config import DEFAULTS, load_env
 from .extension import SSENotify
+from .fastpath import fast_streams
 
 __all__ = ["create_app"]
 
@@ -55,6 +56,8 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     # opening cost, measured with py-spy).
     app.session_interface = _NoSessions()
     SSENotify(app)
+    # Streams skip Flask's request machinery when nothing of Flask's would see them (fastpath.py).
+    app.wsgi_app = fast_streams(app, app.wsgi_app)  # type: ignore[method-assign,assignment]
     if not app.debug:
         logging.getLogger("sse_notify").setLevel(logging.INFO)
     return app
