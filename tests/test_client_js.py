@@ -12,32 +12,26 @@ import typing as t
 from urllib.parse import quote
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from .browser import launch_chromium
 from .support import PUBLISH_KEY, Server, wait_for
-from .test_page import TIMEOUT, VIEWPORT, notice, query_of, stays, stream_requests, streams_of
+from .test_page import (  # noqa: F401 - the same browser and context fixtures
+    TIMEOUT,
+    VIEWPORT,
+    _browser,
+    _context,
+    notice,
+    query_of,
+    stays,
+    stream_requests,
+    streams_of,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 UNREAD = re.compile(r"\bunread\b")
 #: Collects the titles the page's client announces (``notice`` events) in ``window.arrived``.
 RECORD_ARRIVALS = "() => { window.arrived = []; demo.inbox.on('notice', (n) => arrived.push(n.data.title)); }"
-
-
-@pytest.fixture(name="browser", scope="module")
-def _browser() -> t.Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(name="context")
-def _context(browser: Browser) -> t.Iterator[BrowserContext]:
-    context = browser.new_context(viewport=VIEWPORT)
-    yield context
-    context.close()
 
 
 @pytest.fixture(name="open_tab")
