@@ -53,6 +53,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_SNAPSHOT": True,
     "SSE_NOTIFY_SNAPSHOT_SIZE": 10,
     "SSE_NOTIFY_INBOX_PAGE_MAX": 100,
+    "SSE_NOTIFY_URL_PREFIX": "",
 }
 
 
@@ -113,6 +114,13 @@ def _auth(key: str, raw: t.Any) -> str:
     return t.cast(str, raw)
 
 
+def _url_prefix(key: str, raw: t.Any) -> str:
+    prefix = _text(key, raw, empty=True).rstrip("/")
+    if prefix and (not prefix.startswith("/") or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix)):
+        raise ConfigError(f'{key} must be empty or a path like "/notify", got {raw!r}')
+    return prefix
+
+
 _PARSERS: dict[str, t.Callable[[str, t.Any], t.Any]] = {
     "str": _text,
     "int": _positive(int),
@@ -152,6 +160,7 @@ class Settings:
     snapshot: bool
     snapshot_size: int
     inbox_page_max: int
+    url_prefix: str
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
@@ -167,6 +176,8 @@ class Settings:
                 values[f.name] = _auth(key, raw)
             elif f.name == "rate_limit":
                 values[f.name] = _text(key, raw, empty=True)  # "" turns the limit off
+            elif f.name == "url_prefix":
+                values[f.name] = _url_prefix(key, raw)
             else:
                 values[f.name] = _PARSERS[str(f.type)](key, raw)
         for origin in values["cors_origins"]:

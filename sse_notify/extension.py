@@ -74,6 +74,20 @@ class State:
             checked.append((user_id, text))
         return self.broker.publish_many(checked)
 
+    def notify(self, user_id: str, data: dict[str, t.Any]) -> Notice:
+        """Store a notice for ``user_id`` and deliver it to every open stream of theirs."""
+        return self.publish_many([(user_id, data)])[0]
+
+    def broadcast(self, data: dict[str, t.Any]) -> Notice:
+        """Store a notice for every user and deliver it to every open stream."""
+        return self.publish_many([(None, data)])[0]
+
+    def issue_token(self, user_id: str, ttl: float | None = None) -> str:
+        """A connection token that opens ``user_id``'s stream for ``ttl`` seconds (default: the setting)."""
+        if not is_valid_user_id(user_id):
+            raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
+        return self.security.issue(user_id, ttl)
+
     def kick(self, user_id: str) -> None:
         """Close every open stream of ``user_id``, on every worker (through the store's feed)."""
         if not is_valid_user_id(user_id):
@@ -122,15 +136,20 @@ class PayloadTooLarge(InvalidNotice):
 class SSENotify:
     """Mounts the notification endpoints into a Flask app and owns the store.
 
-    :param url_prefix: where the endpoints live (``""``: at the root).
+    :param url_prefix: where the endpoints live, e.g. ``"/notify"`` (default:
+        ``SSE_NOTIFY_URL_PREFIX``, else ``""``: at the root).
     :param authorize: optional ``authorize(user_id) -> bool | None`` deciding who may
         open a stream with the host app's own login (``None`` falls back to tokens).
     """
 
     def __init__(
-        self, app: Flask | None = None, *, url_prefix: str = "", authorize: AuthorizeHook | None = None
+        self,
+        app: Flask | None = None,
+        *,
+        url_prefix: str | None = None,
+        authorize: AuthorizeHook | None = None,
     ) -> None:
-        self.url_prefix = url_prefix.rstrip("/")
+        self.url_prefix = url_prefix
         self._authorize = authorize
         if app is not None:
             self.init_app(app)
@@ -146,6 +165,7 @@ class SSENotify:
         from .views import bp
 
         settings = Settings.from_config(app.config)
+        prefix = settings.url_prefix if self.url_prefix is None else self.url_prefix.rstrip("/")
         os.makedirs(app.instance_path, exist_ok=True)
         security = Security.from_settings(settings, app.config.get("SECRET_KEY"), app.instance_path)
         security.authorize = self._authorize
@@ -167,8 +187,8 @@ class SSENotify:
             heartbeat=settings.heartbeat,
         )
         hub.install_shutdown_signal()
-        app.extensions[EXTENSION_KEY] = State(settings, broker, hub, security, self.url_prefix)
-        app.register_blueprint(bp, url_prefix=self.url_prefix or None)
+        app.extensions[EXTENSION_KEY] = State(settings, broker, hub, security, prefix)
+        app.register_blueprint(bp, url_prefix=prefix or None)
         if settings.detach_streams:
             app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if settings.cors_origins:
@@ -176,7 +196,7 @@ class SSENotify:
 
             CORS(
                 app,
-                resources={f"{self.url_prefix}/*": {"origins": list(settings.cors_origins)}},
+                resources={f"{prefix}/*": {"origins": list(settings.cors_origins)}},
                 supports_credentials=True,
                 allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
                 max_age=600,
@@ -198,12 +218,12 @@ def get_state(app: Flask | None = None) -> State:
 
 def notify(user_id: str, data: dict[str, t.Any], *, app: Flask | None = None) -> Notice:
     """Store a notice for ``user_id`` and deliver it to every open stream of theirs."""
-    return get_state(app).publish_many([(user_id, data)])[0]
+    return get_state(app).notify(user_id, data)
 
 
 def broadcast(data: dict[str, t.Any], *, app: Flask | None = None) -> Notice:
     """Store a notice for every user and deliver it to every open stream."""
-    return get_state(app).publish_many([(None, data)])[0]
+    return get_state(app).broadcast(data)
 
 
 def notify_many(
@@ -215,9 +235,7 @@ def notify_many(
 
 def issue_token(user_id: str, ttl: float | None = None, *, app: Flask | None = None) -> str:
     """A connection token that opens ``user_id``'s stream for ``ttl`` seconds."""
-    if not is_valid_user_id(user_id):
-        raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
-    return get_state(app).security.issue(user_id, ttl)
+    return get_state(app).issue_token(user_id, ttl)
 
 
 def kick(user_id: str, *, app: Flask | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import typing as t
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +69,7 @@ def test_readme_table_lists_every_setting_with_its_default() -> None:
     rows = dict(re.findall(r"^\| `(SSE_NOTIFY_[A-Z_]+)` \| `([^`]*)` \|", readme, flags=re.M))
     assert set(rows) == set(DEFAULTS)
     for key, default in DEFAULTS.items():
-        assert rows[key] == str(default), key
+        assert rows[key] == (str(default) if default != "" else '""'), key  # an empty string shows as ""
 
 
 def test_readme_python_example_runs(app: t.Any) -> None:
@@ -79,3 +80,27 @@ def test_readme_python_example_runs(app: t.Any) -> None:
         exec(compile(block, "README.md", "exec"), {})
     state = app.extensions["sse_notify"]
     assert [n.user_id for n in state.broker.replay("alice", "0").notices][:1] == ["alice"]
+
+
+@pytest.mark.parametrize("raw", ["notify", "/no spaces", "/a?b", "//x"])
+def test_url_prefix_must_be_a_path(raw: str) -> None:
+    """SSE_NOTIFY_URL_PREFIX is empty or a path of plain segments; anything else names the key."""
+    with pytest.raises(ConfigError, match="SSE_NOTIFY_URL_PREFIX"):
+        Settings.from_config({**DEFAULTS, "SSE_NOTIFY_URL_PREFIX": raw})
+
+
+def test_url_prefix_from_config_mounts_the_endpoints(tmp_path: Path) -> None:
+    """With SSE_NOTIFY_URL_PREFIX set, the endpoints live under it and the root has none of them."""
+    from flask import Flask
+
+    from sse_notify import SSENotify
+
+    app = Flask("host", instance_path=str(tmp_path))
+    app.config.update(
+        SECRET_KEY="s" * 32, SSE_NOTIFY_URL_PREFIX="/notify/", SSE_NOTIFY_BROKER_URL="memory://"
+    )
+    SSENotify(app)
+    client = app.test_client()
+    assert client.get("/notify/openapi.json").status_code == 200
+    assert client.get("/openapi.json").status_code == 404
+    assert app.extensions["sse_notify"].url_prefix == "/notify"
