@@ -23,4 +23,4 @@ def when_ready(server: Any) -> None:
     for address in server.cfg.address:
         if isinstance(address, tuple):  # not a Unix socket
             host = f"[{address[0]}]" if ":" in address[0] else address[0]
-            server.log.info("notify_app: open http://%s:%s/ and sign in as alice, bob or carol", host, address[1])
+            server.log.info("notify_app: open http://%s:%s/ (users: alice, bob, carol)", host, address[1])
