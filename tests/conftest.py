@@ -45,9 +45,23 @@ def _make_server(tmp_path: Path) -> t.Iterator[t.Callable[..., Server]]:
     """Start real gunicorn servers; every one is stopped by PID at the end."""
     started: list[Server] = []
 
-    def make(workers: int = 1, store: str | None = None, app: str = "wsgi:app", **env: str) -> Server:
+    def make(
+        workers: int = 1,
+        store: str | None = None,
+        app: str = "wsgi:app",
+        config: str | None = None,
+        health_path: str = "/healthz",
+        **env: str,
+    ) -> Server:
+        """``config``: a gunicorn config file; ``health_path``: the app's health check URL."""
         server = Server(
-            store or str(tmp_path / "notices.sqlite3"), workers=workers, env=env, app=app, log_dir=tmp_path
+            store or str(tmp_path / "notices.sqlite3"),
+            workers=workers,
+            env=env,
+            app=app,
+            config=config,
+            health_path=health_path,
+            log_dir=tmp_path,
         )
         started.append(server)
         return server.start()

@@ -89,7 +89,12 @@ class Server:
     store: str
     workers: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    #: The WSGI app, ``module:name``; ``""`` for the ``wsgi_app`` of :attr:`config`.
     app: str = "wsgi:app"
+    #: A gunicorn config file (``-c``) instead of the ``gunicorn.conf.py`` of the root.
+    config: str | None = None
+    #: Where the app answers its health check (``/notify/healthz`` under a prefix).
+    health_path: str = "/healthz"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -123,11 +128,13 @@ class Server:
             self.log_path = Path(self.store + f".{self.port}.log") if self.store.startswith("/") else None
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         cmd = [str(VENV_BIN / "gunicorn"), "--no-control-socket", "-k", "gevent"]
-        cmd += ["-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", self.app]
+        cmd += ["-c", self.config] if self.config else []
+        cmd += ["-w", str(self.workers), "-b", f"127.0.0.1:{self.port}"]
+        cmd += [self.app] if self.app else []  # none: the config file's wsgi_app
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         if log is not subprocess.DEVNULL:
             log.close()
-        wait_for(self._healthy, 20, f"gunicorn on {self.url} to answer /healthz")
+        wait_for(self._healthy, 20, f"gunicorn on {self.url} to answer {self.health_path}")
         wait_for(lambda: len(self.worker_pids()) >= self.workers, 20, "all workers to boot")
         return self
 
@@ -136,7 +143,7 @@ class Server:
         if self.proc.poll() is not None:
             raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
         try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            return httpx.get(self.url + self.health_path, timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -190,7 +197,7 @@ class Server:
 
     def health(self) -> dict[str, t.Any]:
         """The /healthz body."""
-        return t.cast(dict[str, t.Any], httpx.get(self.url + "/healthz", timeout=5).json())
+        return t.cast(dict[str, t.Any], httpx.get(self.url + self.health_path, timeout=5).json())
 
 
 def decode_raw_stream(raw: bytes) -> list[ServerSentEvent]:
@@ -246,6 +253,8 @@ class Subscriber:
         self.received: list[Event] = []
         self.connections = 0
         self.opened = threading.Event()
+        #: Set when reading stopped for good: the stream ended (or failed) and no reconnect follows.
+        self.ended = threading.Event()
         self.response_headers: httpx.Headers | None = None
         self._stop = threading.Event()
         self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=30.0))
@@ -253,6 +262,12 @@ class Subscriber:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._read()
+        finally:
+            self.ended.set()
+
+    def _read(self) -> None:
         while not self._stop.is_set():
             headers = dict(self.headers)
             if self.last_event_id:
