@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import typing as t
 
-from . import metrics
-
 if t.TYPE_CHECKING:
+    from types import ModuleType
+
     from .notices import Notice
 
 __all__ = [
@@ -33,19 +33,30 @@ store_log = logging.getLogger("sse_notify.store")
 
 _INFO = logging.INFO
 
-_open_gauge = metrics.STREAMS_OPEN
-_opened = metrics.STREAMS_OPENED
-_reconnects = metrics.RECONNECTS
 _closed: dict[str, t.Any] = {}
 _evicted: dict[str, t.Any] = {}
+_metrics: ModuleType | None = None
+
+
+def _m() -> ModuleType:
+    """:mod:`.metrics`, imported at the first count: in a gunicorn worker, after
+    ``sse_notify.gunicorn_conf`` set the multiprocess directory in the master
+    (importing prometheus_client earlier would fix it to one-process mode)."""
+    global _metrics
+    if _metrics is None:
+        from . import metrics
+
+        _metrics = metrics
+    return _metrics
 
 
 def stream_opened(user_id: str, resumed: bool) -> None:
     """A stream joined the hub (``resumed``: it came with a ``Last-Event-ID``)."""
-    _open_gauge.inc()
-    _opened.inc()
+    m = _metrics or _m()
+    m.STREAMS_OPEN.inc()
+    m.STREAMS_OPENED.inc()
     if resumed:
-        _reconnects.inc()
+        m.RECONNECTS.inc()
     if streams_log.isEnabledFor(_INFO):
         streams_log.info(
             "stream of %s opened%s",
@@ -57,11 +68,12 @@ def stream_opened(user_id: str, resumed: bool) -> None:
 
 def stream_closed(user_id: str, reason: str, seconds: float) -> None:
     """A stream left the hub, for ``reason``, after ``seconds`` open."""
-    _open_gauge.dec()
+    m = _metrics or _m()
+    m.STREAMS_OPEN.dec()
     label = reason.replace(" ", "_")
     counter = _closed.get(label)
     if counter is None:
-        counter = _closed[label] = metrics.STREAMS_CLOSED.labels(label)
+        counter = _closed[label] = m.STREAMS_CLOSED.labels(label)
     counter.inc()
     if streams_log.isEnabledFor(_INFO):
         streams_log.info(
@@ -83,7 +95,7 @@ def evicted(user_id: str, reason: str) -> None:
     label = reason.replace(" ", "_")
     counter = _evicted.get(label)
     if counter is None:
-        counter = _evicted[label] = metrics.EVICTIONS.labels(label)
+        counter = _evicted[label] = _m().EVICTIONS.labels(label)
     counter.inc()
     level = _INFO if label in {"kicked", "replaced"} else logging.WARNING
     streams_log.log(
@@ -97,23 +109,24 @@ def evicted(user_id: str, reason: str) -> None:
 
 def delivered(count: int) -> None:
     """``count`` notice events were handed to live streams."""
-    metrics.DELIVERED.inc(count)
+    (_metrics or _m()).DELIVERED.inc(count)
 
 
 def replayed(count: int) -> None:
     """``count`` notice events were sent to a resuming stream from the store."""
-    metrics.REPLAYED.inc(count)
+    _m().REPLAYED.inc(count)
 
 
 def published(notices: t.Sequence[Notice], seconds: float, *, replayed: bool = False) -> None:
     """A publish call stored ``notices`` in ``seconds`` (``replayed``: an idempotency key matched)."""
-    metrics.PUBLISH_SECONDS.observe(seconds)
+    m = _metrics or _m()
+    m.PUBLISH_SECONDS.observe(seconds)
     if not replayed:
         broadcasts = sum(1 for n in notices if n.user_id is None)
         if broadcasts:
-            metrics.PUBLISHED.labels("broadcast").inc(broadcasts)
+            m.PUBLISHED.labels("broadcast").inc(broadcasts)
         if len(notices) > broadcasts:
-            metrics.PUBLISHED.labels("user").inc(len(notices) - broadcasts)
+            m.PUBLISHED.labels("user").inc(len(notices) - broadcasts)
     if publish_log.isEnabledFor(_INFO) and notices:
         users = {n.user_id for n in notices}
         to = f"{len(users)} users" if len(users) > 1 else notices[0].user_id or "everyone"
@@ -140,7 +153,7 @@ def published(notices: t.Sequence[Notice], seconds: float, *, replayed: bool = F
 
 def store_failed(operation: str, error: BaseException) -> None:
     """A store operation failed (the caller answers or retries)."""
-    metrics.STORE_ERRORS.labels(operation).inc()
+    _m().STORE_ERRORS.labels(operation).inc()
     store_log.warning(
         "store %s failed: %s",
         operation,

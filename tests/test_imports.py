@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import typing as t
@@ -21,6 +23,8 @@ PROBE = r"""
 import importlib.abc
 import importlib.util
 import json
+import os
+import shutil
 import pathlib
 import sys
 import types
@@ -124,3 +128,33 @@ def test_probe_catches_forbidden_imports(tmp_path: Path) -> None:
     assert "sqlite3" in report["attempted"]
     assert "redis" in report["attempted"]
     assert "sqlite3" in report["loaded"]
+
+
+def test_gunicorn_conf_sets_the_metrics_directory_before_prometheus_client_loads(tmp_path: Path) -> None:
+    """sse_notify.gunicorn_conf sets the metrics directory before anything imports prometheus_client.
+
+    prometheus_client picks one-process or multiprocess mode when it is first
+    imported; if the package imported it eagerly, /metrics would count only the
+    worker that answers.
+    """
+    code = (
+        "import os, sys\n"
+        "from sse_notify.gunicorn_conf import *\n"
+        "assert 'prometheus_client' not in sys.modules, 'imported too early'\n"
+        "from sse_notify import metrics\n"
+        "from prometheus_client import values\n"
+        "print(os.environ['PROMETHEUS_MULTIPROC_DIR'], values.ValueClass.__name__)\n"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PROMETHEUS_MULTIPROC_DIR", "SSE_NOTIFY_METRICS_MASTER")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    directory, value_class = result.stdout.split()
+    assert os.path.isdir(directory)
+    assert value_class == "MmapedValue"  # the multiprocess one
+    shutil.rmtree(directory)

@@ -111,10 +111,15 @@ def logout() -> Response:
     """End the session, and close the user's open streams (their other tabs go to sign-in)."""
     user = session.get("user")
     session.clear()
-    if user in USERS:
-        kick(user)  # every stream of theirs, on every worker
     flash("Signed out.")
-    return redirect(url_for(".login"))
+    response = redirect(url_for(".login"))
+    if user in USERS:
+        # Every stream of theirs, on every worker, once this answer (which clears the
+        # session cookie) is sent: a kick that reached a tab first would send it to the
+        # sign-in page with the old cookie, and back in.
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        response.call_on_close(lambda: kick(user, app=app))
+    return response
 
 
 @bp.get("/")
