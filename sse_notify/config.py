@@ -54,6 +54,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_SNAPSHOT_SIZE": 10,
     "SSE_NOTIFY_INBOX_PAGE_MAX": 100,
     "SSE_NOTIFY_URL_PREFIX": "",
+    "SSE_NOTIFY_IDEMPOTENCY_TTL": 86400,
 }
 
 
@@ -161,6 +162,7 @@ class Settings:
     snapshot_size: int
     inbox_page_max: int
     url_prefix: str
+    idempotency_ttl: int
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:

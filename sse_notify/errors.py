@@ -8,6 +8,7 @@
     - :class:`BrokerUnavailable` — the store cannot be reached (answered 503)
 
   - :class:`InvalidNotice` — a publish was refused (answered 400)
+  - :class:`IdempotencyKeyReused` — an ``Idempotency-Key`` sent again with another request (422)
   - :class:`AuthError` — a request is not allowed
 
     - :class:`Unauthenticated` — no credentials, or bad ones (answered 401)
@@ -26,6 +27,7 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigError",
     "Forbidden",
+    "IdempotencyKeyReused",
     "InvalidNotice",
     "InvalidToken",
     "SSENotifyError",
@@ -52,6 +54,10 @@ class BrokerUnavailable(BrokerError):
 
 class InvalidNotice(SSENotifyError, ValueError):
     """A notice was refused: bad user id or data that is not a JSON object."""
+
+
+class IdempotencyKeyReused(SSENotifyError):
+    """An idempotency key came again with a different request (answered 422); nothing was stored."""
 
 
 class AuthError(SSENotifyError):

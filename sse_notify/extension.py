@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import typing as t
 from dataclasses import dataclass
 
@@ -10,6 +12,7 @@ from flask import Flask, Response, current_app
 
 from . import redact
 from .brokers import Broker, make_broker
+from .brokers.base import Published
 from .config import Settings
 from .errors import InvalidNotice
 from .handoff import capture_start_response
@@ -32,6 +35,9 @@ __all__ = [
 
 EXTENSION_KEY = "sse_notify"
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . @ : + -"
+#: What an ``Idempotency-Key`` may be.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+IDEMPOTENCY_KEY_RULE = "1-200 printable ASCII characters (no spaces)"
 
 
 @dataclass
@@ -44,13 +50,40 @@ class State:
     security: Security
     url_prefix: str = ""
 
-    def publish_many(self, items: t.Sequence[tuple[str | None, t.Any]]) -> list[Notice]:
+    def publish_many(
+        self, items: t.Sequence[tuple[str | None, t.Any]], *, idempotency_key: str | None = None
+    ) -> list[Notice]:
         """Check, store and announce notices (``user_id=None``: broadcast).
 
+        :param idempotency_key: store these notices once: the same key with the
+            same notices within ``SSE_NOTIFY_IDEMPOTENCY_TTL`` returns the notices
+            stored the first time (see :meth:`publish_once`).
         :raises InvalidNotice: for a bad user id or data that is not a JSON object;
             then nothing is stored.
         :raises PayloadTooLarge: for data over ``SSE_NOTIFY_MAX_BODY`` bytes.
         """
+        if idempotency_key is not None:
+            return self.publish_once(items, idempotency_key).notices
+        return self.broker.publish_many(self._checked(items))
+
+    def publish_once(self, items: t.Sequence[tuple[str | None, t.Any]], idempotency_key: str) -> Published:
+        """Store notices once per ``idempotency_key``; ``replayed`` says whether they were stored before.
+
+        :raises IdempotencyKeyReused: if the key came earlier with other notices.
+        :raises InvalidNotice: also for a key that is not 1-200 printable ASCII characters.
+        """
+        if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise InvalidNotice(f"Idempotency-Key must be {IDEMPOTENCY_KEY_RULE}")
+        checked = self._checked(items)
+        digest = hashlib.sha256()
+        for user_id, text in checked:
+            data = text.encode()
+            digest.update(b"%b\0%d\0%b" % (b"*" if user_id is None else user_id.encode(), len(data), data))
+        return self.broker.publish_once(
+            checked, idempotency_key, digest.hexdigest(), self.settings.idempotency_ttl
+        )
+
+    def _checked(self, items: t.Sequence[tuple[str | None, t.Any]]) -> list[tuple[str | None, str]]:
         if len(items) > self.settings.max_batch:
             raise InvalidNotice(f"at most {self.settings.max_batch} notices per batch, got {len(items)}")
         checked: list[tuple[str | None, str]] = []
@@ -72,15 +105,15 @@ class State:
             if size > self.settings.max_body:
                 raise PayloadTooLarge(f"{where}data is larger than {self.settings.max_body} bytes")
             checked.append((user_id, text))
-        return self.broker.publish_many(checked)
+        return checked
 
-    def notify(self, user_id: str, data: dict[str, t.Any]) -> Notice:
+    def notify(self, user_id: str, data: dict[str, t.Any], *, idempotency_key: str | None = None) -> Notice:
         """Store a notice for ``user_id`` and deliver it to every open stream of theirs."""
-        return self.publish_many([(user_id, data)])[0]
+        return self.publish_many([(user_id, data)], idempotency_key=idempotency_key)[0]
 
-    def broadcast(self, data: dict[str, t.Any]) -> Notice:
+    def broadcast(self, data: dict[str, t.Any], *, idempotency_key: str | None = None) -> Notice:
         """Store a notice for every user and deliver it to every open stream."""
-        return self.publish_many([(None, data)])[0]
+        return self.publish_many([(None, data)], idempotency_key=idempotency_key)[0]
 
     def issue_token(self, user_id: str, ttl: float | None = None) -> str:
         """A connection token that opens ``user_id``'s stream for ``ttl`` seconds (default: the setting)."""
@@ -216,21 +249,32 @@ def get_state(app: Flask | None = None) -> State:
     return state
 
 
-def notify(user_id: str, data: dict[str, t.Any], *, app: Flask | None = None) -> Notice:
-    """Store a notice for ``user_id`` and deliver it to every open stream of theirs."""
-    return get_state(app).notify(user_id, data)
+def notify(
+    user_id: str, data: dict[str, t.Any], *, idempotency_key: str | None = None, app: Flask | None = None
+) -> Notice:
+    """Store a notice for ``user_id`` and deliver it to every open stream of theirs.
+
+    :param idempotency_key: e.g. a job id: a retried call with the same key and
+        data stores nothing new and returns the first notice.
+    """
+    return get_state(app).notify(user_id, data, idempotency_key=idempotency_key)
 
 
-def broadcast(data: dict[str, t.Any], *, app: Flask | None = None) -> Notice:
+def broadcast(
+    data: dict[str, t.Any], *, idempotency_key: str | None = None, app: Flask | None = None
+) -> Notice:
     """Store a notice for every user and deliver it to every open stream."""
-    return get_state(app).broadcast(data)
+    return get_state(app).broadcast(data, idempotency_key=idempotency_key)
 
 
 def notify_many(
-    items: t.Sequence[tuple[str | None, dict[str, t.Any]]], *, app: Flask | None = None
+    items: t.Sequence[tuple[str | None, dict[str, t.Any]]],
+    *,
+    idempotency_key: str | None = None,
+    app: Flask | None = None,
 ) -> list[Notice]:
     """Store several notices in one transaction (all or none), then deliver them."""
-    return get_state(app).publish_many(items)
+    return get_state(app).publish_many(items, idempotency_key=idempotency_key)
 
 
 def issue_token(user_id: str, ttl: float | None = None, *, app: Flask | None = None) -> str:

@@ -262,6 +262,11 @@ def _shared_responses() -> dict[str, Schema]:
             ["payload_too_large"],
         ),
         "415": _error("The body is not sent as `application/json`", ["unsupported_media_type"]),
+        "422": _error(
+            "The `Idempotency-Key` was used for a different request within `SSE_NOTIFY_IDEMPOTENCY_TTL`; "
+            "nothing was stored",
+            ["idempotency_key_reused"],
+        ),
         "429": _error("The publish key is over `SSE_NOTIFY_RATE_LIMIT`", ["rate_limited"], headers=retry),
         "500": _error("The store failed", ["store_error", "internal_server_error"]),
         "503": _error("The store cannot be reached; nothing was stored", ["store_unavailable"]),
@@ -328,7 +333,28 @@ def _paths() -> dict[str, Schema]:
 
     auth_errors = ("401", "403", "429")
     notice_body = _json("The notice's data.", _schema("NoticeData"), required=True)
-    created = _json("Stored and delivered.", _schema("Notice"))
+    idempotency_key = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "description": (
+            "Store this publish once: sent again with the same request within "
+            "`SSE_NOTIFY_IDEMPOTENCY_TTL` (a day), nothing new is stored and the answer is the first "
+            "one's notices, with `Idempotent-Replayed: true`. Reused for another request: 422. "
+            "Retry a publish whose answer was lost with the same key."
+        ),
+        "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,200}$"},
+    }
+    replayed = {
+        "Idempotent-Replayed": {
+            "description": "`true`: an `Idempotency-Key` matched an earlier publish (nothing new stored).",
+            "schema": {"const": "true"},
+        }
+    }
+    created_or_replayed = _json(
+        "Stored and delivered (or, with `Idempotent-Replayed`, stored earlier).",
+        _schema("Notice"),
+        headers=replayed,
+    )
     stream_headers = {
         "Cache-Control": _header("`no-cache`.", {"const": "no-cache"}),
         "X-Accel-Buffering": _header("`no`: tells nginx not to buffer.", {"const": "no"}),
@@ -433,9 +459,12 @@ def _paths() -> dict[str, Schema]:
             "post": _operation(
                 "publish",
                 "Send a notice to one user",
-                {"201": created, **_responses("400", *auth_errors, "404", "413", "415", "500", "503")},
+                {
+                    "201": created_or_replayed,
+                    **_responses("400", *auth_errors, "404", "413", "415", "422", "500", "503"),
+                },
                 security=publisher,
-                parameters=[user],
+                parameters=[user, idempotency_key],
                 body=notice_body,
             ),
         },
@@ -443,8 +472,12 @@ def _paths() -> dict[str, Schema]:
             "post": _operation(
                 "broadcast",
                 "Send a notice to every user",
-                {"201": created, **_responses("400", *auth_errors, "413", "415", "500", "503")},
+                {
+                    "201": created_or_replayed,
+                    **_responses("400", *auth_errors, "413", "415", "422", "500", "503"),
+                },
                 security=publisher,
+                parameters=[idempotency_key],
                 body=notice_body,
             )
         },
@@ -454,12 +487,15 @@ def _paths() -> dict[str, Schema]:
                 "Send several notices in one transaction (all or none)",
                 {
                     "201": _json(
-                        "Stored and delivered, in order.", {"type": "array", "items": _schema("Notice")}
+                        "Stored and delivered, in order.",
+                        {"type": "array", "items": _schema("Notice")},
+                        headers=replayed,
                     ),
-                    **_responses("400", *auth_errors, "413", "415", "500", "503"),
+                    **_responses("400", *auth_errors, "413", "415", "422", "500", "503"),
                 },
                 description="At most `SSE_NOTIFY_MAX_BATCH` (default 1000) notices; more is a 400.",
                 security=publisher,
+                parameters=[idempotency_key],
                 body=_json(
                     "The notices.",
                     {"type": "array", "minItems": 1, "items": _schema("BatchItem")},

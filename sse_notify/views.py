@@ -11,11 +11,11 @@ import typing as t
 from flask import Blueprint, Response, abort, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 
-from .errors import AuthError, BrokerError, BrokerUnavailable, InvalidNotice
-from .extension import USER_ID_RULE, PayloadTooLarge, get_state
+from .errors import AuthError, BrokerError, BrokerUnavailable, IdempotencyKeyReused, InvalidNotice
+from .extension import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, USER_ID_RULE, PayloadTooLarge, get_state
 from .handoff import START_RESPONSE_KEY, SocketHandoff
 from .inbox import NoticeNotFound
-from .notices import Notice, is_valid_user_id, loads
+from .notices import is_valid_user_id, loads
 from .security import RateLimited
 from .streaming import event_stream
 
@@ -79,6 +79,11 @@ def _invalid_notice(exc: InvalidNotice) -> tuple[Response, int]:
     return error_response(400, "invalid_notice", str(exc))
 
 
+@bp.errorhandler(IdempotencyKeyReused)
+def _key_reused(exc: IdempotencyKeyReused) -> tuple[Response, int]:
+    return error_response(422, "idempotency_key_reused", str(exc))
+
+
 @bp.errorhandler(BrokerUnavailable)
 def _store_down(exc: BrokerUnavailable) -> tuple[Response, int]:
     return error_response(503, "store_unavailable", str(exc))
@@ -140,9 +145,21 @@ def _json_body(limit: int | None = None) -> t.Any:
         raise BadRequest("body is not accepted: JSON nested too deeply") from None
 
 
-def _created(notices: list[Notice], single: bool) -> Response:
+def _publish(items: list[tuple[str | None, t.Any]], single: bool) -> Response:
+    """Store the notices (once per ``Idempotency-Key``, when the request has one); 201 with them."""
+    state = get_state()
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        notices, replayed = state.publish_many(items), False
+    elif not IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest(f"Idempotency-Key must be {IDEMPOTENCY_KEY_RULE}, got {key[:210]!r}")
+    else:
+        notices, replayed = state.publish_once(items, key)
     body = notices[0].to_json() if single else "[" + ",".join(n.to_json() for n in notices) + "]"
-    return Response(body, status=201, content_type="application/json")
+    response = Response(body, status=201, content_type="application/json")
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @bp.get("/")
@@ -200,16 +217,14 @@ def connection(user_id: str) -> Response:
 def publish(user_id: str) -> Response:
     """Store a notice for one user, deliver it, answer 201 with it."""
     _check_user_id(user_id)
-    data = _json_body()
-    return _created(get_state().publish_many([(user_id, data)]), single=True)
+    return _publish([(user_id, _json_body())], single=True)
 
 
 @bp.post("/broadcast")
 @publisher
 def publish_broadcast() -> Response:
     """Store a notice for every user, deliver it, answer 201 with it."""
-    data = _json_body()
-    return _created(get_state().publish_many([(None, data)]), single=True)
+    return _publish([(None, _json_body())], single=True)
 
 
 @bp.post("/notices")
@@ -226,7 +241,7 @@ def publish_batch() -> Response:
         if not isinstance(item["user_id"], str):
             raise InvalidNotice(f"notice {index}: user_id must be a string (use /broadcast for everyone)")
         items.append((item["user_id"], item["data"]))
-    return _created(get_state().publish_many(items), single=False)
+    return _publish(items, single=False)
 
 
 def _inbox_reader(user_id: str) -> None:

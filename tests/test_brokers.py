@@ -33,7 +33,7 @@ from sse_notify import brokers
 from sse_notify.brokers import Broker, MemoryBroker, Replay, SQLiteBroker
 from sse_notify.brokers.redis import RedisBroker
 from sse_notify.brokers.wakeup import WakeChannel
-from sse_notify.errors import BrokerError, BrokerUnavailable, ConfigError
+from sse_notify.errors import BrokerError, BrokerUnavailable, ConfigError, IdempotencyKeyReused
 from sse_notify.inbox import NoticeNotFound, change, list_page, read_all, snapshot
 from sse_notify.notices import Notice, dumps
 
@@ -233,6 +233,68 @@ class BrokerContract:
         later = broker.publish("alice", payload(4))
         assert later.id > head
         assert feed.wait_through(later) == [later]
+
+    # -- publish once (idempotency keys) --------------------------------------
+
+    def test_publish_once_stores_once_and_returns_the_first_notices(self, broker: Broker) -> None:
+        """A key sent again with the same request stores nothing and returns the first call's notices."""
+        feed = Feed()
+        broker.subscribe(feed)
+        items: list[tuple[str | None, str]] = [("alice", payload(1)), (None, payload(2))]
+        first = broker.publish_once(items, "job-1", "fp", 60)
+        head = broker.head()
+        again = broker.publish_once(items, "job-1", "fp", 60)
+
+        assert first.replayed is False
+        assert again.replayed is True
+        assert again.notices == first.notices
+        assert broker.head() == head
+        assert broker.replay("alice", "0").notices == first.notices
+        sentinel = broker.publish("alice", payload(3))
+        assert feed.wait_through(sentinel) == [*first.notices, sentinel]  # announced once
+
+    def test_publish_once_refuses_a_key_reused_for_another_request(self, broker: Broker) -> None:
+        """The same key with another fingerprint raises IdempotencyKeyReused and stores nothing."""
+        broker.publish_once([("alice", payload(1))], "k", "fp-1", 60)
+        head = broker.head()
+        with pytest.raises(IdempotencyKeyReused, match="'k'"):
+            broker.publish_once([("alice", payload(2))], "k", "fp-2", 60)
+        assert broker.head() == head
+
+    def test_publish_once_keys_are_independent_and_expire(self, broker: Broker) -> None:
+        """Different keys store separately; after the key's lifetime the same key stores again."""
+        a = broker.publish_once([("alice", payload(1))], "a", "fp", 0.3)
+        b = broker.publish_once([("alice", payload(1))], "b", "fp", 60)
+        assert a.notices[0].id != b.notices[0].id
+        time.sleep(0.4)
+        broker.trim_expired()
+        again = broker.publish_once([("alice", payload(1))], "a", "fp", 60)
+        assert again.replayed is False
+        assert again.notices[0].id > b.notices[0].id
+
+    def test_publish_once_concurrently_stores_exactly_once(self, make_broker: MakeBroker) -> None:
+        """Concurrent calls with one key (from one or several processes' brokers) store one notice."""
+        brokers_ = [make_broker(), make_broker()] if self.shared else [make_broker()]
+        results: list[t.Any] = []
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            try:
+                results.append(
+                    brokers_[index % len(brokers_)].publish_once([("alice", payload(7))], "race", "fp", 60)
+                )
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(DEADLINE)
+        assert not errors
+        assert sorted(r.replayed for r in results) == [False] + [True] * 5
+        assert len({r.notices[0].id for r in results}) == 1
+        assert len(brokers_[0].replay("alice", "0").notices) == 1
 
     # -- replay -----------------------------------------------------------
 

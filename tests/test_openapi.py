@@ -31,9 +31,9 @@ PUBLISHER = {"401", "403", "429"}
 ERRORS: dict[tuple[str, str], set[str]] = {
     ("get", "/"): set(),
     ("get", "/connection/{user_id}"): {"400", "401", "403"},
-    ("post", "/users/{user_id}/notices"): PUBLISHER | {"400", "413", "415", "500", "503"},
-    ("post", "/broadcast"): PUBLISHER | {"400", "413", "415", "500", "503"},
-    ("post", "/notices"): PUBLISHER | {"400", "413", "415", "500", "503"},
+    ("post", "/users/{user_id}/notices"): PUBLISHER | {"400", "413", "415", "422", "500", "503"},
+    ("post", "/broadcast"): PUBLISHER | {"400", "413", "415", "422", "500", "503"},
+    ("post", "/notices"): PUBLISHER | {"400", "413", "415", "422", "500", "503"},
     ("post", "/users/{user_id}/tokens"): PUBLISHER | {"400"},
     ("post", "/users/{user_id}/kick"): PUBLISHER | {"400", "500", "503"},
     ("get", "/healthz"): {"503"},

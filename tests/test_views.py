@@ -210,3 +210,52 @@ def test_stream_opened_during_shutdown_is_sent_away(client: FlaskClient, app: Fl
     assert body.startswith(b": shutdown\n\nretry: ")
     assert int(body.split(b"retry: ")[1].split(b"\n")[0]) >= 500
     assert b"connected" not in body
+
+
+def test_idempotency_key_stores_a_publish_once(client: FlaskClient) -> None:
+    """A publish repeated with its Idempotency-Key answers the first notice again and stores nothing new."""
+    headers = {"Idempotency-Key": "order-42:shipped"}
+    first = client.post("/users/alice/notices", json={"n": 1}, headers=headers)
+    again = client.post("/users/alice/notices", json={"n": 1}, headers=headers)
+    other = client.post("/users/alice/notices", json={"n": 1}, headers={"Idempotency-Key": "order-43"})
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert other.get_json()["id"] > first.get_json()["id"]
+    inbox = client.get("/users/alice/notices").get_json()
+    assert [item["id"] for item in inbox["notices"]] == [other.get_json()["id"], first.get_json()["id"]]
+
+
+def test_idempotency_key_on_broadcast_and_batch(client: FlaskClient) -> None:
+    """/broadcast and /notices honour Idempotency-Key too, batches as one unit."""
+    batch = [{"user_id": "a", "data": {"n": 1}}, {"user_id": "b", "data": {"n": 2}}]
+    first = client.post("/notices", json=batch, headers={"Idempotency-Key": "b1"})
+    again = client.post("/notices", json=batch, headers={"Idempotency-Key": "b1"})
+    assert again.get_json() == first.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    shout = client.post("/broadcast", json={"x": 1}, headers={"Idempotency-Key": "s1"})
+    assert (
+        client.post("/broadcast", json={"x": 1}, headers={"Idempotency-Key": "s1"}).get_json()
+        == shout.get_json()
+    )
+
+
+def test_idempotency_key_reused_for_another_request_is_422(client: FlaskClient) -> None:
+    """The same key with other data (or another user) is refused with 422 and stores nothing."""
+    client.post("/users/alice/notices", json={"n": 1}, headers={"Idempotency-Key": "k"})
+    for path, body in (("/users/alice/notices", {"n": 2}), ("/users/bob/notices", {"n": 1})):
+        response = client.post(path, json=body, headers={"Idempotency-Key": "k"})
+        assert response.status_code == 422
+        assert response.get_json()["error"] == "idempotency_key_reused"
+        assert "'k'" in response.get_json()["detail"]
+    assert client.get("/users/bob/notices").get_json()["notices"] == []
+
+
+@pytest.mark.parametrize("key", ["", "has space", "é", "x" * 201])
+def test_bad_idempotency_key_is_400(client: FlaskClient, key: str) -> None:
+    """An Idempotency-Key that is not 1-200 printable ASCII characters is a 400 naming the header."""
+    response = client.post("/users/alice/notices", json={"n": 1}, headers={"Idempotency-Key": key})
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.get_json()["detail"]

@@ -20,10 +20,11 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass
 
+from ..errors import IdempotencyKeyReused
 from ..inbox import InboxStore
 from ..notices import Notice
 
-__all__ = ["Broker", "FeedCallback", "Replay", "plan_replay"]
+__all__ = ["Broker", "FeedCallback", "OnePublishCall", "Published", "Replay", "plan_replay", "replay_publish"]
 
 #: Called by a backend with new notices, in cursor order, once per batch.
 FeedCallback = t.Callable[[t.Sequence[Notice]], None]
@@ -46,6 +47,56 @@ class Replay:
     notices: list[Notice]
     cursor: int
     reset: str | None = None
+
+
+class Published(t.NamedTuple):
+    """What :meth:`Broker.publish_once` did: the notices, and whether they were stored earlier."""
+
+    notices: list[Notice]
+    replayed: bool
+
+
+class OnePublishCall:
+    """``publish``, ``publish_many`` and ``publish_once`` of a backend that does all three in ``_publish``."""
+
+    def _publish(
+        self, items: t.Sequence[tuple[str | None, str]], once: tuple[str, str, float] | None
+    ) -> Published:
+        """Store ``items`` (once per ``once = (key, fingerprint, ttl)``, when given), then announce them."""
+        raise NotImplementedError
+
+    def publish(self, user_id: str | None, data_json: str) -> Notice:
+        """Store one notice, then announce it."""
+        return self._publish([(user_id, data_json)], None).notices[0]
+
+    def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
+        """Store several notices in one transaction (all or none), then announce them."""
+        return self._publish(items, None).notices
+
+    def publish_once(
+        self, items: t.Sequence[tuple[str | None, str]], key: str, fingerprint: str, ttl: float
+    ) -> Published:
+        """Store the notices and the key together, unless the key was used within ``ttl`` seconds."""
+        return self._publish(items, (key, fingerprint, ttl))
+
+
+def replay_publish(
+    key: str, fingerprint: str, stored: tuple[str, int, str], items: t.Sequence[tuple[str | None, str]]
+) -> Published:
+    """The notices an earlier publish under ``key`` stored, rebuilt from the repeated request.
+
+    :param stored: the earlier publish's ``(fingerprint, first cursor, created_at)``;
+        its notices had consecutive cursors, in the order of ``items``.
+    :raises IdempotencyKeyReused: if the request differs from the earlier one.
+    """
+    earlier, first, created_at = stored
+    if earlier != fingerprint:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {key!r} was already used for a different request; use a new key for new notices"
+        )
+    return Published(
+        [Notice(first + i, user_id, created_at, data) for i, (user_id, data) in enumerate(items)], True
+    )
 
 
 def parse_cursor(last_event_id: str | None) -> int | None:
@@ -91,6 +142,21 @@ class Broker(InboxStore, t.Protocol):
 
     def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
         """Store several notices in one transaction (all or none), then announce them."""
+        ...
+
+    def publish_once(
+        self, items: t.Sequence[tuple[str | None, str]], key: str, fingerprint: str, ttl: float
+    ) -> Published:
+        """:meth:`publish_many`, once per ``key`` within ``ttl`` seconds.
+
+        The first call stores the notices and remembers ``key`` in the same
+        transaction. A later call with the key stores nothing and returns the
+        first call's notices (``replayed=True``); concurrent calls are
+        serialized by the store, so exactly one of them stores.
+
+        :param fingerprint: identifies the request (users and data); a key sent
+            again with another fingerprint raises :class:`~sse_notify.errors.IdempotencyKeyReused`.
+        """
         ...
 
     def replay(self, user_id: str, last_event_id: str) -> Replay:

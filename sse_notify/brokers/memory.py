@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import typing as t
 from collections import defaultdict, deque
 
 from ..errors import BrokerError
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
-from .base import BROADCAST_KEY, FeedCallback, Replay, plan_replay
+from .base import BROADCAST_KEY, FeedCallback, Published, Replay, plan_replay, replay_publish
 
 __all__ = ["MemoryBroker"]
 
@@ -39,6 +40,8 @@ class MemoryBroker:
         self._through: dict[str, int] = {}
         self._read: dict[str, dict[int, bool]] = defaultdict(dict)
         self._archived: dict[str, set[int]] = defaultdict(set)
+        #: Idempotency key -> (fingerprint, first cursor, created_at, monotonic expiry).
+        self._keys: dict[str, tuple[str, int, str, float]] = {}
 
     def _append(self, notice: Notice) -> None:
         key = BROADCAST_KEY if notice.user_id is None else notice.user_id
@@ -85,6 +88,19 @@ class MemoryBroker:
                     log.exception("feed callback failed")
         return notices
 
+    def publish_once(
+        self, items: t.Sequence[tuple[str | None, str]], key: str, fingerprint: str, ttl: float
+    ) -> Published:
+        """Store the notices unless ``key`` was used within ``ttl`` seconds."""
+        with self._lock:
+            found = self._keys.get(key)
+            if found is not None and found[3] > time.monotonic():
+                return replay_publish(key, fingerprint, found[:3], items)
+            notices = self.publish_many(items)
+            if notices:
+                self._keys[key] = (fingerprint, notices[0].id, notices[0].created_at, time.monotonic() + ttl)
+            return Published(notices, False)
+
     def replay(self, user_id: str, last_event_id: str) -> Replay:
         """The user's notices and the broadcasts after the client's cursor."""
         with self._lock:
@@ -112,6 +128,9 @@ class MemoryBroker:
                 while log and log[0].created_at < cutoff:
                     self._drop(key, log.popleft())
                     dropped += 1
+            now = time.monotonic()
+            for key in [k for k, record in self._keys.items() if record[3] <= now]:
+                del self._keys[key]
         return dropped
 
     # -- inboxes ----------------------------------------------------------

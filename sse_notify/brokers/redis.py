@@ -15,6 +15,8 @@ Layout (every key under one prefix, ``sse_notify:`` by default):
 ``{p}marks:{user}``    hash: a user's inbox marks, field ``<cursor>``, value
                        ``r``/``u`` (read, unread) and ``a`` (archived)
 ``{p}through``         hash: per user, the read-all cursor
+``{p}idem:{key}``      hash: an idempotency key's request fingerprint, first
+                       cursor and time, expiring after the key's lifetime
 =====================  ========================================================
 
 **Atomic publish.** One Lua script stores a batch (INCR, XADD, trimming, floors)
@@ -44,7 +46,16 @@ from ..concurrency import spawn
 from ..errors import BrokerError, BrokerUnavailable, ConfigError
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
-from .base import BROADCAST_KEY, FeedCallback, Replay, parse_cursor, plan_replay
+from .base import (
+    BROADCAST_KEY,
+    FeedCallback,
+    OnePublishCall,
+    Published,
+    Replay,
+    parse_cursor,
+    plan_replay,
+    replay_publish,
+)
 
 try:
     import redis
@@ -91,8 +102,13 @@ _PUBLISH = (
     _TRIM
     + """
 local p, keep, ttl, cutoff, created, catchup = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local once = ARGV[8]
+if once ~= '' then
+  local earlier = redis.call('HMGET', p .. 'idem:' .. once, 'f', 's', 'c')
+  if earlier[1] then return {'replayed', earlier[1], earlier[2], earlier[3]} end
+end
 local seqs, lines, touched = {}, {}, {}
-for i = 8, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   local key, data = ARGV[i], ARGV[i + 1]
   local seq = redis.call('INCR', p .. 'seq')
   local id = seq .. '-0'
@@ -106,6 +122,10 @@ end
 for key, _ in pairs(touched) do
   trim(p, key, keep, cutoff)
   redis.call('PEXPIRE', p .. 'log:' .. key, ttl)
+end
+if once ~= '' then
+  redis.call('HSET', p .. 'idem:' .. once, 'f', ARGV[9], 's', seqs[1], 'c', created)
+  redis.call('PEXPIRE', p .. 'idem:' .. once, ARGV[10])
 end
 redis.call('PUBLISH', ARGV[7], table.concat(lines, '\\n'))
 return seqs
@@ -202,7 +222,7 @@ def _deliver(callback: FeedCallback, notices: list[Notice]) -> None:
         log.exception("feed callback failed")
 
 
-class RedisBroker:
+class RedisBroker(OnePublishCall):
     """Notices in Redis: any worker on any host can publish, replay, and listen."""
 
     durable = True
@@ -275,14 +295,11 @@ class RedisBroker:
 
     # -- writing ----------------------------------------------------------
 
-    def publish(self, user_id: str | None, data_json: str) -> Notice:
-        """Store one notice and announce it, atomically."""
-        return self.publish_many([(user_id, data_json)])[0]
-
-    def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
-        """Store several notices and announce them in one atomic script."""
+    def _publish(
+        self, items: t.Sequence[tuple[str | None, str]], once: tuple[str, str, float] | None
+    ) -> Published:
         if not items:
-            return []
+            return Published([], False)
         for user_id, data in items:
             if not isinstance(data, str) or (user_id is not None and not isinstance(user_id, str)):
                 raise BrokerError("user_id and data_json must be str")
@@ -299,13 +316,17 @@ class RedisBroker:
             self.catchup,
         ]
         args.append(self._channel(self._client()) if not self._closed else "")
+        args += ["", "", 0] if once is None else [once[0], once[1], max(1, int(once[2] * 1000))]
         for user_id, data in items:
             args += [BROADCAST_KEY if user_id is None else user_id, data]
         seqs = self._call(lambda client: self._scripts["publish"](args=args))
-        return [
+        if once is not None and seqs and _text(seqs[0]) == "replayed":
+            return replay_publish(once[0], once[1], (_text(seqs[1]), int(seqs[2]), _text(seqs[3])), items)
+        notices = [
             Notice(int(seq), user_id, created_at, data)
             for seq, (user_id, data) in zip(seqs, items, strict=True)
         ]
+        return Published(notices, False)
 
     def trim_expired(self) -> int:
         """Drop notices older than the retention age from every stream (a SCAN over the logs)."""

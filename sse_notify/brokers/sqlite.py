@@ -38,7 +38,7 @@ from ..concurrency import spawn, start_thread, thread_lock
 from ..errors import BrokerError, BrokerUnavailable
 from ..inbox import InboxState
 from ..notices import Notice, dumps, utc_iso_ago, utc_now_iso
-from .base import BROADCAST_KEY, FeedCallback, Replay, plan_replay
+from .base import BROADCAST_KEY, FeedCallback, OnePublishCall, Published, Replay, plan_replay, replay_publish
 from .wakeup import WakeChannel
 
 __all__ = ["SQLiteBroker"]
@@ -69,6 +69,13 @@ CREATE TABLE IF NOT EXISTS inbox_through (
     user_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 _FEED_BATCH = 1000
@@ -89,7 +96,7 @@ def _row_notice(row: tuple[int, str, str, str]) -> Notice:
     return Notice(seq, None if user_id == BROADCAST_KEY else user_id, created_at, data)
 
 
-class SQLiteBroker:
+class SQLiteBroker(OnePublishCall):
     """Notices in one SQLite file, shared by every process on the host."""
 
     durable = True
@@ -174,19 +181,24 @@ class SQLiteBroker:
 
     # -- writing ----------------------------------------------------------
 
-    def publish(self, user_id: str | None, data_json: str) -> Notice:
-        """Store one notice, then wake every feed."""
-        return self.publish_many([(user_id, data_json)])[0]
-
-    def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
-        """Store several notices in one transaction, then wake every feed."""
+    def _publish(
+        self, items: t.Sequence[tuple[str | None, str]], once: tuple[str, str, float] | None
+    ) -> Published:
         if not items:
-            return []
+            return Published([], False)
         created_at = utc_now_iso()
         rows = [(BROADCAST_KEY if user_id is None else user_id, created_at, data) for user_id, data in items]
 
-        def work(db: sqlite3.Connection) -> list[Notice]:
+        def work(db: sqlite3.Connection) -> Published:
             db.execute("BEGIN IMMEDIATE")
+            if once is not None:
+                found = db.execute(
+                    "SELECT fingerprint, first, created_at FROM idempotency WHERE key = ? AND expires > ?",
+                    (once[0], time.time()),
+                ).fetchone()
+                if found is not None:
+                    db.execute("COMMIT")
+                    return replay_publish(once[0], once[1], found, items)
             # The write lock is ours: the next cursors are the last one issued plus 1, 2, ...
             # (explicit values raise AUTOINCREMENT's counter, so none is ever reused).
             row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'notices'").fetchone()
@@ -196,13 +208,20 @@ class SQLiteBroker:
                 [(first + i, *row) for i, row in enumerate(rows)],
             )
             self._trim_users(db, list(dict.fromkeys(key for key, _, _ in rows)))
+            if once is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                    (once[0], once[1], first, created_at, time.time() + once[2]),
+                )
             db.execute("COMMIT")
-            return [Notice(first + i, user_id, created_at, data) for i, (user_id, data) in enumerate(items)]
+            notices = [Notice(first + i, user, created_at, data) for i, (user, data) in enumerate(items)]
+            return Published(notices, False)
 
-        notices: list[Notice] = self._run(work)
-        delivered = self._deliver_here(notices)
-        self._wake.wake_all(skip_own=delivered)
-        return notices
+        published: Published = self._run(work)
+        if not published.replayed:
+            delivered = self._deliver_here(published.notices)
+            self._wake.wake_all(skip_own=delivered)
+        return published
 
     def _deliver_here(self, notices: list[Notice]) -> bool:
         """Hand notices this process just stored to its own feed's callback, if nothing can be out of order.
@@ -265,6 +284,7 @@ class SQLiteBroker:
             db.execute(
                 "DELETE FROM inbox_marks WHERE NOT EXISTS (SELECT 1 FROM notices WHERE seq = inbox_marks.seq)"
             )
+            db.execute("DELETE FROM idempotency WHERE expires <= ?", (time.time(),))
             db.execute("COMMIT")
             return sum(count for _, _, count in rows)
 
