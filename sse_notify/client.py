@@ -38,6 +38,7 @@ It speaks the HTTP API of the README with a publish key. Design choices, on purp
     - :class:`Unauthorized` — ``401`` or ``403``: a wrong or missing publish key
     - :class:`NotFound` — ``404``: e.g. a notice that is not in the user's inbox
     - :class:`IdempotencyKeyReused` — ``422``: the key was used for a different request
+      (also a :class:`sse_notify.errors.IdempotencyKeyReused`)
     - :class:`RateLimited` — ``429`` on every attempt; ``retry_after`` says how long to wait
     - :class:`ServerUnavailable` — ``5xx``, or no answer at all, after every attempt
 
@@ -65,6 +66,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'sse_notify.client needs httpx, which is an optional extra: pip install "sse-notify[client]"'
     ) from exc
 
+from . import errors
 from .errors import SSENotifyError
 from .notices import Notice, dumps, loads
 
@@ -87,7 +89,8 @@ __all__ = [
 
 log = logging.getLogger("sse_notify.client")
 
-#: What the server accepts as an ``Idempotency-Key``: 1 to 200 printable ASCII characters.
+#: What the server accepts as an ``Idempotency-Key``: 1 to 200 printable ASCII characters
+#: (the server's own pattern lives in ``extension``, which imports Flask and the hub).
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
 
 #: Answers worth another attempt: the server (or a proxy in front of it) is overloaded or
@@ -151,8 +154,11 @@ class NotFound(ClientError):
     """``404``: no such route, or a notice that is not in the user's inbox."""
 
 
-class IdempotencyKeyReused(ClientError):
-    """``422``: the idempotency key was already used for a different request."""
+class IdempotencyKeyReused(ClientError, errors.IdempotencyKeyReused):
+    """``422``: the idempotency key was already used for a different request.
+
+    Also a :class:`sse_notify.errors.IdempotencyKeyReused`, what the server raises in-process.
+    """
 
 
 class RateLimited(ClientError):

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import sse_notify.errors
 from sse_notify.client import (
     Client,
     ClientError,
@@ -368,6 +369,7 @@ def test_a_key_reused_for_different_data_is_refused(live_server: Server) -> None
             client.publish("kim", {"n": 2}, idempotency_key="job-42")
     assert_error(caught.value, 422, "idempotency_key_reused", 1)
     assert caught.value.idempotency_key == "job-42"
+    assert isinstance(caught.value, sse_notify.errors.IdempotencyKeyReused)
     assert [n["id"] for n in inbox(live_server, "kim")["notices"]] == [first.id]
 
 
