@@ -28,7 +28,7 @@ It speaks the HTTP API of the README with a publish key. Design choices, on purp
   an outage. ``retries`` counts the *extra* attempts; between them the client sleeps a
   random time up to ``backoff * 2**n`` seconds, capped at ``max_backoff`` ("full jitter",
   so many workers that failed together do not come back together). The other calls (marks,
-  tokens, kicks, presence) are idempotent by nature and are retried the same way.
+  tokens, kicks, presence) are harmless to repeat and are retried the same way.
 - **Errors say what is wrong.** Every failure is a :class:`ClientError` carrying the HTTP
   status, the server's error code and detail, the number of attempts and the idempotency
   key, so a job can log it, or keep the key and try again later:
