@@ -3,7 +3,26 @@
 Command-line flags override these (``gunicorn -k gevent -w 4 -b 0.0.0.0:8000 wsgi:app``).
 """
 
+import glob
+import os
 import resource
+import shutil
+import tempfile
+
+# /metrics adds up every worker's values: prometheus_client's multiprocess mode,
+# whose directory must be in the environment before prometheus_client is first
+# imported (so first thing here). Stale files of an earlier run are removed; the
+# directory made here is removed at exit. (A reload re-reads this file in the
+# same master: then nothing is removed.)
+_metrics_made = False
+if os.environ.get("SSE_NOTIFY_METRICS_MASTER") != str(os.getpid()):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+            os.remove(stale)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sse-notify-metrics-")
+        _metrics_made = True
+    os.environ["SSE_NOTIFY_METRICS_MASTER"] = str(os.getpid())
 
 # Raise this process's open-files limit to its hard limit: each stream holds
 # one socket, and workers inherit the limit.
@@ -26,6 +45,19 @@ graceful_timeout = 10
 # Heartbeats keep the gevent worker's own notify loop alive; this bounds a worker
 # whose event loop is blocked.
 timeout = 30
+
+
+def child_exit(server, worker):
+    """Drop the live gauges (open streams) of a worker that exited."""
+    from sse_notify.metrics import worker_exited
+
+    worker_exited(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory this file made."""
+    if _metrics_made:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def when_ready(server):

@@ -5,7 +5,7 @@ runs the scenarios of issue #5 (idle, connect, fanout, unicast, churn; :mod:`ben
 against sse_notify and its peers (:mod:`bench.peers`, settings in :mod:`bench.compare`) with the
 same N and load, and prints one table (:mod:`bench.report`): each figure per peer and the ratio
 sse_notify / peer. ``python -m bench --smoke`` is a tiny run of every scenario against every peer
-plus crossworker, for CI; it exits 1 on any error, lost notice or stream not opened.
+plus crossworker and proxy, for CI; it exits 1 on any error, lost notice or stream not opened.
 
 Scenario ``crossworker``: ``gunicorn -k gevent -w 4`` on the default SQLite
 store; streams of one user spread over every worker; notices are published
@@ -14,6 +14,12 @@ workers). Each notice carries the publisher's wall-clock time; each client
 records when it arrived. Reported: publish-to-receive latency (every
 delivery) p50/p99/max, lost and duplicated deliveries, and the client's own
 CPU time (a client-bound number is called that).
+
+Scenario ``proxy`` (:mod:`bench.proxy`): one ``gunicorn -k gevent -w 1`` with nginx in front,
+configured by the sample in docs/PRODUCTION.md. Each notice (one per POST, ``--notices`` at
+``--rate``) reaches a stream opened directly and one opened through nginx; reported:
+publish-to-receive p50/p99/max per path, the difference nginx - direct per notice, and lost
+notices. Without nginx it is skipped (a failure when ``SSE_NOTIFY_REQUIRE_ALL=1``).
 
 Load is bounded (``--streams``, ``--notices``, ``--rate``), loopback only, and
 every server started here is stopped by PID.
@@ -43,7 +49,8 @@ from httpx_sse import aconnect_sse
 
 from bench import compare
 from bench.compare import PEER_NAMES
-from bench.report import render
+from bench.proxy import nginx_binary, proxy
+from bench.report import render, render_proxy
 from bench.scenarios import SCENARIOS, Load
 from sse_notify.auth import issue_token
 
@@ -202,12 +209,48 @@ def _crossworker(args: argparse.Namespace, streams: int) -> bool:
     return False
 
 
+def _proxy(notices: int, rate: float, runs: int) -> bool:
+    """Run the proxy scenario ``runs`` times, print its JSON line and table; True when it failed."""
+    if nginx_binary() is None:
+        reason = "nginx is not installed (apt-get install nginx)"
+        if os.environ.get("SSE_NOTIFY_REQUIRE_ALL") == "1":
+            print(f"FAIL proxy: {reason} (SSE_NOTIFY_REQUIRE_ALL=1)", file=sys.stderr)
+            return True
+        print(f"SKIP proxy: {reason}", file=sys.stderr)
+        return False
+    results = [proxy(notices, rate, compare.SSE_NOTIFY_ENV) for _ in range(runs)]
+
+    def median(values: list[t.Any]) -> t.Any:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    report = dict(results[0])
+    for path in ("direct", "nginx"):
+        report[path] = {
+            **{key: median([r[path][key] for r in results]) for key in ("p50_ms", "p99_ms", "max_ms")},
+            "lost": sum(r[path]["lost"] for r in results),
+            "duplicated": sum(r[path]["duplicated"] for r in results),
+        }
+    for key in ("difference_p50_ms", "difference_p99_ms", "ratio_p50"):
+        report[key] = median([r[key] for r in results])
+    report["errors"] = [e for r in results for e in r["errors"]]
+    report["nginx_errors"] = [e for r in results for e in r["nginx_errors"]]
+    report["runs"] = runs
+    print(json.dumps(report), flush=True)
+    print(render_proxy(report), flush=True)
+    paths = (report["direct"], report["nginx"])
+    if report["errors"] or any(p["lost"] or p["duplicated"] or p["p50_ms"] is None for p in paths):
+        print("proxy: notices were lost or duplicated, or a stream failed", file=sys.stderr)
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "scenarios",
         nargs="*",
-        help="crossworker (the default), idle, connect, fanout, unicast, churn; "
+        help="crossworker (the default), proxy, idle, connect, fanout, unicast, churn; "
         "'scenarios' for the last five, 'all' for every one",
     )
     parser.add_argument(
@@ -216,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         help="a tiny run of every scenario (or those named) against every peer: proves the harness works",
     )
     parser.add_argument("--streams", type=int, help="N streams (crossworker: 200, the others: 2000)")
-    parser.add_argument("--notices", type=int, default=500, help="crossworker: notices to publish")
-    parser.add_argument("--rate", type=float, default=100.0, help="crossworker: notices per second")
+    parser.add_argument("--notices", type=int, default=500, help="crossworker, proxy: notices to publish")
+    parser.add_argument("--rate", type=float, default=100.0, help="crossworker, proxy: notices per second")
     parser.add_argument("--runs", type=int, default=3, help="repeat and report the median of each figure")
     parser.add_argument(
         "--peers",
@@ -234,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "scenarios":
             chosen += PEER_SCENARIOS
         elif name == "all":
-            chosen += ("crossworker", *PEER_SCENARIOS)
+            chosen += ("crossworker", "proxy", *PEER_SCENARIOS)
         else:
             chosen.append(name)
     if not chosen:
-        chosen = ["crossworker", *PEER_SCENARIOS] if args.smoke else ["crossworker"]
-    unknown = set(chosen) - {"crossworker", *PEER_SCENARIOS}
+        chosen = ["crossworker", "proxy", *PEER_SCENARIOS] if args.smoke else ["crossworker"]
+    unknown = set(chosen) - {"crossworker", "proxy", *PEER_SCENARIOS}
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -254,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:
             args.notices, args.rate, args.runs = 20, 50.0, 1
         failed |= _crossworker(args, 8 if args.smoke else (args.streams or 200))
+    if "proxy" in chosen:
+        failed |= _proxy(10, 50.0, 1) if args.smoke else _proxy(args.notices, args.rate, args.runs)
     scenarios = [s for s in PEER_SCENARIOS if s in chosen]
     if scenarios:
         if args.smoke:

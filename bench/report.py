@@ -5,6 +5,7 @@ one Markdown table (plain text that reads as is) over every scenario and peer, w
 ``better`` column saying which direction wins, the ratio ``sse_notify / peer`` per peer, and
 markers for figures the client (not the server) may have limited. A peer that fell short of N
 streams shows what it reached ("9,981 of 18,000"); a scenario that failed shows ``error``.
+:func:`render_proxy` prints the ``proxy`` scenario: direct, through nginx, and the difference.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import statistics
 import typing as t
 from dataclasses import dataclass
 
-__all__ = ["ROWS", "Row", "aggregate", "common_unicast_rate", "render"]
+__all__ = ["ROWS", "Row", "aggregate", "common_unicast_rate", "render", "render_proxy"]
 
 BASE = "sse_notify"
 
@@ -343,3 +344,25 @@ def _ordered_rows() -> list[Row]:
                 label = f"{row.scenario}: client CPU, busiest load-generator process (% of a core)"
                 out.append(Row(row.scenario, key, label, None, "%"))
     return out
+
+
+def render_proxy(report: t.Mapping[str, t.Any]) -> str:
+    """The table of scenario ``proxy`` (:mod:`bench.proxy`): publish -> receive per path, and
+    nginx - direct per notice (the same notice on the same user's two streams)."""
+    direct, nginx = report["direct"], report["nginx"]
+    lines = [
+        f"proxy: {report['notices']:,} notices, one per POST at {report['rate_per_s']:g}/s, "
+        f"median of {report.get('runs', 1)} run(s); nginx configured by docs/PRODUCTION.md",
+        "",
+        "| publish -> receive | direct | through nginx | nginx - direct (per notice) | nginx / direct |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, key, diff in (("p50", "p50_ms", "difference_p50_ms"), ("p99", "p99_ms", "difference_p99_ms")):
+        ratio = _ratio(nginx[key], direct[key])
+        lines.append(
+            f"| {label} [ms] | {_fmt(direct[key], 'ms')} | {_fmt(nginx[key], 'ms')} "
+            f"| {_fmt(report[diff], 'ms')} | {ratio} |"
+        )
+    lines.append(f"| max [ms] | {_fmt(direct['max_ms'], 'ms')} | {_fmt(nginx['max_ms'], 'ms')} | | |")
+    lines.append(f"| lost | {direct['lost']:,} | {nginx['lost']:,} | | |")
+    return "\n".join(lines)

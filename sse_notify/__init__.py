@@ -21,8 +21,10 @@ from .extension import issue_token as issue_token
 from .extension import kick as kick
 from .extension import notify as notify
 from .extension import notify_many as notify_many
+from .extension import presence as presence
 from .extension import set_token_cookie as set_token_cookie
 from .notices import Notice as Notice
+from .presence import Presence as Presence
 
 try:
     __version__ = version("sse-notify")
@@ -38,6 +40,7 @@ __all__ = [
     "InvalidNotice",
     "MemoryBroker",
     "Notice",
+    "Presence",
     "SQLiteBroker",
     "SSENotify",
     "SSENotifyError",
@@ -49,5 +52,6 @@ __all__ = [
     "make_broker",
     "notify",
     "notify_many",
+    "presence",
     "set_token_cookie",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import typing as t
 
 from flask import Flask, Request, Response
@@ -34,6 +33,8 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     load_env(app.config)
     if test_config is not None:
         app.config.update(test_config)
+    if not app.config["SSE_NOTIFY_LOG_FORMAT"]:
+        app.config["SSE_NOTIFY_LOG_FORMAT"] = "text"  # the standalone server owns its logging
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -58,6 +59,4 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     SSENotify(app)
     # Streams skip Flask's request machinery when nothing of Flask's would see them (fastpath.py).
     app.wsgi_app = fast_streams(app, app.wsgi_app)  # type: ignore[method-assign,assignment]
-    if not app.debug:
-        logging.getLogger("sse_notify").setLevel(logging.INFO)
     return app

@@ -55,6 +55,10 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_INBOX_PAGE_MAX": 100,
     "SSE_NOTIFY_URL_PREFIX": "",
     "SSE_NOTIFY_IDEMPOTENCY_TTL": 86400,
+    "SSE_NOTIFY_PRESENCE_INTERVAL": 1.0,
+    "SSE_NOTIFY_METRICS": True,
+    "SSE_NOTIFY_LOG_FORMAT": "",
+    "SSE_NOTIFY_LOG_LEVEL": "WARNING",
 }
 
 
@@ -122,6 +126,19 @@ def _url_prefix(key: str, raw: t.Any) -> str:
     return prefix
 
 
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_format": ("", "text", "json"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def _choice(key: str, raw: t.Any, allowed: tuple[str, ...]) -> str:
+    value = raw.upper() if isinstance(raw, str) and allowed[-1].isupper() else raw
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(repr(a) for a in allowed)}, got {raw!r}")
+    return t.cast(str, value)
+
+
 _PARSERS: dict[str, t.Callable[[str, t.Any], t.Any]] = {
     "str": _text,
     "int": _positive(int),
@@ -163,6 +180,10 @@ class Settings:
     inbox_page_max: int
     url_prefix: str
     idempotency_ttl: int
+    presence_interval: float
+    metrics: bool
+    log_format: str
+    log_level: str
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
@@ -180,6 +201,8 @@ class Settings:
                 values[f.name] = _text(key, raw, empty=True)  # "" turns the limit off
             elif f.name == "url_prefix":
                 values[f.name] = _url_prefix(key, raw)
+            elif f.name in _CHOICES:
+                values[f.name] = _choice(key, raw, _CHOICES[f.name])
             else:
                 values[f.name] = _PARSERS[str(f.type)](key, raw)
         for origin in values["cors_origins"]:

@@ -5,20 +5,22 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import typing as t
 from dataclasses import dataclass
 
 from flask import Flask, Response, current_app
 
-from . import redact
+from . import logs, redact, telemetry
 from .brokers import Broker, make_broker
 from .brokers.base import Published
 from .config import Settings
-from .errors import InvalidNotice
+from .errors import BrokerError, InvalidNotice
 from .handoff import capture_start_response
 from .hub import KICK, Hub
 from .inbox import STATE_KEY, InboxPage, StateChange, change, list_page, read_all
 from .notices import Notice, dumps, is_valid_user_id
+from .presence import Presence
 from .security import AuthorizeHook, Security, announce
 
 __all__ = [
@@ -30,8 +32,11 @@ __all__ = [
     "kick",
     "notify",
     "notify_many",
+    "presence",
     "set_token_cookie",
 ]
+
+T = t.TypeVar("T")
 
 EXTENSION_KEY = "sse_notify"
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . @ : + -"
@@ -64,7 +69,10 @@ class State:
         """
         if idempotency_key is not None:
             return self.publish_once(items, idempotency_key).notices
-        return self.broker.publish_many(self._checked(items))
+        started = time.perf_counter()
+        notices = self._store(lambda: self.broker.publish_many(self._checked(items)))
+        telemetry.published(notices, time.perf_counter() - started)
+        return notices
 
     def publish_once(self, items: t.Sequence[tuple[str | None, t.Any]], idempotency_key: str) -> Published:
         """Store notices once per ``idempotency_key``; ``replayed`` says whether they were stored before.
@@ -74,14 +82,27 @@ class State:
         """
         if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise InvalidNotice(f"Idempotency-Key must be {IDEMPOTENCY_KEY_RULE}")
+        started = time.perf_counter()
         checked = self._checked(items)
         digest = hashlib.sha256()
         for user_id, text in checked:
             data = text.encode()
             digest.update(b"%b\0%d\0%b" % (b"*" if user_id is None else user_id.encode(), len(data), data))
-        return self.broker.publish_once(
-            checked, idempotency_key, digest.hexdigest(), self.settings.idempotency_ttl
+        ttl = self.settings.idempotency_ttl
+        done = self._store(
+            lambda: self.broker.publish_once(checked, idempotency_key, digest.hexdigest(), ttl)
         )
+        telemetry.published(done.notices, time.perf_counter() - started, replayed=done.replayed)
+        return done
+
+    @staticmethod
+    def _store(work: t.Callable[[], T]) -> T:
+        """Run a publish against the store, counting and logging a failure."""
+        try:
+            return work()
+        except BrokerError as exc:
+            telemetry.store_failed("publish", exc)
+            raise
 
     def _checked(self, items: t.Sequence[tuple[str | None, t.Any]]) -> list[tuple[str | None, str]]:
         if len(items) > self.settings.max_batch:
@@ -126,6 +147,26 @@ class State:
         if not is_valid_user_id(user_id):
             raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
         self.broker.publish(KICK, dumps({"user_id": user_id}))
+
+    # -- presence -----------------------------------------------------------
+
+    def presence(self, user_id: str) -> Presence:
+        """Whether ``user_id`` has a stream open on any worker or host, and how many."""
+        return self.presence_many([user_id])[user_id]
+
+    def presence_many(self, user_ids: t.Sequence[str]) -> dict[str, Presence]:
+        """:meth:`presence` of several users in one store query (at most 1000)."""
+        if len(user_ids) > 1000:
+            raise InvalidNotice(f"at most 1000 users per presence query, got {len(user_ids)}")
+        for user_id in user_ids:
+            if not is_valid_user_id(user_id):
+                raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
+        try:
+            counts = self.hub.presence(user_ids)
+        except BrokerError as exc:
+            telemetry.store_failed("presence", exc)
+            raise
+        return {user_id: Presence(user_id, counts.get(user_id, 0)) for user_id in user_ids}
 
     # -- inboxes ------------------------------------------------------------
 
@@ -218,6 +259,7 @@ class SSENotify:
             max_streams=settings.max_streams,
             max_streams_per_user=settings.max_streams_per_user,
             heartbeat=settings.heartbeat,
+            presence_interval=settings.presence_interval,
         )
         hub.install_shutdown_signal()
         app.extensions[EXTENSION_KEY] = State(settings, broker, hub, security, prefix)
@@ -235,6 +277,8 @@ class SSENotify:
                 max_age=600,
             )
         redact.install()
+        if settings.log_format:
+            logs.configure(settings.log_format, settings.log_level)
         register_commands(app)
         announce(security, app.instance_path)
 
@@ -285,6 +329,15 @@ def issue_token(user_id: str, ttl: float | None = None, *, app: Flask | None = N
 def kick(user_id: str, *, app: Flask | None = None) -> None:
     """Close every open stream of ``user_id`` on every worker (e.g. after logout or a ban)."""
     get_state(app).kick(user_id)
+
+
+def presence(user_id: str, *, app: Flask | None = None) -> Presence:
+    """Whether ``user_id`` is online: their open streams on every worker and host.
+
+    Another worker's streams count within ``SSE_NOTIFY_PRESENCE_INTERVAL``
+    seconds of opening or closing; a killed worker's within ten intervals.
+    """
+    return get_state(app).presence(user_id)
 
 
 def set_token_cookie(

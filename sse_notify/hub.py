@@ -18,18 +18,22 @@ import logging
 import math
 import os
 import random
+import secrets
 import signal
+import socket
 import threading
 import time
 import typing as t
 import weakref
 
+from . import telemetry
 from .brokers import Broker
 from .concurrency import Event, Handle, call_later, gevent_active, new_event, spawn, spawn_later, watch_fd
 from .errors import BrokerError
 from .events import comment, encode_event
 from .inbox import STATE_KEY
 from .notices import Notice, dumps
+from .presence import LIFETIME_INTERVALS
 
 __all__ = ["Connection", "Hub"]
 
@@ -117,6 +121,7 @@ class Connection:
         "expiry",
         "fd",
         "max_pending",
+        "opened",
         "pending",
         "quiet",
         "round",
@@ -138,6 +143,7 @@ class Connection:
         self.writing_since = 0.0
         self.quiet = True  # nothing but the preamble written yet
         self.expiry: Handle | None = None
+        self.opened = time.monotonic()
         # Detached streams only:
         self.fd = -1
         self.chunked = False
@@ -361,8 +367,10 @@ class Hub:
         max_streams: int = 50000,
         max_streams_per_user: int = 20,
         heartbeat: float = 15.0,
+        presence_interval: float = 1.0,
     ) -> None:
         self.broker = broker
+        self.presence_interval = presence_interval
         self.heartbeat = heartbeat
         self.max_streams = max_streams
         self.max_streams_per_user = max_streams_per_user
@@ -384,6 +392,10 @@ class Hub:
         self.cursor: int | None = None
         self._round = 0
         self._capacity = max_streams
+        #: This process's name in the store's presence records (set when the hub starts).
+        self.worker_id = ""
+        #: Users whose number of streams here changed since the last presence write.
+        self._presence_dirty: set[str] = set()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -400,6 +412,8 @@ class Hub:
             if self._pid == os.getpid():
                 return
             self.users, self.connections = {}, set()
+            self._presence_dirty = set()
+            self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
             self._capacity = min(self.max_streams, _descriptors_for_streams())
             self.cursor = None  # a forked child's feed starts afresh
             self.broker.subscribe(self.dispatch)  # may raise BrokerError: then retried at the next stream
@@ -408,6 +422,7 @@ class Hub:
             self.install_shutdown_signal()
             spawn(self._housekeeping, name="sse-notify-housekeeping")
             spawn(self._heartbeats, name="sse-notify-heartbeats")
+            spawn(self._presence_writer, name="sse-notify-presence")
             self._pid = os.getpid()
 
     def install_shutdown_signal(self) -> None:
@@ -443,9 +458,15 @@ class Hub:
     def shutdown(self) -> None:
         """End every open stream now and refuse new ones; clients reconnect elsewhere and resume."""
         self._stopped_in = os.getpid()
+        count = len(self.connections)
         for conn in list(self.connections):
             conn.close("shutdown")
-        log.info("closed %d streams for shutdown", len(self.connections))
+        log.info("closed %d streams for shutdown", count)
+        if self.worker_id:
+            try:
+                self.broker.presence_leave(self.worker_id)
+            except BrokerError as exc:  # its records expire by themselves
+                telemetry.store_failed("presence", exc)
 
     def _housekeeping(self) -> None:
         last_sweep = time.monotonic()
@@ -459,7 +480,7 @@ class Hub:
                 try:
                     dropped = self.broker.trim_expired()
                 except BrokerError as exc:
-                    log.warning("retention sweep failed, will retry: %s", exc)
+                    telemetry.store_failed("sweep", exc)  # tried again at the next sweep
                     continue
                 except Exception:
                     log.exception("retention sweep failed")
@@ -497,6 +518,37 @@ class Hub:
                 if elapsed >= self.heartbeat:
                     break
 
+    # -- presence ---------------------------------------------------------
+
+    def _presence_writer(self) -> None:
+        # Every interval: this worker's changed counts, and a renewal of its lifetime.
+        while True:
+            time.sleep(self.presence_interval)
+            if not self.stopping:
+                self.write_presence()
+
+    def write_presence(self) -> bool:
+        """Write this worker's changed stream counts to the store; ``False`` if the store failed."""
+        dirty, self._presence_dirty = self._presence_dirty, set()
+        counts = {user_id: len(self.users.get(user_id, ())) for user_id in dirty}
+        try:
+            self.broker.presence_update(self.worker_id, counts, self.presence_interval * LIFETIME_INTERVALS)
+        except BrokerError as exc:
+            self._presence_dirty |= dirty  # written with the next round
+            telemetry.store_failed("presence", exc)
+            return False
+        return True
+
+    def presence(self, user_ids: t.Sequence[str]) -> dict[str, int]:
+        """Open streams per user over every worker and host (users with none left out).
+
+        This worker's own changes are written first, so its streams count at
+        once; other workers' within :attr:`presence_interval`.
+        """
+        if self._pid == os.getpid() and self._presence_dirty and not self.stopping:
+            self.write_presence()
+        return self.broker.presence_counts(user_ids)
+
     def _abort_stuck_writers(self, now: float) -> None:
         # A function of its own, so no loop variable keeps a closed connection
         # alive while the housekeeping loop sleeps.
@@ -509,14 +561,15 @@ class Hub:
 
     # -- connections ------------------------------------------------------
 
-    def connect(self, user_id: str, expires_at: float | None = None) -> Connection:
+    def connect(self, user_id: str, expires_at: float | None = None, *, resumed: bool = False) -> Connection:
         """Register a new stream of ``user_id``; it gets every notice dispatched from now on.
 
         A stream born closed (``conn.closed``) must end at once: the worker is
         stopping, or holds :attr:`max_streams` already. Beyond
         :attr:`max_streams_per_user`, the user's oldest stream is closed, so a
         new tab always works. At ``expires_at`` (Unix time: its token's end)
-        the stream is closed with reason ``token expired``.
+        the stream is closed with reason ``token expired``. ``resumed``: the
+        client sent a ``Last-Event-ID`` (counted and logged).
         """
         self.ensure_started()
         conn = Connection(user_id, self.max_pending, new_event())
@@ -525,6 +578,7 @@ class Hub:
             return conn
         if len(self.connections) >= self._capacity:
             self.refused += 1
+            telemetry.evicted(user_id, "overloaded")
             conn.close("overloaded")
             return conn
         mine = self.users.get(user_id, {})
@@ -532,19 +586,25 @@ class Hub:
             self._evict(next(iter(mine)), "replaced")  # may drop the user's (now empty) entry
         self.connections.add(conn)
         self.users.setdefault(user_id, {})[conn] = None
+        self._presence_dirty.add(user_id)
+        telemetry.stream_opened(user_id, resumed)
         if expires_at is not None:
             conn.expiry = call_later(expires_at - time.time(), conn.expire)
         return conn
 
     def disconnect(self, conn: Connection) -> None:
         """Forget a stream (idempotent)."""
-        self.connections.discard(conn)
-        conns = self.users.get(conn.user_id)
-        if conns is not None:
-            conns.pop(conn, None)
-            if not conns:
-                del self.users[conn.user_id]
-        conn.close(conn.close_reason or "disconnected")
+        reason = conn.close_reason or "disconnected"
+        if conn in self.connections:
+            self.connections.discard(conn)
+            conns = self.users.get(conn.user_id)
+            if conns is not None:
+                conns.pop(conn, None)
+                if not conns:
+                    del self.users[conn.user_id]
+            self._presence_dirty.add(conn.user_id)
+            telemetry.stream_closed(conn.user_id, reason, time.monotonic() - conn.opened)
+        conn.close(reason)
 
     def kick(self, user_id: str) -> int:
         """Close every stream of ``user_id`` in this process; returns how many."""
@@ -555,7 +615,7 @@ class Hub:
 
     def _evict(self, conn: Connection, reason: str) -> None:
         self.evicted += 1
-        log.info("closing a stream of %s: %s", conn.user_id, reason)
+        telemetry.evicted(conn.user_id, reason)
         conn.close(reason)
         self.disconnect(conn)
         # If its writer is blocked in a write right now (a client that stopped
@@ -573,22 +633,26 @@ class Hub:
         """Fan notices out to this process's connections (called by the store's feed)."""
         self._round += 1
         round_ = self._round
+        handed = 0
         for notice in notices:
             if notice.user_id is not None and notice.user_id.startswith("!"):
                 self._control(notice)  # not a cursor: a resync's id is made up
                 continue
             self.cursor = notice.id
             if notice.user_id is None:
-                targets: t.Iterable[Connection] = list(self.connections)
+                targets: list[Connection] = list(self.connections)
             else:
                 found = self.users.get(notice.user_id)
                 if not found:
                     continue
                 targets = list(found)
             frame = encode_notice(notice)
+            handed += len(targets)
             for conn in targets:
                 if not conn.put(notice.id, frame, round_):
                     self._evict(conn, "slow consumer")
+        if handed:
+            telemetry.delivered(handed)
 
     def _control(self, notice: Notice) -> None:
         if notice.user_id == STATE_KEY:

@@ -158,6 +158,16 @@ def _schemas() -> dict[str, Schema]:
             expires_at={"type": "integer", "description": "Unix time."},
         ),
         "Kicked": _obj(user_id=_schema("UserId"), kicked={"const": True}),
+        "Presence": _obj(
+            user_id=_schema("UserId"),
+            online={"type": "boolean", "description": "Whether the user has a stream open anywhere."},
+            streams={
+                "type": "integer",
+                "minimum": 0,
+                "description": "Open streams over every worker and host (another worker's within "
+                "`SSE_NOTIFY_PRESENCE_INTERVAL`).",
+            },
+        ),
         "Health": _obj(
             status={"const": "ok"},
             store={"const": "up"},
@@ -571,6 +581,34 @@ def _paths() -> dict[str, Schema]:
                 security=publisher,
                 parameters=[user],
                 tag="stream",
+            )
+        },
+        "/users/{user_id}/presence": {
+            "get": _operation(
+                "presence",
+                "Whether a user is online, and with how many streams",
+                {
+                    "200": _json("The user's presence.", _schema("Presence")),
+                    **_responses("400", "401", "403", "404", "500", "503"),
+                },
+                security=reader,
+                parameters=[user],
+                tag="stream",
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "metrics",
+                "Prometheus metrics of every worker",
+                {
+                    "200": {
+                        "description": "The Prometheus text format (docs/PRODUCTION.md lists the metrics).",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "404": _ref("responses", "404"),
+                },
+                description="Turned off (404) by `SSE_NOTIFY_METRICS=false`.",
+                tag="meta",
             )
         },
         "/healthz": {

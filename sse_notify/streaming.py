@@ -13,10 +13,10 @@ the ``finally`` releases everything.
 
 from __future__ import annotations
 
-import logging
 import time
 import typing as t
 
+from . import telemetry
 from .errors import BrokerError
 from .events import comment, encode_event
 from .handoff import SocketHandoff
@@ -25,8 +25,6 @@ from .inbox import snapshot as inbox_snapshot
 from .notices import dumps
 
 __all__ = ["event_stream"]
-
-log = logging.getLogger("sse_notify.streaming")
 
 #: Replayed notices are written in chunks of about this many bytes.
 REPLAY_CHUNK = 64 * 1024
@@ -52,12 +50,12 @@ def event_stream(
         inbox: the unread count and this many newest notices.
     """
     try:
-        conn = hub.connect(user_id, expires_at)
+        conn = hub.connect(user_id, expires_at, resumed=last_event_id is not None)
     except BrokerError as exc:
         # This process could not join the store's feed (the store is down):
         # tell the client to come back later. A 200 with a retry, not a 5xx,
         # which would make EventSource give up.
-        log.warning("stream of %s refused for now: %s", user_id, exc)
+        telemetry.store_failed("subscribe", exc)
         yield hub.closing_frame("store unavailable")
         return
     try:
@@ -79,7 +77,7 @@ def event_stream(
             except BrokerError as exc:
                 # Without a starting cursor the client could not resume: send it
                 # back later (a 200 with a retry: EventSource tries again).
-                log.warning("stream of %s refused for now: %s", user_id, exc)
+                telemetry.store_failed("head", exc)
                 yield hub.closing_frame("store unavailable")
                 return
             preamble = comment("connected") + encode_event(id=conn.cursor, retry=hub.retry)
@@ -91,7 +89,7 @@ def event_stream(
             try:
                 preamble += encode_event(inbox_snapshot(hub.broker, user_id, snapshot), event="snapshot")
             except BrokerError as exc:
-                log.warning("closing a stream of %s: snapshot failed: %s", user_id, exc)
+                telemetry.store_failed("snapshot", exc)
                 yield hub.closing_frame("store unavailable")
                 return
         # First bytes at once: headers go out, EventSource fires "open", proxies stop waiting.
@@ -100,7 +98,7 @@ def event_stream(
             try:
                 replay = hub.broker.replay(user_id, last_event_id)
             except BrokerError as exc:
-                log.warning("closing a stream of %s: replay failed: %s", user_id, exc)
+                telemetry.store_failed("replay", exc)
                 yield hub.closing_frame("store unavailable")
                 return
             conn.cursor = replay.cursor
@@ -108,10 +106,11 @@ def event_stream(
                 info = {"reason": replay.reset, "last_event_id": last_event_id, "id": replay.cursor}
                 yield encode_event(dumps(info), event="reset", id=replay.cursor)
             chunk: list[bytes] = []
-            size = 0
+            size = sent = 0
             for notice in replay.notices:
                 if notice.id <= conn.cursor:
                     continue
+                sent += 1
                 frame = encode_notice(notice)
                 chunk.append(frame)
                 size += len(frame)
@@ -121,6 +120,8 @@ def event_stream(
                     yield b"".join(chunk)
                     conn.writing_since = 0.0
                     chunk, size = [], 0
+            if sent:
+                telemetry.replayed(sent)
             if chunk:
                 yield b"".join(chunk)
         if handoff is not None and handoff.ready():

@@ -11,6 +11,7 @@ import typing as t
 from flask import Blueprint, Response, abort, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 
+from . import telemetry
 from .errors import AuthError, BrokerError, BrokerUnavailable, IdempotencyKeyReused, InvalidNotice
 from .extension import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, USER_ID_RULE, PayloadTooLarge, get_state
 from .handoff import START_RESPONSE_KEY, SocketHandoff
@@ -319,6 +320,13 @@ def _not_in_inbox(exc: NoticeNotFound) -> tuple[Response, int]:
     return error_response(404, "not_found", str(exc))
 
 
+@bp.get("/users/<user_id>/presence")
+def presence(user_id: str) -> Response:
+    """Whether the user has a stream open on any worker or host, and how many."""
+    _inbox_reader(user_id)
+    return jsonify(get_state().presence(user_id).to_dict())
+
+
 @bp.post("/users/<user_id>/tokens")
 @publisher
 def token(user_id: str) -> tuple[Response, int]:
@@ -353,6 +361,16 @@ def openapi() -> Response:
     return jsonify(document(get_state().url_prefix))
 
 
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics, added up over every worker of this server (``SSE_NOTIFY_METRICS``)."""
+    if not get_state().settings.metrics:
+        abort(404, "metrics are turned off (SSE_NOTIFY_METRICS=false)")
+    from . import metrics as prometheus
+
+    return Response(prometheus.render(), content_type=prometheus.CONTENT_TYPE)
+
+
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
     """200 when the store answers, 503 when it does not."""
@@ -360,5 +378,6 @@ def healthz() -> tuple[Response, int]:
     try:
         state.broker.ping()
     except BrokerError as exc:
+        telemetry.store_failed("ping", exc)
         return jsonify(status="unavailable", store="down", detail=str(exc)), 503
     return jsonify(status="ok", store="up", **state.hub.stats()), 200

@@ -46,7 +46,9 @@ def _make_server(tmp_path: Path) -> t.Iterator[t.Callable[..., Server]]:
     started: list[Server] = []
 
     def make(workers: int = 1, store: str | None = None, app: str = "wsgi:app", **env: str) -> Server:
-        server = Server(store or str(tmp_path / "notices.sqlite3"), workers=workers, env=env, app=app)
+        server = Server(
+            store or str(tmp_path / "notices.sqlite3"), workers=workers, env=env, app=app, log_dir=tmp_path
+        )
         started.append(server)
         return server.start()
 

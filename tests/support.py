@@ -93,6 +93,8 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    #: Where gunicorn's output goes (default: beside a SQLite store, else nowhere).
+    log_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -115,7 +117,10 @@ class Server:
             }
         )
         env.update(self.env)
-        self.log_path = Path(self.store + f".{self.port}.log") if self.store.startswith("/") else None
+        if self.log_dir is not None:
+            self.log_path = self.log_dir / f"gunicorn.{self.port}.log"
+        else:
+            self.log_path = Path(self.store + f".{self.port}.log") if self.store.startswith("/") else None
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         cmd = [str(VENV_BIN / "gunicorn"), "--no-control-socket", "-k", "gevent"]
         cmd += ["-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", self.app]

@@ -234,6 +234,35 @@ class BrokerContract:
         assert later.id > head
         assert feed.wait_through(later) == [later]
 
+    # -- presence -------------------------------------------------------------
+
+    def test_presence_sums_live_workers(self, make_broker: MakeBroker) -> None:
+        """Counts of several workers (on one store) add up per user; users with none are left out."""
+        one = make_broker()
+        other = make_broker() if self.shared else one
+        one.presence_update("host-a:1", {"alice": 2, "bob": 1}, 30)
+        other.presence_update("host-b:7", {"alice": 1}, 30)
+        assert one.presence_counts(["alice", "bob", "carol", "alice"]) == {"alice": 3, "bob": 1}
+        assert other.presence_counts([]) == {}
+
+    def test_presence_updates_only_the_users_given(self, broker: Broker) -> None:
+        """An update changes the named users' counts (0 removes) and keeps the others."""
+        broker.presence_update("w1", {"alice": 2, "bob": 1}, 30)
+        broker.presence_update("w1", {"alice": 0}, 30)
+        assert broker.presence_counts(["alice", "bob"]) == {"bob": 1}
+
+    def test_presence_forgets_a_worker_that_left_or_went_quiet(self, broker: Broker) -> None:
+        """A worker that leaves is forgotten at once; one that stops renewing, after its lifetime."""
+        broker.presence_update("leaving", {"alice": 1}, 30)
+        broker.presence_update("killed", {"alice": 1}, 0.3)
+        broker.presence_update("alive", {"bob": 1}, 30)
+        broker.presence_leave("leaving")
+        assert broker.presence_counts(["alice", "bob"]) == {"alice": 1, "bob": 1}
+        time.sleep(0.4)
+        assert broker.presence_counts(["alice", "bob"]) == {"bob": 1}
+        broker.presence_update("alive", {}, 30)  # a renewal alone keeps the counts
+        assert broker.presence_counts(["bob"]) == {"bob": 1}
+
     # -- publish once (idempotency keys) --------------------------------------
 
     def test_publish_once_stores_once_and_returns_the_first_notices(self, broker: Broker) -> None:
@@ -777,6 +806,27 @@ class TestSQLiteBroker(InboxDurableContract):
         assert later.id == head + 1  # the rolled-back rows did not use up cursors
         assert feed.wait_through(later) == [later]
         broker.ping()  # the connection is usable: no transaction left open
+
+    def test_many_brokers_opening_a_new_file_at_once(self, make_broker: MakeBroker) -> None:
+        """Workers that open a new store file at the same moment all get in (none sees 'locked')."""
+        brokers_ = [make_broker() for _ in range(8)]
+        errors: list[BaseException] = []
+        start = threading.Barrier(len(brokers_))
+
+        def work(broker: Broker) -> None:
+            try:
+                start.wait(DEADLINE)
+                broker.publish("alice", payload(1))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(b,)) for b in brokers_]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(DEADLINE * 2)
+        assert not errors
+        assert len(brokers_[0].replay("alice", "0").notices) == len(brokers_)
 
     def test_another_instance_wakes_the_feed(self, make_broker: MakeBroker) -> None:
         """A notice published through broker A reaches broker B's feed (another "worker") at once."""

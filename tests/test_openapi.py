@@ -37,6 +37,8 @@ ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/users/{user_id}/tokens"): PUBLISHER | {"400"},
     ("post", "/users/{user_id}/kick"): PUBLISHER | {"400", "500", "503"},
     ("get", "/healthz"): {"503"},
+    ("get", "/metrics"): {"404"},
+    ("get", "/users/{user_id}/presence"): {"400", "401", "403", "500", "503"},
     ("get", "/openapi.json"): set(),
     ("get", "/sse-notify.js"): set(),
     ("get", "/users/{user_id}/notices"): {"400", "401", "403", "500", "503"},

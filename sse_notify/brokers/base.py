@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ..errors import IdempotencyKeyReused
 from ..inbox import InboxStore
 from ..notices import Notice
+from ..presence import PresenceStore
 
 __all__ = ["Broker", "FeedCallback", "OnePublishCall", "Published", "Replay", "plan_replay", "replay_publish"]
 
@@ -126,8 +127,8 @@ def plan_replay(last_event_id: str, floor: int, head: int) -> tuple[int, str | N
     return cursor, None
 
 
-class Broker(InboxStore, t.Protocol):
-    """**Protocol:** a notice store with replay, a per-process feed, and inbox marks."""
+class Broker(InboxStore, PresenceStore, t.Protocol):
+    """**Protocol:** a notice store with replay, a per-process feed, inbox marks and presence."""
 
     #: Whether notices survive a restart of every process.
     durable: bool

@@ -42,6 +42,8 @@ class MemoryBroker:
         self._archived: dict[str, set[int]] = defaultdict(set)
         #: Idempotency key -> (fingerprint, first cursor, created_at, monotonic expiry).
         self._keys: dict[str, tuple[str, int, str, float]] = {}
+        #: Presence: worker -> (monotonic expiry, user -> open streams).
+        self._workers: dict[str, tuple[float, dict[str, int]]] = {}
 
     def _append(self, notice: Notice) -> None:
         key = BROADCAST_KEY if notice.user_id is None else notice.user_id
@@ -177,6 +179,36 @@ class MemoryBroker:
             marks = self._read.get(user_id, {})
             for seq in [s for s in marks if s <= through]:
                 del marks[seq]
+
+    # -- presence -----------------------------------------------------------
+
+    def presence_update(self, worker: str, counts: t.Mapping[str, int], ttl: float) -> None:
+        """Set the worker's counts of these users and renew its lifetime."""
+        with self._lock:
+            _, mine = self._workers.get(worker, (0.0, {}))
+            for user_id, streams in counts.items():
+                if streams > 0:
+                    mine[user_id] = streams
+                else:
+                    mine.pop(user_id, None)
+            self._workers[worker] = (time.monotonic() + ttl, mine)
+
+    def presence_leave(self, worker: str) -> None:
+        """Forget the worker."""
+        with self._lock:
+            self._workers.pop(worker, None)
+
+    def presence_counts(self, user_ids: t.Sequence[str]) -> dict[str, int]:
+        """Open streams per user over the workers alive."""
+        now = time.monotonic()
+        found: dict[str, int] = {}
+        with self._lock:
+            for expires, mine in self._workers.values():
+                if expires > now:
+                    for user_id in set(user_ids):
+                        if user_id in mine:
+                            found[user_id] = found.get(user_id, 0) + mine[user_id]
+        return found
 
     def ping(self) -> None:
         """Always reachable."""

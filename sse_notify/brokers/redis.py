@@ -17,6 +17,9 @@ Layout (every key under one prefix, ``sse_notify:`` by default):
 ``{p}through``         hash: per user, the read-all cursor
 ``{p}idem:{key}``      hash: an idempotency key's request fingerprint, first
                        cursor and time, expiring after the key's lifetime
+``{p}workers``         sorted set: live workers (presence), scored by expiry
+``{p}presence:{w}``    hash: worker ``w``'s open streams per user, expiring
+                       with the worker
 =====================  ========================================================
 
 **Atomic publish.** One Lua script stores a batch (INCR, XADD, trimming, floors)
@@ -193,6 +196,39 @@ for i = 1, #all, 2 do
 end
 """
 
+#: Presence: KEYS = the workers' sorted set (score: expiry in ms of Redis time),
+#: this worker's hash; ARGV = worker, ttl ms, then user, streams pairs.
+_PRESENCE_UPDATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 3, #ARGV, 2 do
+  if tonumber(ARGV[i + 1]) > 0 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  else
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+"""
+
+#: Presence: ARGV = prefix, then users; returns their streams summed over the live workers.
+_PRESENCE_COUNTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local workers = redis.call('ZRANGEBYSCORE', ARGV[1] .. 'workers', '(' .. now, '+inf')
+local counts = {}
+for i = 2, #ARGV do counts[i - 1] = 0 end
+for _, worker in ipairs(workers) do
+  local found = redis.call('HMGET', ARGV[1] .. 'presence:' .. worker, unpack(ARGV, 2))
+  for i, n in ipairs(found) do
+    if n then counts[i] = counts[i] + tonumber(n) end
+  end
+end
+return counts
+"""
+
 
 def _seq(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
@@ -275,6 +311,8 @@ class RedisBroker(OnePublishCall):
                     "sweep": client.register_script(_SWEEP),
                     "mark": client.register_script(_MARK),
                     "read_through": client.register_script(_READ_THROUGH),
+                    "presence_update": client.register_script(_PRESENCE_UPDATE),
+                    "presence_counts": client.register_script(_PRESENCE_COUNTS),
                 }
                 self._client_obj, self._pid = client, os.getpid()
         return self._client_obj
@@ -446,6 +484,35 @@ class RedisBroker(OnePublishCall):
         """Everything up to ``through`` is read (one script)."""
         keys = [f"{self.prefix}marks:{user_id}", f"{self.prefix}through"]
         self._call(lambda client: self._scripts["read_through"](keys=keys, args=[user_id, through]))
+
+    # -- presence -----------------------------------------------------------
+
+    def presence_update(self, worker: str, counts: t.Mapping[str, int], ttl: float) -> None:
+        """Set the worker's counts of these users and renew its lifetime (one script)."""
+        keys = [f"{self.prefix}workers", f"{self.prefix}presence:{worker}"]
+        args: list[t.Any] = [worker, max(1, int(ttl * 1000))]
+        for user_id, streams in counts.items():
+            args += [user_id, streams]
+        self._call(lambda client: self._scripts["presence_update"](keys=keys, args=args))
+
+    def presence_leave(self, worker: str) -> None:
+        """Forget the worker and its counts."""
+
+        def work(client: t.Any) -> None:
+            pipe = client.pipeline(transaction=True)
+            pipe.zrem(f"{self.prefix}workers", worker)
+            pipe.delete(f"{self.prefix}presence:{worker}")
+            pipe.execute()
+
+        self._call(work)
+
+    def presence_counts(self, user_ids: t.Sequence[str]) -> dict[str, int]:
+        """Open streams per user over the live workers (one script)."""
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return {}
+        counts = self._call(lambda client: self._scripts["presence_counts"](args=[self.prefix, *users]))
+        return {user_id: int(n) for user_id, n in zip(users, counts, strict=True) if int(n) > 0}
 
     # -- the feed ---------------------------------------------------------
 

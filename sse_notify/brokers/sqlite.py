@@ -69,6 +69,16 @@ CREATE TABLE IF NOT EXISTS inbox_through (
     user_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS presence (
+    user_id TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    streams INTEGER NOT NULL,
+    PRIMARY KEY (user_id, worker)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS presence_workers (
+    worker TEXT PRIMARY KEY,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -143,24 +153,39 @@ class SQLiteBroker(OnePublishCall):
             return self._db
         # First use in this process (or a fork inherited a parent's handle,
         # which SQLite forbids reusing): open our own.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                db = self._open()
+            except sqlite3.OperationalError as exc:
+                # Workers opening a new file together: switching it to WAL takes a lock
+                # that SQLite's busy handler does not wait for. Try again shortly.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+                time.sleep(0.01)
+            except (sqlite3.Error, OSError) as exc:
+                raise BrokerUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+            else:
+                break
+        self._db, self._pid = db, os.getpid()
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        db = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
         try:
-            directory = os.path.dirname(self.path)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
-            db = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.executescript(SCHEMA)
             if self._checkpointing == os.getpid():
                 db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
-        except (sqlite3.Error, OSError) as exc:
-            raise BrokerUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
-        self._db, self._pid = db, os.getpid()
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _run(self, work: t.Callable[[sqlite3.Connection], t.Any]) -> t.Any:
@@ -420,6 +445,56 @@ class SQLiteBroker(OnePublishCall):
         self._run(work)
 
     # -- the feed ---------------------------------------------------------
+
+    # -- presence -----------------------------------------------------------
+
+    def presence_update(self, worker: str, counts: t.Mapping[str, int], ttl: float) -> None:
+        """Set the worker's counts of these users, renew its lifetime, drop dead workers' rows."""
+
+        def work(db: sqlite3.Connection) -> None:
+            now = time.time()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT OR REPLACE INTO presence_workers VALUES (?, ?)", (worker, now + ttl))
+            db.executemany(
+                "INSERT OR REPLACE INTO presence VALUES (?, ?, ?)",
+                [(user_id, worker, n) for user_id, n in counts.items() if n > 0],
+            )
+            db.executemany(
+                "DELETE FROM presence WHERE user_id = ? AND worker = ?",
+                [(user_id, worker) for user_id, n in counts.items() if n <= 0],
+            )
+            dead = [
+                row[0] for row in db.execute("SELECT worker FROM presence_workers WHERE expires <= ?", (now,))
+            ]
+            if dead:
+                db.executemany("DELETE FROM presence WHERE worker = ?", [(w,) for w in dead])
+                db.executemany("DELETE FROM presence_workers WHERE worker = ?", [(w,) for w in dead])
+            db.execute("COMMIT")
+
+        self._run(work)
+
+    def presence_leave(self, worker: str) -> None:
+        """Forget the worker and its rows."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM presence WHERE worker = ?", (worker,))
+            db.execute("DELETE FROM presence_workers WHERE worker = ?", (worker,))
+            db.execute("COMMIT")
+
+        self._run(work)
+
+    def presence_counts(self, user_ids: t.Sequence[str]) -> dict[str, int]:
+        """Open streams per user over the workers alive."""
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT p.user_id, sum(p.streams) FROM presence AS p JOIN presence_workers AS w "
+                "ON w.worker = p.worker AND w.expires > ? "
+                "WHERE p.user_id IN (SELECT value FROM json_each(?)) GROUP BY p.user_id",
+                (time.time(), dumps(list(user_ids))),
+            ).fetchall()
+        )
+        return {user_id: int(n) for user_id, n in rows}
 
     def subscribe(self, callback: FeedCallback) -> None:
         """Start this process's feed: every notice committed from now on, in order."""
