@@ -69,6 +69,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from . import errors
 from .errors import SSENotifyError
 from .notices import Notice, dumps, loads
+from .presence import Presence
 
 if t.TYPE_CHECKING:
     from types import TracebackType
@@ -196,15 +197,6 @@ class Token:
 
     def __str__(self) -> str:
         return self.token
-
-
-@dataclass(frozen=True)
-class Presence:
-    """Whether a user has open streams right now, on any worker or host."""
-
-    user_id: str
-    online: bool
-    streams: int
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -443,9 +435,16 @@ class Client:
         self._request("POST", f"/users/{_segment(user_id)}/kick")
 
     def presence(self, user_id: str) -> Presence:
-        """Whether the user has open streams right now, and how many."""
+        """Whether the user has open streams right now, on any worker or host, and how many.
+
+        Streams on the worker that answers count at once, others within the server's
+        ``SSE_NOTIFY_PRESENCE_INTERVAL``.
+
+        :returns: a :class:`sse_notify.presence.Presence` (``online``, ``streams``), as
+            ``sse_notify.presence()`` returns inside the app.
+        """
         body = self._request("GET", f"/users/{_segment(user_id)}/presence")
-        return Presence(user_id=body["user_id"], online=bool(body["online"]), streams=int(body["streams"]))
+        return Presence(user_id=body["user_id"], streams=int(body["streams"]))
 
     # -- the retry loop ----------------------------------------------------------------------
 
