@@ -51,7 +51,6 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
-import re
 import time
 import typing as t
 import uuid
@@ -68,7 +67,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import errors
 from .errors import SSENotifyError
-from .notices import Notice, dumps, loads
+from .notices import IDEMPOTENCY_KEY, Notice, dumps, loads
 from .presence import Presence
 
 if t.TYPE_CHECKING:
@@ -90,9 +89,8 @@ __all__ = [
 
 log = logging.getLogger("sse_notify.client")
 
-#: What the server accepts as an ``Idempotency-Key``: 1 to 200 printable ASCII characters
-#: (the server's own pattern lives in ``extension``, which imports Flask and the hub).
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
+#: What the server accepts as an ``Idempotency-Key``: 1 to 200 printable ASCII characters.
+IDEMPOTENCY_KEY_PATTERN = IDEMPOTENCY_KEY
 
 #: Answers worth another attempt: the server (or a proxy in front of it) is overloaded or
 #: cannot reach its store, and nothing was stored.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 import typing as t
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from .errors import BrokerError, InvalidNotice
 from .handoff import capture_start_response
 from .hub import KICK, Hub
 from .inbox import STATE_KEY, InboxPage, StateChange, change, list_page, read_all
-from .notices import Notice, dumps, is_valid_user_id
+from .notices import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, Notice, dumps, is_valid_user_id
 from .presence import Presence
 from .security import AuthorizeHook, Security, announce
 
@@ -40,9 +39,6 @@ T = t.TypeVar("T")
 
 EXTENSION_KEY = "sse_notify"
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . @ : + -"
-#: What an ``Idempotency-Key`` may be.
-IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
-IDEMPOTENCY_KEY_RULE = "1-200 printable ASCII characters (no spaces)"
 
 
 @dataclass
@@ -85,8 +81,9 @@ class State:
         started = time.perf_counter()
         checked = self._checked(items)
         digest = hashlib.sha256()
-        for user_id, text in checked:
-            data = text.encode()
+        for (user_id, _), (_, value) in zip(checked, items, strict=True):
+            # Sorted keys: a retry that builds the same data in another order is the same request.
+            data = dumps(value, sort_keys=True).encode()
             digest.update(b"%b\0%d\0%b" % (b"*" if user_id is None else user_id.encode(), len(data), data))
         ttl = self.settings.idempotency_ttl
         done = self._store(

@@ -22,6 +22,8 @@ import orjson
 
 __all__ = [
     "BROADCAST",
+    "IDEMPOTENCY_KEY",
+    "IDEMPOTENCY_KEY_RULE",
     "USER_ID_PATTERN",
     "Notice",
     "dumps",
@@ -40,6 +42,11 @@ BROADCAST: None = None
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:+\-]{1,128}")
 
 
+#: What an ``Idempotency-Key`` of a publish may be.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+IDEMPOTENCY_KEY_RULE = "1-200 printable ASCII characters (no spaces)"
+
+
 def is_valid_user_id(user_id: object) -> bool:
     """Whether ``user_id`` is a string that fits :data:`USER_ID_PATTERN`."""
     return isinstance(user_id, str) and USER_ID_PATTERN.fullmatch(user_id) is not None
@@ -52,22 +59,24 @@ _LONG_NUMBER_BYTES = re.compile(rb"[0-9]{20}")
 _LONG_NUMBER_TEXT = re.compile(r"[0-9]{20}")
 
 
-def _stdlib_dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def _stdlib_dumps(value: object, sort_keys: bool = False) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=sort_keys)
 
 
-def dumps(value: object) -> str:
+def dumps(value: object, *, sort_keys: bool = False) -> str:
     """Compact one-line JSON (never contains CR or LF; NaN is refused).
 
+    :param sort_keys: sort every object's keys, so equal data built in another
+        order gives the same text (for fingerprints).
     :raises TypeError: for a value JSON cannot hold.
     :raises ValueError: for NaN or an infinity, or a circular reference.
     """
     try:
-        text = orjson.dumps(value, option=_ORJSON_OPTIONS)
+        text = orjson.dumps(value, option=_ORJSON_OPTIONS | (orjson.OPT_SORT_KEYS if sort_keys else 0))
     except TypeError:  # a big integer, a non-string key, a subclass...: the stdlib decides
-        return _stdlib_dumps(value)
+        return _stdlib_dumps(value, sort_keys)
     if b"null" in text:  # maybe a NaN or infinity, which orjson writes as null
-        return _stdlib_dumps(value)
+        return _stdlib_dumps(value, sort_keys)
     return text.decode()
 
 

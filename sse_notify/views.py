@@ -13,10 +13,10 @@ from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 
 from . import telemetry
 from .errors import AuthError, BrokerError, BrokerUnavailable, IdempotencyKeyReused, InvalidNotice
-from .extension import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, USER_ID_RULE, PayloadTooLarge, get_state
+from .extension import USER_ID_RULE, PayloadTooLarge, get_state
 from .handoff import START_RESPONSE_KEY, SocketHandoff
 from .inbox import NoticeNotFound
-from .notices import is_valid_user_id, loads
+from .notices import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, is_valid_user_id, loads
 from .security import RateLimited
 from .streaming import event_stream
 

@@ -89,10 +89,11 @@ def _probe(path: Path) -> dict[str, list[str]]:
         pytest.param("notices.py", {"Notice", "dumps", "is_valid_user_id"}, id="notices"),
         pytest.param("inbox.py", {"InboxState", "StateChange", "list_page", "snapshot"}, id="inbox"),
         pytest.param("presence.py", {"Presence", "PresenceStore"}, id="presence"),
+        pytest.param("client.py", {"Client", "ClientError"}, id="client"),
     ],
 )
 def test_pure_module_imports_nothing_forbidden(filename: str, public: set[str]) -> None:
-    """A pure module (events, notices, inbox, presence) loads no flask, werkzeug, gevent, redis, sqlite3.
+    """A pure module (events, notices, inbox, presence, client) loads no flask, werkzeug, gevent, redis.
 
     ``import sse_notify.events`` would run ``sse_notify/__init__.py`` first, which imports Flask,
     so a plain ``sys.modules`` diff around that import proves nothing. Instead a fresh interpreter

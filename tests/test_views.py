@@ -259,3 +259,13 @@ def test_bad_idempotency_key_is_400(client: FlaskClient, key: str) -> None:
     response = client.post("/users/alice/notices", json={"n": 1}, headers={"Idempotency-Key": key})
     assert response.status_code == 400
     assert "Idempotency-Key" in response.get_json()["detail"]
+
+
+def test_idempotency_key_ignores_the_order_of_keys(client: FlaskClient) -> None:
+    """A retry that sends the same data with its keys in another order is the same request, not a 422."""
+    headers = {"Idempotency-Key": "order-7", "Content-Type": "application/json"}
+    first = client.post("/users/alice/notices", data='{"a": 1, "b": {"x": 1, "y": 2}}', headers=headers)
+    again = client.post("/users/alice/notices", data='{"b": {"y": 2, "x": 1}, "a": 1}', headers=headers)
+    assert again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first.get_json()["id"]
