@@ -7,6 +7,8 @@
 
     - :class:`BrokerUnavailable` — the store cannot be reached (answered 503)
 
+      - :class:`BrokerClosed` — closed in this process
+
   - :class:`InvalidNotice` — a publish was refused (answered 400)
   - :class:`IdempotencyKeyReused` — an ``Idempotency-Key`` sent again with another request (422)
   - :class:`AuthError` — a request is not allowed
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "BrokerClosed",
     "BrokerError",
     "BrokerUnavailable",
     "ConfigError",
@@ -50,6 +53,10 @@ class BrokerError(SSENotifyError):
 
 class BrokerUnavailable(BrokerError):
     """The notice store cannot be reached right now; try again later."""
+
+
+class BrokerClosed(BrokerUnavailable):
+    """The store was closed in this process (it is shutting down)."""
 
 
 class InvalidNotice(SSENotifyError, ValueError):

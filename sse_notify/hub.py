@@ -29,7 +29,7 @@ import weakref
 from . import telemetry
 from .brokers import Broker
 from .concurrency import Event, Handle, call_later, gevent_active, new_event, spawn, spawn_later, watch_fd
-from .errors import BrokerError
+from .errors import BrokerClosed, BrokerError
 from .events import comment, encode_event
 from .inbox import STATE_KEY
 from .notices import Notice, dumps
@@ -524,19 +524,20 @@ class Hub:
         # Every interval: this worker's changed counts, and a renewal of its lifetime.
         while True:
             time.sleep(self.presence_interval)
-            if not self.stopping:
-                self.write_presence()
+            if not self.stopping and not self.write_presence():
+                return  # the store was closed: this process is done with it
 
     def write_presence(self) -> bool:
-        """Write this worker's changed stream counts to the store; ``False`` if the store failed."""
+        """Write this worker's changed stream counts to the store; ``False`` once the store is closed."""
         dirty, self._presence_dirty = self._presence_dirty, set()
         counts = {user_id: len(self.users.get(user_id, ())) for user_id in dirty}
         try:
             self.broker.presence_update(self.worker_id, counts, self.presence_interval * LIFETIME_INTERVALS)
+        except BrokerClosed:
+            return False
         except BrokerError as exc:
             self._presence_dirty |= dirty  # written with the next round
             telemetry.store_failed("presence", exc)
-            return False
         return True
 
     def presence(self, user_ids: t.Sequence[str]) -> dict[str, int]:

@@ -25,6 +25,7 @@ import secrets
 import time
 import typing as t
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from flask import Request
 from limits import RateLimitItem, parse
@@ -91,6 +92,8 @@ class Security:
     cookie: str
     development: bool = False
     authorize: AuthorizeHook | None = None
+    #: Browser origins allowed to call the API (``SSE_NOTIFY_CORS_ORIGINS``).
+    origins: tuple[str, ...] = ()
     rate: RateLimitItem | None = None
     _limiter: FixedWindowRateLimiter | None = field(default=None, repr=False)
 
@@ -114,6 +117,7 @@ class Security:
             token_ttl=settings.token_ttl,
             cookie=settings.token_cookie,
             development=development,
+            origins=settings.cors_origins,
         )
         if settings.rate_limit:
             try:
@@ -135,12 +139,20 @@ class Security:
         """
         if not self.enabled:
             return None
-        if self.authorize is not None:
-            decision = self.authorize(user_id)
-            if decision is True:
-                return None
-            if decision is False:
-                raise Forbidden("the application does not allow this stream")
+        if self._hook_allows(user_id):
+            return None
+        return self._token_grant(request, user_id, cookie)
+
+    def _hook_allows(self, user_id: str) -> bool:
+        """The ``authorize`` hook's answer: ``True`` allows, ``False`` raises 403, else tokens decide."""
+        if self.authorize is None:
+            return False
+        decision = self.authorize(user_id)
+        if decision is False:
+            raise Forbidden("the application does not allow this")
+        return decision is True
+
+    def _token_grant(self, request: Request, user_id: str, cookie: bool) -> float | None:
         # The URL's token first: it is the one the page chose for this stream
         # (an Authorization header may belong to a proxy or another API).
         token = request.args.get("token") or _bearer(request) or (cookie and request.cookies.get(self.cookie))
@@ -172,7 +184,29 @@ class Security:
                 return
             except Forbidden:
                 pass  # not a publish key: maybe the user's token
-        self.stream_grant(request, user_id, cookie=False)
+        if self._hook_allows(user_id):
+            # The hook most likely read a session cookie, which a browser also sends with
+            # another site's form: a change must come from this site (or a CORS origin).
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                self._check_same_origin(request)
+            return
+        self._token_grant(request, user_id, cookie=False)
+
+    def _check_same_origin(self, request: Request) -> None:
+        """Refuse (403) a browser request sent from another site.
+
+        ``Origin`` (sent by browsers with every POST) must name this host or a
+        CORS origin; without it, ``Sec-Fetch-Site`` must not say another site.
+        A client that sends neither is not a browser, so no forgery.
+        """
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            if origin in self.origins or urlsplit(origin).netloc == request.host:
+                return
+            raise Forbidden(f"a change from another site ({origin}) is refused; send it from this site")
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            raise Forbidden(f"a change from another site (Sec-Fetch-Site: {site}) is refused")
 
     def check_publisher(self, request: Request) -> None:
         """Check the publish key and its rate limit.

@@ -166,7 +166,7 @@ def _publish(items: list[tuple[str | None, t.Any]], single: bool) -> Response:
 @bp.get("/")
 def index() -> str:
     """The demo page: watch a user's stream and send notices."""
-    return render_template("index.html")
+    return render_template("sse_notify/index.html")  # namespaced: a host app may have its own index.html
 
 
 #: The browser client, shipped inside the package.

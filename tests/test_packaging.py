@@ -20,7 +20,7 @@ def test_version_matches_metadata() -> None:
 
 
 def test_installed_wheel_serves_the_page(tmp_path: Path) -> None:
-    """A wheel installed outside the checkout still finds templates/index.html and serves /."""
+    """A wheel installed outside the checkout still finds templates/sse_notify/index.html and serves /."""
     subprocess.run(
         [
             sys.executable,
@@ -40,7 +40,7 @@ def test_installed_wheel_serves_the_page(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("sse_notify-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "sse_notify/templates/index.html" in names
+    assert "sse_notify/templates/sse_notify/index.html" in names
     assert "sse_notify/static/sse-notify.js" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)

@@ -1,4 +1,4 @@
-"""The demo page (templates/index.html) in a real headless Chromium against a real gunicorn."""
+"""The demo page (templates/sse_notify/index.html) in a real headless Chromium against a real gunicorn."""
 
 from __future__ import annotations
 

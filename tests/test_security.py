@@ -1193,3 +1193,52 @@ def test_cors_wildcard_refused_at_start(origins: t.Any) -> None:
     """A '*' in SSE_NOTIFY_CORS_ORIGINS is a ConfigError at start (requests carry credentials)."""
     with pytest.raises(ConfigError, match="SSE_NOTIFY_CORS_ORIGINS"):
         serve(SSE_NOTIFY_CORS_ORIGINS=origins)
+
+
+@pytest.fixture(name="session_app")
+def _session_app(tmp_path: Path) -> Flask:
+    """A host app whose authorize hook reads its own session cookie (as examples/notify_app does)."""
+    app = Flask("host", instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY=SECRET,
+        SSE_NOTIFY_BROKER_URL="memory://",
+        SSE_NOTIFY_PUBLISH_KEYS=[PUBLISH_KEY],
+        SSE_NOTIFY_CORS_ORIGINS=["https://app.example.com"],
+    )
+    SSENotify(app, url_prefix="/notify", authorize=lambda user_id: session.get("user") == user_id)
+
+    @app.post("/login/<user_id>")
+    def login(user_id: str) -> str:
+        session["user"] = user_id
+        return "ok"
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": "https://evil.example"}, 403),
+        ({"Origin": "http://localhost"}, 200),
+        ({"Origin": "https://app.example.com"}, 200),  # a CORS origin
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-site"}, 403),
+        ({"Sec-Fetch-Site": "same-origin"}, 200),
+        ({}, 200),  # no browser: nothing to forge
+    ],
+)
+def test_hook_allowed_changes_must_come_from_this_site(
+    session_app: Flask, headers: dict[str, str], status: int
+) -> None:
+    """A mark the authorize hook allows by session cookie is refused when sent from another site."""
+    client = session_app.test_client()
+    client.post("/login/alice")
+    nid = notify("alice", {"n": 1}, app=session_app).id
+    response = client.post(f"/notify/users/alice/notices/{nid}/read", headers=headers)
+    assert response.status_code == status, response.get_data(as_text=True)
+    if status == 403:
+        assert response.get_json()["error"] == "forbidden"
+        assert "another site" in response.get_json()["detail"]
+    # Reading is not a change: another site could not see the answer anyway (no CORS for it).
+    assert client.get("/notify/users/alice/notices", headers=headers).status_code == 200

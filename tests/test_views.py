@@ -6,7 +6,7 @@ import json
 import typing as t
 
 import pytest
-from flask import Flask
+from flask import Flask, render_template
 from flask.testing import FlaskClient
 
 from sse_notify import broadcast, notify, notify_many
@@ -269,3 +269,24 @@ def test_idempotency_key_ignores_the_order_of_keys(client: FlaskClient) -> None:
     assert again.status_code == 201
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json()["id"] == first.get_json()["id"]
+
+
+def test_a_host_apps_own_index_html_does_not_replace_the_demo_page(tmp_path: t.Any) -> None:
+    """The demo page's template is namespaced: a host app's templates/index.html stays the host's."""
+    from sse_notify import SSENotify
+
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "index.html").write_text("HOST PAGE")
+    app = Flask("host", root_path=str(tmp_path), instance_path=str(tmp_path / "instance"))
+    app.config.update(SECRET_KEY="s" * 32, SSE_NOTIFY_BROKER_URL="memory://")
+    SSENotify(app, url_prefix="/notify")
+
+    @app.get("/")
+    def home() -> str:
+        return render_template("index.html")
+
+    client = app.test_client()
+    assert client.get("/").get_data(as_text=True) == "HOST PAGE"
+    demo = client.get("/notify/").get_data(as_text=True)
+    assert "HOST PAGE" not in demo
+    assert "sse-notify.js" in demo

@@ -46,7 +46,7 @@ import typing as t
 from urllib.parse import urlsplit
 
 from ..concurrency import spawn
-from ..errors import BrokerError, BrokerUnavailable, ConfigError
+from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, ConfigError
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
 from .base import (
@@ -319,7 +319,7 @@ class RedisBroker(OnePublishCall):
 
     def _call(self, work: t.Callable[[t.Any], t.Any]) -> t.Any:
         if self._closed:
-            raise BrokerUnavailable("the Redis store is closed")
+            raise BrokerClosed("the Redis store is closed")
         try:
             return work(self._client())
         except (redis.ConnectionError, redis.TimeoutError) as exc:

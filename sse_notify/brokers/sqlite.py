@@ -35,7 +35,7 @@ import time
 import typing as t
 
 from ..concurrency import spawn, start_thread, thread_lock
-from ..errors import BrokerError, BrokerUnavailable
+from ..errors import BrokerClosed, BrokerError, BrokerUnavailable
 from ..inbox import InboxState
 from ..notices import Notice, dumps, utc_iso_ago, utc_now_iso
 from .base import BROADCAST_KEY, FeedCallback, OnePublishCall, Published, Replay, plan_replay, replay_publish
@@ -191,7 +191,7 @@ class SQLiteBroker(OnePublishCall):
     def _run(self, work: t.Callable[[sqlite3.Connection], t.Any]) -> t.Any:
         with self._lock:
             if self._closed:
-                raise BrokerUnavailable(f"SQLite store {self.path} is closed")
+                raise BrokerClosed(f"SQLite store {self.path} is closed")
             db = self._conn()
             try:
                 return work(db)
