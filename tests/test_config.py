@@ -104,3 +104,24 @@ def test_url_prefix_from_config_mounts_the_endpoints(tmp_path: Path) -> None:
     assert client.get("/notify/openapi.json").status_code == 200
     assert client.get("/openapi.json").status_code == 404
     assert app.extensions["sse_notify"].url_prefix == "/notify"
+
+
+def test_readme_embedding_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's embedding example builds an app whose hook lets in only the signed-in user."""
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "init_app(app)" in b]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLASK_SECRET_KEY", "s" * 32)
+    monkeypatch.setenv("SSE_NOTIFY_BROKER_URL", "memory://")
+    namespace: dict[str, t.Any] = {"__name__": "host_app"}
+    exec(compile(block, "README.md", "exec"), namespace)
+    app = namespace["create_app"]()
+    app.config["TESTING"] = True
+    client = app.test_client()
+    assert client.get("/notify/openapi.json").status_code == 200
+    assert client.get("/notify/users/alice/presence").status_code == 403  # not signed in: the hook says no
+    with client.session_transaction() as session:
+        session["user"] = "alice"
+    assert client.get("/notify/users/alice/presence").get_json()["online"] is False
+    assert client.get("/notify/users/bob/presence").status_code == 403
+    assert app.extensions["sse_notify"].settings.broker_url == "memory://"
