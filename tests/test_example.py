@@ -15,7 +15,7 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from .support import Server, Subscriber
+from .support import Server, Subscriber, wait_for
 from .test_page import TIMEOUT, _browser, _context  # noqa: F401 - the same browser and context fixtures
 
 pytestmark = pytest.mark.server
@@ -164,6 +164,23 @@ def test_a_notice_sent_with_the_form_reaches_every_stream_of_the_recipient(
         notice = json.loads(sub.next("notice").data)
         assert notice["user_id"] == "bob"
         assert notice["data"] == {"title": "Lunch?", "text": "At noon, the usual place.", "from": "alice"}
+
+
+def test_the_page_says_who_is_online(example: Server, sign_in: SignIn, subscribers: list[Subscriber]) -> None:
+    """alice's page lists bob as online with his streams on both workers (presence), carol as offline."""
+    alice, bob = sign_in("alice"), sign_in("bob")
+    subscribers += streams_on_every_worker(example, bob, "bob")
+    streams = len(subscribers)
+
+    def says() -> str:
+        return alice.get("/").text
+
+    wait_for(
+        lambda: f"online ({streams} streams)" in says(), 10, f"alice's page to show bob's {streams} streams"
+    )
+    page = says()
+    assert re.search(r'data-user="bob">bob:\s+online \(\d+ streams\)', page)
+    assert re.search(r'data-user="carol">carol:\s+offline', page)
 
 
 def test_signing_out_kicks_the_users_streams(

@@ -195,6 +195,24 @@ def test_presence_across_hosts_and_a_killed_worker(
         sub.close()
 
 
+def test_presence_forgets_a_stopped_host_at_once(
+    make_server: t.Callable[..., Server], redis_server: RedisServer
+) -> None:
+    """A host stopped with SIGTERM removes its workers' counts as it goes, not a lifetime later."""
+    store = f"{redis_server.url}?prefix=presence-stop-{os.getpid()}:"
+    host_a = make_server(store=store, SSE_NOTIFY_PRESENCE_INTERVAL="5")  # a lifetime of 50 s
+    host_b = make_server(store=store)
+    sub = Subscriber(host_a.stream_url("alice"))
+    try:
+        assert sub.opened.wait(10)
+        assert streams_of(host_a, "alice") == 1  # the answering worker writes its own first
+        assert streams_of(host_b, "alice") == 1
+        host_a.stop()
+        assert streams_of(host_b, "alice") == 0
+    finally:
+        sub.close()
+
+
 def test_json_logs_tell_streams_publishes_evictions_and_store_faults(
     make_server: t.Callable[..., Server], own_redis: RedisServer
 ) -> None:

@@ -127,12 +127,13 @@ def logout() -> Response:
 def index() -> str:
     """The signed-in user's live inbox, and a form to send someone a notice."""
     user = session["user"]
+    others = [name for name in sorted(USERS) if name != user]
     return render_template(
         "notify_app/index.html",
         user=user,
-        # PRESENCE (not yet): sse_notify's presence() is being added (issue #7); once it is
-        # in, show here which of these users are online. Deliberately left out for now.
-        others=[name for name in sorted(USERS) if name != user],
+        others=others,
+        # Who has a stream open right now, on any worker (presence, one store query).
+        online=current_app.extensions["sse_notify"].presence_many(others),
         # Where sse_notify's endpoints and browser client are mounted (/notify).
         notify_base=request.script_root + current_app.extensions["sse_notify"].url_prefix,
     )
