@@ -81,9 +81,12 @@ class State:
         started = time.perf_counter()
         checked = self._checked(items)
         digest = hashlib.sha256()
-        for (user_id, _), (_, value) in zip(checked, items, strict=True):
+        for (user_id, text), (_, value) in zip(checked, items, strict=True):
             # Sorted keys: a retry that builds the same data in another order is the same request.
-            data = dumps(value, sort_keys=True).encode()
+            try:
+                data = dumps(value, sort_keys=True).encode()
+            except TypeError:  # keys of several types (from Python, never from JSON) do not sort
+                data = text.encode()
             digest.update(b"%b\0%d\0%b" % (b"*" if user_id is None else user_id.encode(), len(data), data))
         ttl = self.settings.idempotency_ttl
         done = self._store(
@@ -135,15 +138,11 @@ class State:
 
     def issue_token(self, user_id: str, ttl: float | None = None) -> str:
         """A connection token that opens ``user_id``'s stream for ``ttl`` seconds (default: the setting)."""
-        if not is_valid_user_id(user_id):
-            raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
-        return self.security.issue(user_id, ttl)
+        return self.security.issue(_checked_user(user_id), ttl)
 
     def kick(self, user_id: str) -> None:
         """Close every open stream of ``user_id``, on every worker (through the store's feed)."""
-        if not is_valid_user_id(user_id):
-            raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
-        self.broker.publish(KICK, dumps({"user_id": user_id}))
+        self.broker.publish(KICK, dumps({"user_id": _checked_user(user_id)}))
 
     # -- presence -----------------------------------------------------------
 
@@ -156,8 +155,7 @@ class State:
         if len(user_ids) > 1000:
             raise InvalidNotice(f"at most 1000 users per presence query, got {len(user_ids)}")
         for user_id in user_ids:
-            if not is_valid_user_id(user_id):
-                raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
+            _checked_user(user_id)
         try:
             counts = self.hub.presence(user_ids)
         except BrokerError as exc:
@@ -198,6 +196,16 @@ class State:
         # Through the store, like a notice, so streams on every worker and host get it.
         self.broker.publish(STATE_KEY, state_change.to_record())
         return state_change
+
+
+def _checked_user(user_id: str) -> str:
+    """``user_id``, if it is a valid one.
+
+    :raises InvalidNotice: naming the rule, if not.
+    """
+    if not is_valid_user_id(user_id):
+        raise InvalidNotice(f"user_id must be {USER_ID_RULE}, got {user_id!r}")
+    return user_id
 
 
 class PayloadTooLarge(InvalidNotice):

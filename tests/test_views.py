@@ -290,3 +290,11 @@ def test_a_host_apps_own_index_html_does_not_replace_the_demo_page(tmp_path: t.A
     demo = client.get("/notify/").get_data(as_text=True)
     assert "HOST PAGE" not in demo
     assert "sse-notify.js" in demo
+
+
+def test_idempotent_notify_with_keys_that_do_not_sort(app: Flask) -> None:
+    """notify(idempotency_key=...) with data whose keys are of several types stores it once, no TypeError."""
+    with app.app_context():
+        first = notify("alice", {1: "one", "two": 2}, idempotency_key="mixed")
+        again = notify("alice", {1: "one", "two": 2}, idempotency_key="mixed")
+    assert again == first
