@@ -36,9 +36,9 @@ def configure(fmt: str, level: str) -> None:
     if fmt == "json":
         handler.setFormatter(
             JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
-                datefmt="%Y-%m-%dT%H:%M:%S%z",
+                "%(levelname)s %(name)s %(process)d %(message)s",
+                rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
+                timestamp="time",  # ISO 8601 in UTC, to the microsecond
             )
         )
     else:

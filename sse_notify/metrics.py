@@ -77,6 +77,19 @@ STORE_ERRORS = Counter(
 )
 
 
+# Every label value known in advance starts at 0, so that rate() and increase() see the first one.
+for _kind in ("user", "broadcast"):
+    PUBLISHED.labels(_kind)
+for _operation in ("publish", "replay", "snapshot", "head", "subscribe", "presence", "sweep", "ping"):
+    STORE_ERRORS.labels(_operation)
+for _reason in ("slow_consumer", "send_timeout", "replaced", "overloaded", "kicked", "resync"):
+    EVICTIONS.labels(_reason)
+for _reason in ("disconnected", "shutdown", "token_expired", "slow_consumer", "send_timeout", "replaced"):
+    STREAMS_CLOSED.labels(_reason)
+for _reason in ("kicked", "resync"):
+    STREAMS_CLOSED.labels(_reason)
+
+
 def multiprocess_dir() -> str | None:
     """The directory the workers share their values in, if any."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None

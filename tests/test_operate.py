@@ -271,3 +271,17 @@ def test_presence_function_in_process(app: Flask) -> None:
         assert presence("alice").streams == 1
         hub.disconnect(conns[1])
         assert presence("alice").online is False
+
+
+def test_metrics_start_at_zero_for_every_known_label(app: Flask) -> None:
+    """Counters with labels list every known value at 0 before it happens, so rate() sees the first one."""
+    samples = {}
+    for family in text_string_to_metric_families(app.test_client().get("/metrics").get_data(as_text=True)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    for operation in ("publish", "replay", "presence", "ping"):
+        assert ("sse_notify_store_errors_total", (("operation", operation),)) in samples
+    for reason in ("slow_consumer", "overloaded", "replaced"):
+        assert ("sse_notify_evictions_total", (("reason", reason),)) in samples
+    assert ("sse_notify_streams_closed_total", (("reason", "disconnected"),)) in samples
+    assert ("sse_notify_notices_published_total", (("kind", "broadcast"),)) in samples
