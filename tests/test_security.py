@@ -568,16 +568,23 @@ def test_authorize_hook(
 # -- 5. cookie login ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefix", ["", "/notify"])
-def test_cookie_login(tmp_path: Path, prefix: str) -> None:
-    """set_token_cookie: an HttpOnly, SameSite=Lax, Secure cookie for /connection/ that opens the stream."""
+def memory_host_app(tmp_path: Path, **config: t.Any) -> Flask:
+    """A host Flask app (memory store, the test secret and publish key), sse_notify not yet mounted."""
     app = Flask("host", instance_path=str(tmp_path / "instance"))
     app.config.update(
         TESTING=True,
         SECRET_KEY=SECRET,
         SSE_NOTIFY_BROKER_URL="memory://",
         SSE_NOTIFY_PUBLISH_KEYS=[PUBLISH_KEY],
+        **config,
     )
+    return app
+
+
+@pytest.mark.parametrize("prefix", ["", "/notify"])
+def test_cookie_login(tmp_path: Path, prefix: str) -> None:
+    """set_token_cookie: an HttpOnly, SameSite=Lax, Secure cookie for /connection/ that opens the stream."""
+    app = memory_host_app(tmp_path)
     SSENotify(app, url_prefix=prefix)
 
     @app.post("/login/<user_id>")
@@ -1198,14 +1205,7 @@ def test_cors_wildcard_refused_at_start(origins: t.Any) -> None:
 @pytest.fixture(name="session_app")
 def _session_app(tmp_path: Path) -> Flask:
     """A host app whose authorize hook reads its own session cookie (as examples/notify_app does)."""
-    app = Flask("host", instance_path=str(tmp_path / "instance"))
-    app.config.update(
-        TESTING=True,
-        SECRET_KEY=SECRET,
-        SSE_NOTIFY_BROKER_URL="memory://",
-        SSE_NOTIFY_PUBLISH_KEYS=[PUBLISH_KEY],
-        SSE_NOTIFY_CORS_ORIGINS=["https://app.example.com"],
-    )
+    app = memory_host_app(tmp_path, SSE_NOTIFY_CORS_ORIGINS=["https://app.example.com"])
     SSENotify(app, url_prefix="/notify", authorize=lambda user_id: session.get("user") == user_id)
 
     @app.post("/login/<user_id>")
