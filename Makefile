@@ -5,7 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck pytest bench-smoke system-deps clean
+.PHONY: serve test lint typecheck pytest pytest-gunicorn-lowest bench-smoke system-deps clean
+
+# The socket handoff leans on gunicorn internals (sse_notify/handoff.py): its tests run
+# against the highest supported gunicorn (the venv's) and the lowest (pyproject.toml).
+GUNICORN_LOWEST := 25.1.0
+GUNICORN_LOWEST_DIR := $(VENV)/gunicorn-$(GUNICORN_LOWEST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
@@ -35,10 +40,18 @@ typecheck: $(VENV)/.dev
 pytest: $(VENV)/.dev
 	$(BIN)/pytest
 
+$(GUNICORN_LOWEST_DIR)/.done: | $(BIN)/python
+	$(BIN)/pip install -q --no-deps --target $(GUNICORN_LOWEST_DIR) gunicorn==$(GUNICORN_LOWEST)
+	touch $@
+
+pytest-gunicorn-lowest: $(VENV)/.dev $(GUNICORN_LOWEST_DIR)/.done
+	SSE_NOTIFY_TEST_GUNICORN_PATH=$(GUNICORN_LOWEST_DIR) SSE_NOTIFY_TEST_GUNICORN_VERSION=$(GUNICORN_LOWEST) \
+		$(BIN)/pytest tests/test_handoff.py
+
 bench-smoke: $(VENV)/.dev
 	$(BIN)/python -m bench --smoke
 
-test: system-deps lint typecheck pytest bench-smoke
+test: system-deps lint typecheck pytest pytest-gunicorn-lowest bench-smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache instance

@@ -14,6 +14,8 @@ from .errors import BrokerError as BrokerError
 from .errors import BrokerUnavailable as BrokerUnavailable
 from .errors import ConfigError as ConfigError
 from .errors import InvalidNotice as InvalidNotice
+from .errors import InvalidRequest as InvalidRequest
+from .errors import InvalidUserId as InvalidUserId
 from .errors import SSENotifyError as SSENotifyError
 from .extension import SSENotify as SSENotify
 from .extension import broadcast as broadcast
@@ -38,6 +40,8 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigError",
     "InvalidNotice",
+    "InvalidRequest",
+    "InvalidUserId",
     "MemoryBroker",
     "Notice",
     "Presence",

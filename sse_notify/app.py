@@ -8,15 +8,20 @@ from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.exceptions import HTTPException
 
+from . import redact, shutdown
 from .config import DEFAULTS, load_env
 from .extension import SSENotify
 from .fastpath import fast_streams
+from .views import error_response, http_error_response
 
 __all__ = ["create_app"]
 
 
 class _NoSessions(SessionInterface):
     """Every request gets Flask's null session (nothing read, nothing saved)."""
+
+    #: Read by the stream fast path: a request opens no session here.
+    sessionless = True
 
     def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
         return self.make_null_session(app)
@@ -26,7 +31,12 @@ class _NoSessions(SessionInterface):
 
 
 def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
-    """Build the app: defaults, then ``FLASK_*`` and ``SSE_NOTIFY_*`` environment, then ``test_config``."""
+    """Build the app: defaults, then ``FLASK_*`` and ``SSE_NOTIFY_*`` environment, then ``test_config``.
+
+    Unlike ``SSENotify(app)`` in a host app, the standalone server owns its process: it
+    logs (``SSE_NOTIFY_LOG_FORMAT`` defaults to text), keeps tokens out of the access
+    logs, and closes its streams on SIGTERM.
+    """
     app = Flask("sse_notify", instance_relative_config=True)
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env()
@@ -39,14 +49,10 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
         # Every error answers JSON, 404 and 405 (with its Allow header) included.
-        from .views import http_error_response
-
         return http_error_response(exc)
 
     @app.errorhandler(Exception)
     def _server_error(exc: Exception) -> tuple[Response, int]:
-        from .views import error_response
-
         if isinstance(exc, HTTPException):
             return _http_error(exc)
         app.logger.exception("unhandled error")
@@ -59,4 +65,8 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     SSENotify(app)
     # Streams skip Flask's request machinery when nothing of Flask's would see them (fastpath.py).
     app.wsgi_app = fast_streams(app, app.wsgi_app)  # type: ignore[method-assign,assignment]
+    # The standalone server owns its process: tokens stay out of the access logs, and
+    # SIGTERM closes the streams (a gunicorn worker's handler is set before the app loads).
+    redact.install()
+    shutdown.install()
     return app

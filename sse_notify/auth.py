@@ -17,11 +17,37 @@ from dataclasses import dataclass
 
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 
-from .errors import Forbidden, InvalidToken, TokenExpired, Unauthenticated
+from .errors import Forbidden, InvalidRequest, InvalidToken, TokenExpired, Unauthenticated
 
-__all__ = ["Grant", "check_publish_key", "issue_token", "key_id", "verify_token"]
+__all__ = [
+    "MAX_TOKEN_TTL",
+    "TOKEN_TTL_RULE",
+    "Grant",
+    "check_publish_key",
+    "checked_ttl",
+    "issue_token",
+    "key_id",
+    "verify_token",
+]
 
 SALT = "sse-notify-stream"
+
+#: The longest a connection token may live, in seconds (30 days): over HTTP, the CLI and Python.
+MAX_TOKEN_TTL = 30 * 86400
+
+
+#: :data:`MAX_TOKEN_TTL` in words, for error messages.
+TOKEN_TTL_RULE = f"more than 0 and at most {MAX_TOKEN_TTL} seconds (30 days)"
+
+
+def checked_ttl(ttl: object) -> float:
+    """``ttl``, if it is a lifetime a token may have (more than 0, at most :data:`MAX_TOKEN_TTL` seconds).
+
+    :raises ~sse_notify.errors.InvalidRequest: naming the rule, if not.
+    """
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_TOKEN_TTL:
+        raise InvalidRequest(f"ttl must be {TOKEN_TTL_RULE}, got {ttl!r}")
+    return ttl
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ import click
 from flask import Flask
 from flask.cli import with_appcontext
 
+from .auth import MAX_TOKEN_TTL
 from .errors import SSENotifyError
-from .extension import get_state
+from .service import get_state
 
 __all__ = ["register_commands"]
 
@@ -54,17 +55,15 @@ def broadcast_command(data: str) -> None:
 @click.argument("user_id")
 @click.option(
     "--ttl",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_TOKEN_TTL),
     default=None,
-    help="Lifetime in seconds [default: SSE_NOTIFY_TOKEN_TTL].",
+    help=f"Lifetime in seconds, at most {MAX_TOKEN_TTL} (30 days) [default: SSE_NOTIFY_TOKEN_TTL].",
 )
 @with_appcontext
 def token_command(user_id: str, ttl: int | None) -> None:
     """Print a connection token that opens USER_ID's stream."""
-    from .extension import issue_token
-
     try:
-        click.echo(issue_token(user_id, ttl))
+        click.echo(get_state().issue_token(user_id, ttl))
     except SSENotifyError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -67,7 +67,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import errors
 from .errors import SSENotifyError
-from .notices import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, Notice, dumps, loads
+from .notices import IDEMPOTENCY_KEY, Notice, checked_idempotency_key, dumps, loads
 from .presence import Presence
 
 if t.TYPE_CHECKING:
@@ -362,9 +362,7 @@ class Client:
         return _notice(self._publish("/broadcast", data, idempotency_key))
 
     def _publish(self, path: str, body: t.Any, idempotency_key: str | None) -> t.Any:
-        key = new_idempotency_key() if idempotency_key is None else idempotency_key
-        if not isinstance(key, str) or not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
-            raise ValueError(f"an idempotency key is {IDEMPOTENCY_KEY_RULE}, got {key!r}")
+        key = new_idempotency_key() if idempotency_key is None else checked_idempotency_key(idempotency_key)
         return self._request("POST", path, body=body, idempotency_key=key)
 
     # -- the inbox ---------------------------------------------------------------------------

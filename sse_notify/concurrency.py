@@ -15,6 +15,7 @@ import typing as t
 __all__ = [
     "Event",
     "Handle",
+    "Task",
     "call_later",
     "gevent_active",
     "new_event",
@@ -26,13 +27,24 @@ __all__ = [
 ]
 
 
+_patched = False
+
+
 def gevent_active() -> bool:
-    """Whether gevent has patched this process (as gunicorn's gevent worker does)."""
+    """Whether gevent has patched this process (as gunicorn's gevent worker does).
+
+    A process is never unpatched again, so a yes is remembered (this is asked on
+    every stream).
+    """
+    global _patched
+    if _patched:
+        return True
     try:
         from gevent import monkey
     except ImportError:  # pragma: no cover - gevent is a dependency
         return False
-    return bool(monkey.is_module_patched("threading"))
+    _patched = bool(monkey.is_module_patched("threading"))
+    return _patched
 
 
 class Event(t.Protocol):
@@ -54,14 +66,23 @@ def new_event() -> Event:
     return threading.Event()
 
 
-def spawn(func: t.Callable[[], object], name: str) -> None:
+class Task(t.Protocol):
+    """**Protocol:** work running in the background (a greenlet or a thread)."""
+
+    def join(self, timeout: float | None = None) -> t.Any: ...
+
+
+def spawn(func: t.Callable[[], object], name: str) -> Task:
     """Run ``func`` in the background (a greenlet under gevent, else a daemon thread)."""
     if gevent_active():
         import gevent
 
-        gevent.spawn(func).name = name
-        return
-    threading.Thread(target=func, name=name, daemon=True).start()
+        greenlet: Task = gevent.spawn(func)
+        greenlet.name = name  # type: ignore[attr-defined]
+        return greenlet
+    thread = threading.Thread(target=func, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def spawn_later(delay: float, func: t.Callable[[], object], name: str) -> None:

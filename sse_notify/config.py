@@ -16,6 +16,7 @@ import re
 import typing as t
 from dataclasses import dataclass, fields
 
+from .auth import MAX_TOKEN_TTL
 from .errors import ConfigError
 
 __all__ = ["DEFAULTS", "PREFIX", "Settings", "load_env"]
@@ -205,6 +206,11 @@ class Settings:
                 values[f.name] = _choice(key, raw, _CHOICES[f.name])
             else:
                 values[f.name] = _PARSERS[str(f.type)](key, raw)
+        if values["token_ttl"] > MAX_TOKEN_TTL:
+            raise ConfigError(
+                f"SSE_NOTIFY_TOKEN_TTL must be at most {MAX_TOKEN_TTL} seconds (30 days), "
+                f"got {values['token_ttl']}"
+            )
         for origin in values["cors_origins"]:
             if not _ORIGIN.fullmatch(origin):
                 raise ConfigError(

@@ -1,16 +1,24 @@
-"""Exceptions of sse_notify.
+"""Exceptions of sse_notify, every one under :class:`SSENotifyError`.
 
 - :class:`SSENotifyError` — base of everything raised here
 
   - :class:`ConfigError` — a setting is missing or wrong (raised at start)
-  - :class:`BrokerError` — the store failed
+  - :class:`BrokerError` — the store failed (answered 500)
 
     - :class:`BrokerUnavailable` — the store cannot be reached (answered 503)
 
       - :class:`BrokerClosed` — closed in this process
 
-  - :class:`InvalidNotice` — a publish was refused (answered 400)
+  - :class:`InvalidRequest` — a request or call was refused for what it holds (answered 400)
+
+    - :class:`InvalidNotice` — a publish was refused: data that is not a JSON object, a bad key...
+
+      - :class:`InvalidUserId` — a user id outside the rule of :data:`sse_notify.notices.USER_ID_RULE`
+      - :class:`PayloadTooLarge` — a body or a notice over its size limit (413)
+
   - :class:`IdempotencyKeyReused` — an ``Idempotency-Key`` sent again with another request (422)
+  - :class:`NoticeNotFound` — a notice that is not in the user's inbox (404)
+  - :class:`RateLimited` — a publish key over its rate limit (429)
   - :class:`AuthError` — a request is not allowed
 
     - :class:`Unauthenticated` — no credentials, or bad ones (answered 401)
@@ -19,6 +27,10 @@
       - :class:`TokenExpired` — a token past its expiry
 
     - :class:`Forbidden` — good credentials, but not for this (answered 403)
+
+Every error that an HTTP endpoint answers carries its answer: :attr:`http_status` and the
+machine-readable :attr:`error_code` of the JSON body (``{"error": ..., "detail": ...}``).
+The blueprint maps them in one place (``views.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +44,12 @@ __all__ = [
     "Forbidden",
     "IdempotencyKeyReused",
     "InvalidNotice",
+    "InvalidRequest",
     "InvalidToken",
+    "InvalidUserId",
+    "NoticeNotFound",
+    "PayloadTooLarge",
+    "RateLimited",
     "SSENotifyError",
     "TokenExpired",
     "Unauthenticated",
@@ -40,7 +57,14 @@ __all__ = [
 
 
 class SSENotifyError(Exception):
-    """Base class of every error sse_notify raises."""
+    """Base class of every error sse_notify raises.
+
+    ``http_status`` and ``error_code``: how an endpoint answers it (500, ``internal_server_error``
+    for an error that names no answer of its own).
+    """
+
+    http_status = 500
+    error_code = "internal_server_error"
 
 
 class ConfigError(SSENotifyError):
@@ -50,28 +74,87 @@ class ConfigError(SSENotifyError):
 class BrokerError(SSENotifyError):
     """The notice store failed."""
 
+    error_code = "store_error"
+
 
 class BrokerUnavailable(BrokerError):
     """The notice store cannot be reached right now; try again later."""
+
+    http_status = 503
+    error_code = "store_unavailable"
 
 
 class BrokerClosed(BrokerUnavailable):
     """The store was closed in this process (it is shutting down)."""
 
 
-class InvalidNotice(SSENotifyError, ValueError):
-    """A notice was refused: bad user id or data that is not a JSON object."""
+class InvalidRequest(SSENotifyError, ValueError):
+    """A request (or a call from Python) was refused for what it holds; the message says what."""
+
+    http_status = 400
+    error_code = "bad_request"
+
+
+class InvalidNotice(InvalidRequest):
+    """A notice was refused: a bad user id, data that is not a JSON object, a bad key..."""
+
+    error_code = "invalid_notice"
+
+
+class InvalidUserId(InvalidNotice):
+    """A user id outside the rule (:data:`sse_notify.notices.USER_ID_RULE`); one answer on every route."""
+
+    error_code = "invalid_user_id"
+
+    def __init__(self, message: str, user_id: object = None) -> None:
+        super().__init__(message)
+        #: The refused user id, as given.
+        self.user_id = user_id
+
+
+class PayloadTooLarge(InvalidNotice):
+    """A request body or a notice's data is over its size limit (413)."""
+
+    http_status = 413
+    error_code = "payload_too_large"
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        #: The limit, in bytes.
+        self.limit = limit
 
 
 class IdempotencyKeyReused(SSENotifyError):
     """An idempotency key came again with a different request (answered 422); nothing was stored."""
 
+    http_status = 422
+    error_code = "idempotency_key_reused"
+
+
+class NoticeNotFound(SSENotifyError, LookupError):
+    """A notice id that is not (or no longer) in the user's inbox (404)."""
+
+    http_status = 404
+    error_code = "not_found"
+
+
+class RateLimited(SSENotifyError):
+    """A publish key sent more than its rate limit (429)."""
+
+    http_status = 429
+    error_code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        #: Seconds until the window resets (the ``Retry-After`` header).
+        self.retry_after = retry_after
+
 
 class AuthError(SSENotifyError):
-    """A request is not allowed. ``code`` is the machine-readable error name."""
+    """A request is not allowed. ``error_code`` is the machine-readable error name."""
 
-    status = 401
-    code = "unauthorized"
+    http_status = 401
+    error_code = "unauthorized"
 
 
 class Unauthenticated(AuthError):
@@ -81,17 +164,17 @@ class Unauthenticated(AuthError):
 class InvalidToken(Unauthenticated):
     """A connection token that is malformed, or whose signature does not match."""
 
-    code = "invalid_token"
+    error_code = "invalid_token"
 
 
 class TokenExpired(Unauthenticated):
     """A connection token past its expiry."""
 
-    code = "token_expired"
+    error_code = "token_expired"
 
 
 class Forbidden(AuthError):
     """Valid credentials that do not allow this request (403)."""
 
-    status = 403
-    code = "forbidden"
+    http_status = 403
+    error_code = "forbidden"

@@ -26,6 +26,7 @@ __all__ = [
     "child_exit",
     "graceful_timeout",
     "on_exit",
+    "post_worker_init",
     "timeout",
     "worker_class",
     "worker_connections",
@@ -69,12 +70,23 @@ worker_class = "gevent"
 # below the open-files limit), but a burst of new streams, each replaying,
 # does. Leave room for log files and the store.
 worker_connections = max(1000, min(100_000, _files - 256))
-# Streams end themselves on SIGTERM/SIGHUP (sse_notify.hub), so a reload takes
-# seconds; this is only the backstop for anything else still running.
+# Streams end themselves on SIGTERM/SIGHUP (post_worker_init below), so a reload
+# takes seconds; this is only the backstop for anything else still running.
 graceful_timeout = 10
 # Heartbeats keep the gevent worker's own notify loop alive; this bounds a worker
 # whose event loop is blocked.
 timeout = 30
+
+
+def post_worker_init(worker: t.Any) -> None:
+    """In each worker, once its app is loaded: SIGTERM closes every stream, tokens stay out of logs.
+
+    A config of your own that defines ``post_worker_init`` too should call this one.
+    """
+    from . import redact, shutdown
+
+    redact.install()
+    shutdown.install()
 
 
 def child_exit(server: t.Any, worker: t.Any) -> None:

@@ -16,28 +16,23 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field
 
-from .notices import Notice, dumps
+import orjson
+
+from .control import Control, Kind
+from .errors import NoticeNotFound
+from .notices import Notice
 
 __all__ = [
-    "STATE_KEY",
     "InboxItem",
     "InboxPage",
     "InboxState",
     "InboxStore",
-    "NoticeNotFound",
     "StateChange",
     "change",
     "list_page",
     "read_all",
     "snapshot",
 ]
-
-#: Store key of the control records that carry a state change to every worker's streams.
-STATE_KEY = "!state"
-
-
-class NoticeNotFound(LookupError):
-    """A notice id that is not (or no longer) in the user's inbox (404)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +62,13 @@ class InboxItem:
     read: bool
     archived: bool
 
+    def fields(self) -> dict[str, t.Any]:
+        """The notice's JSON object (:meth:`Notice.fields`) plus ``read`` and ``archived``."""
+        return {**self.notice.fields(), "read": self.read, "archived": self.archived}
+
     def to_json(self) -> str:
-        """The notice's JSON (:meth:`Notice.to_json`) plus ``read`` and ``archived``."""
-        flags = (
-            f',"read":{"true" if self.read else "false"},"archived":{"true" if self.archived else "false"}}}'
-        )
-        return self.notice.to_json()[:-1] + flags
+        """:meth:`fields` as JSON."""
+        return orjson.dumps(self.fields()).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +83,10 @@ class InboxPage:
     #: The newest id in the whole inbox, archived or not (0: empty).
     newest: int = 0
 
-    def to_json(self) -> str:
+    def to_json(self) -> bytes:
         """``{"notices": [...], "unread": n, "next": id|null}``."""
-        items = ",".join(item.to_json() for item in self.items)
-        return f'{{"notices":[{items}],"unread":{self.unread},"next":{dumps(self.next)}}}'
+        notices = [item.fields() for item in self.items]
+        return orjson.dumps({"notices": notices, "unread": self.unread, "next": self.next})
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +110,9 @@ class StateChange:
         body["unread"] = self.unread
         return body
 
-    def to_record(self) -> str:
-        """The control record's data (see :data:`STATE_KEY`)."""
-        return dumps({"user_id": self.user_id, "event": self.event, "data": self.payload()})
+    def to_control(self) -> Control:
+        """The control record that takes this change to the user's streams on every worker."""
+        return Control(Kind.STATE, self.user_id, {"event": self.event, "data": self.payload()})
 
 
 class InboxStore(t.Protocol):
@@ -217,5 +213,5 @@ def snapshot(store: InboxStore, user_id: str, size: int) -> str:
     notice at or below it is already counted, listed or not.
     """
     page = list_page(store, user_id, limit=size)
-    items = ",".join(item.to_json() for item in page.items)
-    return f'{{"unread":{page.unread},"cursor":{page.newest},"notices":[{items}]}}'
+    notices = [item.fields() for item in page.items]
+    return orjson.dumps({"unread": page.unread, "cursor": page.newest, "notices": notices}).decode()

@@ -20,12 +20,17 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
+from .errors import InvalidRequest, InvalidUserId
+
 __all__ = [
     "BROADCAST",
     "IDEMPOTENCY_KEY",
     "IDEMPOTENCY_KEY_RULE",
     "USER_ID_PATTERN",
+    "USER_ID_RULE",
     "Notice",
+    "checked_idempotency_key",
+    "checked_user_id",
     "dumps",
     "is_valid_user_id",
     "loads",
@@ -40,16 +45,40 @@ BROADCAST: None = None
 #: What a user id may be: 1 to 128 of ASCII letters, digits and ``_ . @ : + -``.
 #: Anything else is refused with 400 before it reaches a store or a stream.
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:+\-]{1,128}")
-
+#: :data:`USER_ID_PATTERN` in words, for error messages.
+USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . @ : + -"
 
 #: What an ``Idempotency-Key`` of a publish may be.
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+#: :data:`IDEMPOTENCY_KEY` in words, for error messages.
 IDEMPOTENCY_KEY_RULE = "1-200 printable ASCII characters (no spaces)"
 
 
 def is_valid_user_id(user_id: object) -> bool:
     """Whether ``user_id`` is a string that fits :data:`USER_ID_PATTERN`."""
     return isinstance(user_id, str) and USER_ID_PATTERN.fullmatch(user_id) is not None
+
+
+def checked_user_id(user_id: object, where: str = "") -> str:
+    """``user_id``, if it fits :data:`USER_ID_PATTERN`: the one check of every route and call.
+
+    :param where: what the message starts with (``"notice 3: "`` in a batch).
+    :raises ~sse_notify.errors.InvalidUserId: naming the rule, if not.
+    """
+    if not is_valid_user_id(user_id):
+        raise InvalidUserId(f"{where}user_id must be {USER_ID_RULE}, got {user_id!r}", user_id)
+    return t.cast(str, user_id)
+
+
+def checked_idempotency_key(key: object) -> str:
+    """``key``, if it is a valid ``Idempotency-Key`` (:data:`IDEMPOTENCY_KEY`).
+
+    :raises ~sse_notify.errors.InvalidRequest: naming the rule, if not.
+    """
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
+        shown = key[:210] if isinstance(key, str) else key
+        raise InvalidRequest(f"Idempotency-Key must be {IDEMPOTENCY_KEY_RULE}, got {shown!r}")
+    return key
 
 
 _ORJSON_OPTIONS = (
@@ -140,10 +169,18 @@ class Notice:
         value: dict[str, t.Any] = loads(self.data_json)
         return value
 
+    def fields(self) -> dict[str, t.Any]:
+        """The notice's JSON object for ``orjson.dumps``, its stored data embedded as it is."""
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "created_at": self.created_at,
+            "data": orjson.Fragment(self.data_json),
+        }
+
     def to_json(self) -> str:
         """The notice as one line of JSON: the ``data:`` of its SSE event and the 201 body."""
-        user = "null" if self.user_id is None else dumps(self.user_id)
-        return f'{{"id":{self.id},"user_id":{user},"created_at":"{self.created_at}","data":{self.data_json}}}'
+        return orjson.dumps(self.fields()).decode()
 
     def to_dict(self) -> dict[str, t.Any]:
         """The notice as a dict (same shape as :meth:`to_json`)."""

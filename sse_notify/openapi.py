@@ -1,17 +1,28 @@
-"""The OpenAPI 3.1 document of the HTTP API: the single source, kept in sync by ``tests/test_openapi.py``."""
+"""The OpenAPI 3.1 document of the HTTP API: the single source, kept in sync by ``tests/test_openapi.py``.
+
+Its patterns and limits are not written here: they come from where the server checks
+them (the user id and ``Idempotency-Key`` rules of ``notices.py``, the token lifetime of
+``auth.py``, and the app's settings), so the document cannot drift from the server.
+"""
 
 from __future__ import annotations
 
 import typing as t
 
+from .auth import MAX_TOKEN_TTL
+from .config import Settings
+from .notices import IDEMPOTENCY_KEY, USER_ID_PATTERN, USER_ID_RULE
+
 __all__ = ["document"]
 
 Schema = dict[str, t.Any]
 
-#: The user id rule of :data:`sse_notify.notices.USER_ID_PATTERN`, anchored.
-USER_ID = r"^[A-Za-z0-9_.@:+\-]{1,128}$"
-MAX_TTL = 30 * 86400
 JSON = "application/json"
+
+
+def _anchored(pattern: str) -> str:
+    """A regular expression that must match a whole value (OpenAPI patterns may match a part)."""
+    return f"^{pattern}$"
 
 
 def _ref(kind: str, name: str) -> Schema:
@@ -72,7 +83,11 @@ def _responses(*names: str) -> dict[str, Schema]:
 
 
 def _schemas() -> dict[str, Schema]:
-    user_id = {"type": "string", "pattern": USER_ID, "description": "1-128 of `A-Z a-z 0-9 _ . @ : + -`."}
+    user_id = {
+        "type": "string",
+        "pattern": _anchored(USER_ID_PATTERN.pattern),
+        "description": f"{USER_ID_RULE}.",
+    }
     notice = _obj(
         id={"type": "integer", "minimum": 1, "description": "The store's cursor: grows with every notice."},
         user_id={**user_id, "type": ["string", "null"], "description": "`null` for a broadcast."},
@@ -247,14 +262,15 @@ def _schemas() -> dict[str, Schema]:
     }
 
 
-def _shared_responses() -> dict[str, Schema]:
+def _shared_responses(settings: Settings) -> dict[str, Schema]:
     www = {"WWW-Authenticate": _header('Always `Bearer realm="sse_notify"`.', {"type": "string"})}
     retry = {"Retry-After": _header("Seconds until the window resets.", {"type": "integer", "minimum": 1})}
     return {
         "400": _error(
-            "Bad request: a user id that breaks the rule, a body that is not valid JSON, data that is not "
-            "a JSON object, a malformed batch (the detail names the item)",
-            ["bad_request", "invalid_notice"],
+            "Bad request: a user id that breaks the rule (`invalid_user_id`, on every route), a body "
+            "that is not valid JSON, data that is not a JSON object, a malformed batch (the detail "
+            "names the item)",
+            ["bad_request", "invalid_notice", "invalid_user_id"],
         ),
         "401": _error(
             "No credentials, or bad ones", ["unauthorized", "invalid_token", "token_expired"], headers=www
@@ -267,8 +283,8 @@ def _shared_responses() -> dict[str, Schema]:
             ["not_found"],
         ),
         "413": _error(
-            "The body, or a notice's data, is over `SSE_NOTIFY_MAX_BODY` "
-            "(a batch's body: `SSE_NOTIFY_MAX_BATCH_BODY`)",
+            f"The body, or a notice's data, is over `SSE_NOTIFY_MAX_BODY` ({settings.max_body} bytes here; "
+            f"a batch's body: `SSE_NOTIFY_MAX_BATCH_BODY`, {settings.max_batch_body} bytes)",
             ["payload_too_large"],
         ),
         "415": _error("The body is not sent as `application/json`", ["unsupported_media_type"]),
@@ -283,7 +299,7 @@ def _shared_responses() -> dict[str, Schema]:
     }
 
 
-def _security_schemes() -> dict[str, Schema]:
+def _security_schemes(settings: Settings) -> dict[str, Schema]:
     token = "A connection token (`POST /users/{user_id}/tokens`, `sse_notify.issue_token`)"
     return {
         "publishKey": {
@@ -305,13 +321,13 @@ def _security_schemes() -> dict[str, Schema]:
         "connectionTokenCookie": {
             "type": "apiKey",
             "in": "cookie",
-            "name": "sse_notify_token",
+            "name": settings.token_cookie,
             "description": f"{token} in the cookie `sse_notify.set_token_cookie` sets.",
         },
     }
 
 
-def _paths() -> dict[str, Schema]:
+def _paths(settings: Settings) -> dict[str, Schema]:
     user = {
         "name": "user_id",
         "in": "path",
@@ -352,7 +368,7 @@ def _paths() -> dict[str, Schema]:
             "one's notices, with `Idempotent-Replayed: true`. Reused for another request: 422. "
             "Retry a publish whose answer was lost with the same key."
         ),
-        "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,200}$"},
+        "schema": {"type": "string", "pattern": _anchored(IDEMPOTENCY_KEY.pattern)},
     }
     replayed = {
         "Idempotent-Replayed": {
@@ -453,7 +469,7 @@ def _paths() -> dict[str, Schema]:
                         "name": "limit",
                         "in": "query",
                         "description": "Notices per page (default 20, at most `SSE_NOTIFY_INBOX_PAGE_MAX`).",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "schema": {"type": "integer", "minimum": 1, "maximum": settings.inbox_page_max},
                     },
                     {
                         "name": "before",
@@ -503,12 +519,17 @@ def _paths() -> dict[str, Schema]:
                     ),
                     **_responses("400", *auth_errors, "413", "415", "422", "500", "503"),
                 },
-                description="At most `SSE_NOTIFY_MAX_BATCH` (default 1000) notices; more is a 400.",
+                description=f"At most `SSE_NOTIFY_MAX_BATCH` ({settings.max_batch}) notices; more is a 400.",
                 security=publisher,
                 parameters=[idempotency_key],
                 body=_json(
                     "The notices.",
-                    {"type": "array", "minItems": 1, "items": _schema("BatchItem")},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": settings.max_batch,
+                        "items": _schema("BatchItem"),
+                    },
                     required=True,
                 ),
             )
@@ -564,7 +585,7 @@ def _paths() -> dict[str, Schema]:
                         "name": "ttl",
                         "in": "query",
                         "description": "Seconds (default `SSE_NOTIFY_TOKEN_TTL`); out of range: 400.",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TTL},
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_TTL},
                     },
                 ],
                 tag="stream",
@@ -638,8 +659,8 @@ def _paths() -> dict[str, Schema]:
     }
 
 
-def document(prefix: str = "") -> dict[str, t.Any]:
-    """The OpenAPI document, with every path under ``prefix``."""
+def document(settings: Settings, prefix: str = "") -> dict[str, t.Any]:
+    """The OpenAPI document of an app with ``settings``, with every path under ``prefix``."""
     prefix = prefix.rstrip("/")
     return {
         "openapi": "3.1.0",
@@ -661,10 +682,10 @@ def document(prefix: str = "") -> dict[str, t.Any]:
             },
             {"name": "meta", "description": "Health, this document, the demo page."},
         ],
-        "paths": {prefix + path: item for path, item in _paths().items()},
+        "paths": {prefix + path: item for path, item in _paths(settings).items()},
         "components": {
             "schemas": _schemas(),
-            "responses": _shared_responses(),
-            "securitySchemes": _security_schemes(),
+            "responses": _shared_responses(settings),
+            "securitySchemes": _security_schemes(settings),
         },
     }

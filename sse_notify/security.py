@@ -27,31 +27,22 @@ import typing as t
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from flask import Request
 from limits import RateLimitItem, parse
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
+from werkzeug.wrappers import Request
 
 from .auth import check_publish_key, issue_token, key_id, verify_token
 from .config import Settings
-from .errors import ConfigError, Forbidden, SSENotifyError, Unauthenticated
+from .errors import ConfigError, Forbidden, RateLimited, Unauthenticated
 
-__all__ = ["AuthorizeHook", "RateLimited", "Security", "announce", "instance_secret"]
+__all__ = ["AuthorizeHook", "Security", "announce", "instance_secret"]
 
 log = logging.getLogger("sse_notify.security")
 
 #: ``authorize(user_id)`` of a host app: ``True`` allows the stream, ``False``
 #: refuses it (403), ``None`` leaves the decision to tokens.
 AuthorizeHook = t.Callable[[str], "bool | None"]
-
-
-class RateLimited(SSENotifyError):
-    """A publish key sent more than its rate limit (429)."""
-
-    def __init__(self, retry_after: int, limit: str) -> None:
-        super().__init__(f"rate limit of {limit} per publish key reached; retry in {retry_after} s")
-        #: Seconds until the window resets (the ``Retry-After`` header).
-        self.retry_after = retry_after
 
 
 def instance_secret(instance_path: str, name: str) -> str:
@@ -221,7 +212,11 @@ class Security:
             ident = key_id(key)
             if not self._limiter.hit(self.rate, ident):
                 reset_at = self._limiter.get_window_stats(self.rate, ident).reset_time
-                raise RateLimited(max(1, math.ceil(reset_at - time.time())), str(self.rate))
+                retry_after = max(1, math.ceil(reset_at - time.time()))
+                raise RateLimited(
+                    f"rate limit of {self.rate} per publish key reached; retry in {retry_after} s",
+                    retry_after,
+                )
 
 
 def _bearer(request: Request) -> str | None:

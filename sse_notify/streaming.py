@@ -1,14 +1,19 @@
-"""One subscriber's stream: the generator a WSGI server iterates.
+"""Opening a stream: :func:`open_stream`, the one way, for the view and the fast path alike.
 
-It takes everything it needs as arguments (no Flask globals: the request
-context is gone by the time the server iterates it, see Flask's
-``stream_with_context`` warning), registers with the hub *before* reading the
-replay, then sends replay and live notices, dropping any notice the replay
-already sent, so a resuming client gets each notice exactly once, in order.
+:func:`open_stream` checks a request (the user id, then who may read it) and returns
+the status, headers and body of the answer; :func:`event_stream` is that body, the
+generator a WSGI server iterates for one subscriber.
 
-WSGI gives no disconnect callback: a closed client is noticed when a write
-fails (the next notice or heartbeat), the server closes this generator and
-the ``finally`` releases everything.
+The generator takes everything it needs as arguments (no Flask globals: the request
+context is gone by the time the server iterates it, see Flask's ``stream_with_context``
+warning), registers with the hub *before* reading the replay, then sends replay and
+live notices, dropping any notice the replay already sent, so a resuming client gets
+each notice exactly once, in order. Once the stream is live it may hand its socket to
+the hub (``handoff.py``) and end the request.
+
+WSGI gives no disconnect callback: a closed client of a stream that was not handed
+over is noticed when a write fails (the next notice or heartbeat), the server closes
+this generator and the ``finally`` releases everything.
 """
 
 from __future__ import annotations
@@ -19,19 +24,72 @@ import typing as t
 from . import telemetry
 from .errors import BrokerError
 from .events import comment, encode_event
-from .handoff import SocketHandoff
-from .hub import Hub, encode_notice
+from .handoff import START_RESPONSE_KEY, SocketHandoff
 from .inbox import snapshot as inbox_snapshot
-from .notices import dumps
+from .notices import checked_user_id, dumps
+from .streams import Stream, closing_frame, encode_notice
 
-__all__ = ["event_stream"]
+if t.TYPE_CHECKING:
+    from werkzeug.wrappers import Request
+
+    from .node import Node
+    from .service import State
+
+__all__ = ["HEADERS", "StreamResponse", "event_stream", "open_stream"]
 
 #: Replayed notices are written in chunks of about this many bytes.
 REPLAY_CHUNK = 64 * 1024
 
+#: The headers of every stream.
+HEADERS: tuple[tuple[str, str], ...] = (
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+)
+
+
+class StreamResponse(t.NamedTuple):
+    """What a stream request is answered: ``200 OK``, :data:`HEADERS`, and the body."""
+
+    headers: list[tuple[str, str]]
+    body: t.Iterator[bytes]
+
+
+def open_stream(state: State, request: Request, user_id: str, start_response: t.Any = None) -> StreamResponse:
+    """Check a stream request and make its answer (what ``GET /connection/<user_id>`` does).
+
+    :param request: the request, as werkzeug reads it: the token (``?token=``,
+        ``Authorization: Bearer``, the cookie) and ``Last-Event-ID`` (header, else
+        ``?last_event_id=``) come from it.
+    :param start_response: the server's, when the stream may take its socket over
+        (default: the one ``capture_start_response`` left in the environ).
+    :raises ~sse_notify.errors.InvalidUserId: for a user id outside the rule.
+    :raises ~sse_notify.errors.AuthError: 401 or 403, before any byte of the stream is sent.
+    """
+    checked_user_id(user_id)
+    expires_at = state.security.stream_grant(request, user_id)
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id is None:
+        last_event_id = request.args.get("last_event_id")
+    settings = state.settings
+    handoff = None
+    if settings.detach_streams:
+        if start_response is None:
+            start_response = request.environ.get(START_RESPONSE_KEY)
+        handoff = SocketHandoff.for_response(start_response, request.environ)
+    body = event_stream(
+        state.node,
+        user_id,
+        last_event_id,
+        expires_at=expires_at,
+        handoff=handoff,
+        snapshot=settings.snapshot_size if settings.snapshot else 0,
+    )
+    return StreamResponse(list(HEADERS), body)
+
 
 def event_stream(
-    hub: Hub,
+    node: Node,
     user_id: str,
     last_event_id: str | None,
     *,
@@ -49,21 +107,24 @@ def event_stream(
     :param snapshot: when above 0, the first event is a ``snapshot`` of the
         inbox: the unread count and this many newest notices.
     """
+    hub, broker = node.hub, node.broker
     try:
-        conn = hub.connect(user_id, expires_at, resumed=last_event_id is not None)
+        node.ensure_started()
     except BrokerError as exc:
         # This process could not join the store's feed (the store is down):
         # tell the client to come back later. A 200 with a retry, not a 5xx,
         # which would make EventSource give up.
         telemetry.store_failed("subscribe", exc)
-        yield hub.closing_frame("store unavailable")
+        yield closing_frame("store unavailable", hub.retry)
         return
+    stream = hub.connect(user_id, expires_at, resumed=last_event_id is not None)
+    handed: Stream | None = None
     try:
-        if conn.closed:
+        if stream.closed:
             # Stopping, or full: send the client elsewhere or later, without
             # the "connected" preamble. The status is 200 on purpose: any other
             # makes EventSource give up for good.
-            yield hub.closing_frame(conn.close_reason)
+            yield closing_frame(stream.close_reason, hub.retry)
             return
         if last_event_id is None:
             # A fresh client starts from the store's head. Its first frame
@@ -73,52 +134,52 @@ def event_stream(
             try:
                 # Every notice after the hub's cursor reaches this stream live: start
                 # there (no query), or at the store's head before the feed brought any.
-                conn.cursor = hub.cursor if hub.cursor is not None else hub.broker.head()
+                stream.cursor = hub.cursor if hub.cursor is not None else broker.head()
             except BrokerError as exc:
                 # Without a starting cursor the client could not resume: send it
                 # back later (a 200 with a retry: EventSource tries again).
                 telemetry.store_failed("head", exc)
-                yield hub.closing_frame("store unavailable")
+                yield closing_frame("store unavailable", hub.retry)
                 return
-            preamble = comment("connected") + encode_event(id=conn.cursor, retry=hub.retry)
+            preamble = comment("connected") + encode_event(id=stream.cursor, retry=hub.retry)
         else:
             preamble = comment("connected") + encode_event(retry=hub.retry)
         if snapshot:
             # Read after the stream joined the hub: a notice published meanwhile
             # is in the snapshot, arrives live, or both (the client keeps one).
             try:
-                preamble += encode_event(inbox_snapshot(hub.broker, user_id, snapshot), event="snapshot")
+                preamble += encode_event(inbox_snapshot(broker, user_id, snapshot), event="snapshot")
             except BrokerError as exc:
                 telemetry.store_failed("snapshot", exc)
-                yield hub.closing_frame("store unavailable")
+                yield closing_frame("store unavailable", hub.retry)
                 return
         # First bytes at once: headers go out, EventSource fires "open", proxies stop waiting.
         yield preamble
         if last_event_id is not None:
             try:
-                replay = hub.broker.replay(user_id, last_event_id)
+                replay = broker.replay(user_id, last_event_id)
             except BrokerError as exc:
                 telemetry.store_failed("replay", exc)
-                yield hub.closing_frame("store unavailable")
+                yield closing_frame("store unavailable", hub.retry)
                 return
-            conn.cursor = replay.cursor
+            stream.cursor = replay.cursor
             if replay.reset is not None:
                 info = {"reason": replay.reset, "last_event_id": last_event_id, "id": replay.cursor}
                 yield encode_event(dumps(info), event="reset", id=replay.cursor)
             chunk: list[bytes] = []
             size = sent = 0
             for notice in replay.notices:
-                if notice.id <= conn.cursor:
+                if notice.id <= stream.cursor:
                     continue
                 sent += 1
                 frame = encode_notice(notice)
                 chunk.append(frame)
                 size += len(frame)
-                conn.cursor = notice.id
+                stream.cursor = notice.id
                 if size >= REPLAY_CHUNK:
-                    conn.writing_since = time.monotonic()
+                    stream.writing_since = time.monotonic()
                     yield b"".join(chunk)
-                    conn.writing_since = 0.0
+                    stream.writing_since = 0.0
                     chunk, size = [], 0
             if sent:
                 telemetry.replayed(sent)
@@ -127,25 +188,25 @@ def event_stream(
         if handoff is not None and handoff.ready():
             # Send what queued meanwhile, then give the socket to the hub and
             # end this request: from here on no greenlet waits for the stream.
-            while data := conn.take(0):
-                conn.writing_since = time.monotonic()
+            while data := stream.take(0):
+                stream.writing_since = time.monotonic()
                 yield data
-                conn.writing_since = 0.0
-            if not conn.closed:
-                conn.detach(handoff.detach(), handoff.chunked, hub)
+                stream.writing_since = 0.0
+            if not stream.closed:
+                handed = hub.hand_over(stream, handoff.detach(), handoff.framing)
                 return
         while True:
-            data = conn.take()
+            data = stream.take()
             if data is None:
-                if conn.close_reason != "disconnected":
-                    conn.writing_since = time.monotonic()
-                    yield hub.closing_frame(conn.close_reason)
+                if stream.close_reason != "disconnected":
+                    stream.writing_since = time.monotonic()
+                    yield closing_frame(stream.close_reason, hub.retry)
                 return
             if not data:
                 continue
-            conn.writing_since = time.monotonic()
+            stream.writing_since = time.monotonic()
             yield data
-            conn.writing_since = 0.0
+            stream.writing_since = 0.0
     finally:
-        if not conn.detached:
-            hub.disconnect(conn)
+        if handed is None:
+            hub.disconnect(stream)

@@ -8,17 +8,15 @@ import os
 import time
 import typing as t
 
+import orjson
 from flask import Blueprint, Response, abort, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 
 from . import telemetry
-from .errors import AuthError, BrokerError, BrokerUnavailable, IdempotencyKeyReused, InvalidNotice
-from .extension import USER_ID_RULE, PayloadTooLarge, get_state
-from .handoff import START_RESPONSE_KEY, SocketHandoff
-from .inbox import NoticeNotFound
-from .notices import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, is_valid_user_id, loads
-from .security import RateLimited
-from .streaming import event_stream
+from .errors import BrokerError, InvalidNotice, InvalidUserId, PayloadTooLarge, RateLimited, SSENotifyError
+from .notices import checked_idempotency_key, checked_user_id, loads
+from .service import get_state
+from .streaming import open_stream
 
 __all__ = ["bp", "error_response", "http_error_response"]
 
@@ -55,49 +53,15 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     return http_error_response(exc)
 
 
-@bp.errorhandler(AuthError)
-def _auth_failed(exc: AuthError) -> tuple[Response, int]:
-    response, status = error_response(exc.status, exc.code, str(exc))
+@bp.errorhandler(SSENotifyError)
+def _error(exc: SSENotifyError) -> tuple[Response, int]:
+    # Every error of ours carries its status and code (errors.py).
+    response, status = error_response(exc.http_status, exc.error_code, str(exc))
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="sse_notify"'
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
     return response, status
-
-
-@bp.errorhandler(RateLimited)
-def _rate_limited(exc: RateLimited) -> tuple[Response, int]:
-    response, status = error_response(429, "rate_limited", str(exc))
-    response.headers["Retry-After"] = str(exc.retry_after)
-    return response, status
-
-
-@bp.errorhandler(PayloadTooLarge)
-def _too_large(exc: PayloadTooLarge) -> tuple[Response, int]:
-    return error_response(413, "payload_too_large", str(exc))
-
-
-@bp.errorhandler(InvalidNotice)
-def _invalid_notice(exc: InvalidNotice) -> tuple[Response, int]:
-    return error_response(400, "invalid_notice", str(exc))
-
-
-@bp.errorhandler(IdempotencyKeyReused)
-def _key_reused(exc: IdempotencyKeyReused) -> tuple[Response, int]:
-    return error_response(422, "idempotency_key_reused", str(exc))
-
-
-@bp.errorhandler(BrokerUnavailable)
-def _store_down(exc: BrokerUnavailable) -> tuple[Response, int]:
-    return error_response(503, "store_unavailable", str(exc))
-
-
-@bp.errorhandler(BrokerError)
-def _store_failed(exc: BrokerError) -> tuple[Response, int]:
-    return error_response(500, "store_error", str(exc))
-
-
-def _check_user_id(user_id: str) -> None:
-    if not is_valid_user_id(user_id):
-        abort(400, f"user id must be {USER_ID_RULE}")
 
 
 def publisher(view: F) -> F:
@@ -117,7 +81,9 @@ def _read_body(limit: int) -> bytes:
     (Werkzeug's own limit silently cuts a chunked body at the limit.)
     """
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {limit} bytes")
+        raise PayloadTooLarge(
+            f"the body is {request.content_length} bytes; the limit is {limit} bytes", limit
+        )
     stream = request.stream
     parts: list[bytes] = []
     size = 0
@@ -128,7 +94,7 @@ def _read_body(limit: int) -> bytes:
         parts.append(part)
         size += len(part)
     if size > limit:
-        raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+        raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes", limit)
     return b"".join(parts)
 
 
@@ -152,11 +118,9 @@ def _publish(items: list[tuple[str | None, t.Any]], single: bool) -> Response:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         notices, replayed = state.publish_many(items), False
-    elif not IDEMPOTENCY_KEY.fullmatch(key):
-        raise BadRequest(f"Idempotency-Key must be {IDEMPOTENCY_KEY_RULE}, got {key[:210]!r}")
     else:
-        notices, replayed = state.publish_once(items, key)
-    body = notices[0].to_json() if single else "[" + ",".join(n.to_json() for n in notices) + "]"
+        notices, replayed = state.publish_once(items, checked_idempotency_key(key))
+    body = orjson.dumps(notices[0].fields() if single else [n.fields() for n in notices])
     response = Response(body, status=201, content_type="application/json")
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -194,30 +158,15 @@ def client_script() -> Response:
 @bp.get("/connection/<user_id>")
 def connection(user_id: str) -> Response:
     """The user's event stream (``text/event-stream``), resumable with ``Last-Event-ID``."""
-    _check_user_id(user_id)
-    state = get_state()
-    expires_at = state.security.stream_grant(request, user_id)
-    last_event_id = request.headers.get("Last-Event-ID")
-    if last_event_id is None:
-        last_event_id = request.args.get("last_event_id")
-    handoff = None
-    if state.settings.detach_streams:
-        handoff = SocketHandoff.for_response(request.environ.get(START_RESPONSE_KEY))
-    snapshot = state.settings.snapshot_size if state.settings.snapshot else 0
-    stream = event_stream(
-        state.hub, user_id, last_event_id, expires_at=expires_at, handoff=handoff, snapshot=snapshot
-    )
-    response = Response(stream, content_type="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    return response
+    stream = open_stream(get_state(), request, user_id)
+    return Response(stream.body, headers=stream.headers)
 
 
 @bp.post("/users/<user_id>/notices")
 @publisher
 def publish(user_id: str) -> Response:
     """Store a notice for one user, deliver it, answer 201 with it."""
-    _check_user_id(user_id)
+    checked_user_id(user_id)
     return _publish([(user_id, _json_body())], single=True)
 
 
@@ -240,14 +189,16 @@ def publish_batch() -> Response:
         if not isinstance(item, dict) or set(item) != {"user_id", "data"}:
             raise InvalidNotice(f'notice {index}: must be an object with exactly "user_id" and "data"')
         if not isinstance(item["user_id"], str):
-            raise InvalidNotice(f"notice {index}: user_id must be a string (use /broadcast for everyone)")
+            raise InvalidUserId(
+                f"notice {index}: user_id must be a string (use /broadcast for everyone)", item["user_id"]
+            )
         items.append((item["user_id"], item["data"]))
     return _publish(items, single=False)
 
 
 def _inbox_reader(user_id: str) -> None:
     """The user's own token (as for their stream) or a publish key may read and mark the inbox."""
-    _check_user_id(user_id)
+    checked_user_id(user_id)
     get_state().security.check_owner(request, user_id)
 
 
@@ -315,11 +266,6 @@ def mark_all_read(user_id: str) -> Response:
     return jsonify(read=True, through=done.through, unread=done.unread)
 
 
-@bp.errorhandler(NoticeNotFound)
-def _not_in_inbox(exc: NoticeNotFound) -> tuple[Response, int]:
-    return error_response(404, "not_found", str(exc))
-
-
 @bp.get("/users/<user_id>/presence")
 def presence(user_id: str) -> Response:
     """Whether the user has a stream open on any worker or host, and how many."""
@@ -331,16 +277,14 @@ def presence(user_id: str) -> Response:
 @publisher
 def token(user_id: str) -> tuple[Response, int]:
     """Issue a connection token for a user (for backends, and the demo page)."""
-    _check_user_id(user_id)
+    checked_user_id(user_id)
     state = get_state()
     raw = request.args.get("ttl")
     try:
         ttl = state.settings.token_ttl if raw is None else int(raw)
     except ValueError:
         raise BadRequest(f"ttl must be a whole number of seconds, got {raw!r}") from None
-    if not 0 < ttl <= 30 * 86400:
-        raise BadRequest(f"ttl must be between 1 and 2592000 seconds (30 days), got {ttl}")
-    value = state.security.issue(user_id, ttl)
+    value = state.issue_token(user_id, ttl)
     return jsonify(user_id=user_id, token=value, expires_at=int(time.time() + ttl)), 201
 
 
@@ -348,7 +292,6 @@ def token(user_id: str) -> tuple[Response, int]:
 @publisher
 def kick(user_id: str) -> tuple[Response, int]:
     """Close every open stream of a user, on every worker."""
-    _check_user_id(user_id)
     get_state().kick(user_id)
     return jsonify(user_id=user_id, kicked=True), 202
 
@@ -358,7 +301,8 @@ def openapi() -> Response:
     """The OpenAPI 3 document of this API."""
     from .openapi import document
 
-    return jsonify(document(get_state().url_prefix))
+    state = get_state()
+    return jsonify(document(state.settings, state.url_prefix))
 
 
 @bp.get("/metrics")

@@ -1,4 +1,4 @@
-"""Fixtures: an app on the memory store, and real gunicorn servers on fresh SQLite stores."""
+"""Fixtures shared by every test module: apps, real gunicorn and redis-server processes, a browser."""
 
 from __future__ import annotations
 
@@ -8,23 +8,16 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
-from sse_notify import create_app
-
-from .support import PUBLISH_KEY, SECRET, RedisServer, Server
+from .browser import VIEWPORT, launch_chromium
+from .support import PUBLISH_KEY, RedisServer, Server, standalone_app
 
 
 @pytest.fixture(name="app")
 def _app(tmp_path: Path) -> Flask:
-    return create_app(
-        {
-            "TESTING": True,
-            "SSE_NOTIFY_BROKER_URL": f"sqlite:///{tmp_path}/notices.sqlite3",
-            "SSE_NOTIFY_HEARTBEAT": 0.2,
-            "SECRET_KEY": SECRET,
-            "SSE_NOTIFY_PUBLISH_KEYS": [PUBLISH_KEY],
-        }
-    )
+    """The standalone app on a fresh SQLite store, with the test secret and publish key."""
+    return standalone_app(f"sqlite:///{tmp_path}/notices.sqlite3")
 
 
 @pytest.fixture(name="client")
@@ -90,3 +83,20 @@ def _own_redis(tmp_path: Path) -> t.Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(name="browser", scope="module")
+def _browser() -> t.Iterator[Browser]:
+    """The system Chromium, headless, for a module's browser tests."""
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(name="context")
+def _context(browser: Browser) -> t.Iterator[BrowserContext]:
+    """A fresh browser context (its own cookies and storage) at the tests' viewport."""
+    context = browser.new_context(viewport=VIEWPORT)
+    yield context
+    context.close()

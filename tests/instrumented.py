@@ -14,8 +14,8 @@ from flask import Response, jsonify
 from greenlet import greenlet
 
 from sse_notify import create_app
-from sse_notify.extension import get_state
-from sse_notify.hub import Connection
+from sse_notify.service import get_state
+from sse_notify.streams import Stream
 
 app = create_app()
 
@@ -34,9 +34,9 @@ def _objects() -> Response:
     return jsonify(
         pid=os.getpid(),
         greenlets=sum(1 for o in objects if isinstance(o, greenlet) and not o.dead),
-        connections=sum(1 for o in objects if isinstance(o, Connection)),
-        hub_connections=len(hub.connections),
+        connections=sum(1 for o in objects if isinstance(o, Stream)),
+        hub_connections=len(hub.streams),
         hub_users=len(hub.users),
-        pending_bytes=sum(c.pending for c in hub.connections),
+        pending_bytes=sum(s.pending for s in hub.streams),
         evicted=hub.evicted,
     )

@@ -1,29 +1,25 @@
-"""Test harness: real gunicorn servers, real SSE clients (httpx-sse), a skip-or-fail rule.
+"""Test harness: real gunicorn and redis-server processes, tokens, a skip-or-fail rule.
 
-Nothing here parses the event stream: events come from httpx-sse.
+The SSE client of the tests is ``sse_client.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import typing as t
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h11
 import httpx
 import pytest
-from httpx_sse import ServerSentEvent, connect_sse
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+from flask import Flask
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +27,34 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key-not-for-production"
 PUBLISH_KEY = "test-publish-key"
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
+
+
+#: What every test app is configured with, besides its store.
+TEST_CONFIG: dict[str, t.Any] = {
+    "TESTING": True,
+    "SECRET_KEY": SECRET,
+    "SSE_NOTIFY_PUBLISH_KEYS": [PUBLISH_KEY],
+    "SSE_NOTIFY_HEARTBEAT": 0.2,
+}
+
+
+def standalone_app(store: str = "memory://", **config: t.Any) -> Flask:
+    """The standalone server's app (``create_app``) on ``store`` with the test secret and key."""
+    from sse_notify import create_app
+
+    return create_app({**TEST_CONFIG, "SSE_NOTIFY_BROKER_URL": store, **config})
+
+
+def host_app(instance: Path, *, secure: bool = True, root_path: Path | None = None, **config: t.Any) -> Flask:
+    """A host Flask app (memory store, instance folder ``instance``), sse_notify not mounted yet.
+
+    ``secure``: with the test secret and publish key (else neither, as on a first run).
+    The test mounts sse_notify itself, with ``SSENotify(app, ...)``.
+    """
+    app = Flask("host", instance_path=str(instance), root_path=str(root_path) if root_path else None)
+    base = TEST_CONFIG if secure else {"TESTING": True, "SSE_NOTIFY_HEARTBEAT": 0.2}
+    app.config.update({**base, "SSE_NOTIFY_BROKER_URL": "memory://", **config})
+    return app
 
 
 def token_for(user_id: str, ttl: float = 3600) -> str:
@@ -54,6 +78,16 @@ def require_binary(name: str, why: str) -> str:
     pytest.skip(message)
 
 
+def require_root(why: str) -> None:
+    """Skip unless running as root; fail instead when SSE_NOTIFY_REQUIRE_ALL=1 (CI runs as root)."""
+    if os.geteuid() == 0:
+        return
+    message = f"not running as root: {why}"
+    if os.environ.get("SSE_NOTIFY_REQUIRE_ALL") == "1":
+        pytest.fail(message + " (SSE_NOTIFY_REQUIRE_ALL=1 turns this skip into a failure)", pytrace=False)
+    pytest.skip(message)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -71,6 +105,14 @@ def wait_for(predicate: t.Callable[[], t.Any], timeout: float, what: str, interv
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def stays(predicate: t.Callable[[], t.Any], seconds: float, what: str) -> None:
+    """Assert that ``predicate`` holds at every poll for ``seconds`` (for things that must not happen)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), what
+        time.sleep(0.1)
 
 
 def children(pid: int) -> list[int]:
@@ -122,6 +164,9 @@ class Server:
             }
         )
         env.update(self.env)
+        gunicorn_path = os.environ.get("SSE_NOTIFY_TEST_GUNICORN_PATH")
+        if gunicorn_path:  # another gunicorn than the venv's (make test runs the lowest supported too)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [gunicorn_path, env.get("PYTHONPATH")]))
         if self.log_dir is not None:
             self.log_path = self.log_dir / f"gunicorn.{self.port}.log"
         else:
@@ -198,133 +243,6 @@ class Server:
     def health(self) -> dict[str, t.Any]:
         """The /healthz body."""
         return t.cast(dict[str, t.Any], httpx.get(self.url + self.health_path, timeout=5).json())
-
-
-def decode_raw_stream(raw: bytes) -> list[ServerSentEvent]:
-    """The SSE events in a raw HTTP/1.1 response read off a socket (h11 for HTTP, httpx-sse for SSE)."""
-    conn = h11.Connection(our_role=h11.CLIENT)
-    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
-    conn.receive_data(raw)
-    lines, decoder, events = SSELineDecoder(), SSEDecoder(), []
-    while True:
-        item = conn.next_event()
-        if item is h11.NEED_DATA or isinstance(item, (h11.EndOfMessage, h11.ConnectionClosed)):
-            break
-        if isinstance(item, h11.Data):
-            for line in lines.decode(bytes(item.data).decode()):
-                sse = decoder.decode(line)
-                if sse is not None:
-                    events.append(sse)
-    return events
-
-
-@dataclass
-class Event:
-    """One received SSE event, with the moment it arrived."""
-
-    event: str
-    id: str
-    data: str
-    at: float
-    connection: int
-
-
-class Subscriber:
-    """An EventSource-like client built on httpx-sse, reading in a background thread.
-
-    With ``reconnect=True`` it behaves like a browser's EventSource: when the
-    stream ends or breaks it waits briefly and reconnects with ``Last-Event-ID``
-    set to the last id it saw.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        last_event_id: str | None = None,
-        reconnect: bool = False,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.url = url
-        self.last_event_id = last_event_id
-        self.reconnect = reconnect
-        self.headers = headers or {}
-        self.events: queue.Queue[Event] = queue.Queue()
-        self.received: list[Event] = []
-        self.connections = 0
-        self.opened = threading.Event()
-        #: Set when reading stopped for good: the stream ended (or failed) and no reconnect follows.
-        self.ended = threading.Event()
-        self.response_headers: httpx.Headers | None = None
-        self._stop = threading.Event()
-        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=30.0))
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._read()
-        finally:
-            self.ended.set()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            headers = dict(self.headers)
-            if self.last_event_id:
-                headers["Last-Event-ID"] = self.last_event_id
-            try:
-                with connect_sse(self._client, "GET", self.url, headers=headers) as source:
-                    source.response.raise_for_status()
-                    self.connections += 1
-                    self.response_headers = source.response.headers
-                    self.opened.set()
-                    for sse in source.iter_sse():
-                        if sse.id:
-                            self.last_event_id = sse.id
-                        if sse.data or sse.event != "message":
-                            self.events.put(
-                                Event(sse.event, sse.id, sse.data, time.monotonic(), self.connections)
-                            )
-                        if self._stop.is_set():
-                            return
-            except Exception:
-                pass
-            if not self.reconnect or self._stop.is_set():
-                return
-            self._stop.wait(0.2)
-
-    def next(self, event: str = "notice", timeout: float = 10) -> Event:
-        """The next event named ``event`` (others are kept in :attr:`received`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {event!r} event within {timeout}s from {self.url}")
-            try:
-                got = self.events.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            self.received.append(got)
-            if got.event == event:
-                return got
-
-    def notices(self, count: int, timeout: float = 10) -> list[Event]:
-        """The next ``count`` notice events."""
-        return [self.next("notice", timeout) for _ in range(count)]
-
-    def nothing(self, wait: float = 0.5, event: str = "notice") -> None:
-        """Assert that no ``event`` arrives within ``wait`` seconds."""
-        try:
-            got = self.next(event, wait)
-        except AssertionError:
-            return
-        raise AssertionError(f"unexpected {event} event: {got}")
-
-    def close(self) -> None:
-        """Stop reading and close the connection."""
-        self._stop.set()
-        self._client.close()
-        self._thread.join(5)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
-from sse_notify.extension import get_state
+from sse_notify.service import get_state
 
 from .support import ROOT
 

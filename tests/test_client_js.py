@@ -14,18 +14,8 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from .support import PUBLISH_KEY, Server, wait_for
-from .test_page import (  # noqa: F401 - the same browser and context fixtures
-    TIMEOUT,
-    VIEWPORT,
-    _browser,
-    _context,
-    notice,
-    query_of,
-    stays,
-    stream_requests,
-    streams_of,
-)
+from .browser import TIMEOUT, VIEWPORT, notice, query_of, stream_requests, streams_of
+from .support import PUBLISH_KEY, Server, stays, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 

@@ -11,7 +11,7 @@ import pytest
 from sse_notify import ConfigError, create_app
 from sse_notify.config import DEFAULTS, Settings, load_env
 
-from .support import ROOT
+from .support import ROOT, host_app
 
 
 def test_create_app_defaults_to_sqlite_in_the_instance_folder(tmp_path: t.Any) -> None:
@@ -91,14 +91,10 @@ def test_url_prefix_must_be_a_path(raw: str) -> None:
 
 def test_url_prefix_from_config_mounts_the_endpoints(tmp_path: Path) -> None:
     """With SSE_NOTIFY_URL_PREFIX set, the endpoints live under it and the root has none of them."""
-    from flask import Flask
 
     from sse_notify import SSENotify
 
-    app = Flask("host", instance_path=str(tmp_path))
-    app.config.update(
-        SECRET_KEY="s" * 32, SSE_NOTIFY_URL_PREFIX="/notify/", SSE_NOTIFY_BROKER_URL="memory://"
-    )
+    app = host_app(tmp_path, SSE_NOTIFY_URL_PREFIX="/notify/")
     SSENotify(app)
     client = app.test_client()
     assert client.get("/notify/openapi.json").status_code == 200

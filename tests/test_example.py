@@ -15,8 +15,9 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from .support import Server, Subscriber, wait_for
-from .test_page import TIMEOUT, _browser, _context  # noqa: F401 - the same browser and context fixtures
+from .browser import TIMEOUT
+from .sse_client import Subscriber, on_every_worker, subscribe
+from .support import Server, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -82,23 +83,12 @@ def post_form(client: httpx.Client, page: str, action: str, **fields: str) -> ht
 def open_stream(server: Server, client: httpx.Client, user: str) -> Subscriber:
     """``user``'s stream, opened with ``client``'s session cookie and no token."""
     cookie = {"Cookie": f"session={client.cookies['session']}"}
-    sub = Subscriber(f"{server.url}/notify/connection/{user}", headers=cookie)
-    assert sub.opened.wait(10), f"the stream of {user} did not open"
-    return sub
+    return subscribe(f"{server.url}/notify/connection/{user}", headers=cookie)
 
 
 def streams_on_every_worker(server: Server, client: httpx.Client, user: str) -> list[Subscriber]:
-    """Open ``user``'s streams until each of the 2 workers holds one (the kernel picks the worker)."""
-    subs: list[Subscriber] = []
-    for _ in range(20):  # at most SSE_NOTIFY_MAX_STREAMS_PER_USER, or the oldest is replaced
-        subs.append(open_stream(server, client, user))
-        by_worker = {s.response_headers["X-Worker-Pid"]: s for s in subs if s.response_headers}
-        if len(by_worker) == 2:
-            for sub in subs:
-                if sub not in by_worker.values():
-                    sub.close()
-            return list(by_worker.values())
-    raise AssertionError(f"20 streams of {user} all landed on one worker")
+    """One stream of ``user`` on each of the 2 workers (at most SSE_NOTIFY_MAX_STREAMS_PER_USER tries)."""
+    return on_every_worker(lambda: open_stream(server, client, user), 2)
 
 
 def refusal(client: httpx.Client, path: str) -> tuple[int, dict[str, t.Any]]:

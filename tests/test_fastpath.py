@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
+import time
 import typing as t
 from pathlib import Path
 
 import pytest
 from flask import Flask, g, request_started
+from werkzeug.test import Client
 
 from sse_notify import create_app
+from sse_notify.auth import issue_token
 
-from .support import PUBLISH_KEY, SECRET, token_for
+from .support import SECRET, standalone_app, token_for
 
 
 def make_app(tmp_path: Path) -> Flask:
-    return create_app(
-        {
-            "TESTING": True,
-            "SSE_NOTIFY_BROKER_URL": f"sqlite:///{tmp_path}/notices.sqlite3",
-            "SECRET_KEY": SECRET,
-            "SSE_NOTIFY_PUBLISH_KEYS": [PUBLISH_KEY],
-        }
-    )
+    """The standalone app on a SQLite store of its own."""
+    return standalone_app(f"sqlite:///{tmp_path}/notices.sqlite3")
 
 
 def count_flask_dispatches(app: Flask) -> list[str]:
@@ -123,3 +120,149 @@ def test_a_hosts_hooks_and_signals_still_see_streams(tmp_path: Path) -> None:
     with request_started.connected_to(on_start, other):
         status, _, _ = first_bytes(other, f"/connection/alice?token={token_for('alice')}")
     assert (status, started) == (200, ["started"])
+
+
+# -- the differential test: one matrix of settings x requests, through both paths ------------
+
+#: App settings that act on a request in Flask or in sse_notify (each row: the config to add).
+SETTINGS: dict[str, dict[str, t.Any]] = {
+    "defaults": {},
+    "trusted-hosts": {"TRUSTED_HOSTS": ["good.example", ".corp.example"]},
+    "server-name": {"SERVER_NAME": "good.example:8000"},
+    "url-prefix": {"SSE_NOTIFY_URL_PREFIX": "/notify"},
+    "auth-none": {"SSE_NOTIFY_AUTH": "none"},
+    "no-snapshot": {"SSE_NOTIFY_SNAPSHOT": False},
+    "own-cookie": {"SSE_NOTIFY_TOKEN_COOKIE": "my_token"},
+    "max-content-length": {"MAX_CONTENT_LENGTH": 8},
+    "application-root": {"APPLICATION_ROOT": "/app", "PREFERRED_URL_SCHEME": "https"},
+    "cors": {"SSE_NOTIFY_CORS_ORIGINS": ["https://app.example"]},
+}
+
+
+class Request(t.NamedTuple):
+    """One request of the matrix: ``path`` is under the app's prefix unless it starts with ``!``."""
+
+    name: str
+    method: str = "GET"
+    path: str = "/connection/alice?token={alice}"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+REQUESTS = [
+    Request("token in the query"),
+    Request("token as bearer", path="/connection/alice", headers=(("Authorization", "Bearer {alice}"),)),
+    Request("token in the cookie", path="/connection/alice", headers=(("Cookie", "{cookie}={alice}"),)),
+    Request("token in the app's cookie", path="/connection/alice", headers=(("Cookie", "my_token={alice}"),)),
+    Request("cookie header that is odd", headers=(("Cookie", "a=b; ;; =c; {cookie}"),)),
+    Request("no token", path="/connection/alice"),
+    Request("forged token", path="/connection/alice?token=forged.token.here"),
+    Request("token of another user", path="/connection/alice?token={bob}"),
+    Request("expired token", path="/connection/alice?token={expired}"),
+    Request("two tokens, a bad one first", path="/connection/alice?token=bad&token={alice}"),
+    Request("a good and a bad token", path="/connection/alice?token={alice}&token=bad"),
+    Request("token percent-encoded", path="/connection/alice?token={alice_quoted}"),
+    Request("basic auth and a query token", headers=(("Authorization", "Basic YWxpY2U6cHc="),)),
+    Request("resume", headers=(("Last-Event-ID", "0"),)),
+    Request("resume from the query", path="/connection/alice?token={alice}&last_event_id=0"),
+    Request("resume from garbage", headers=(("Last-Event-ID", "not-a-cursor"),)),
+    Request("resume from a huge cursor", headers=(("Last-Event-ID", "9" * 40),)),
+    Request(
+        "header wins over the query",
+        path="/connection/alice?token={alice}&last_event_id=x",
+        headers=(("Last-Event-ID", "0"),),
+    ),
+    Request("bad user id", path="/connection/al%20ice?token={alice}"),
+    Request("user id too long", path="/connection/" + "a" * 129 + "?token={alice}"),
+    Request("slash in the user id", path="/connection/al%2Fice?token={alice}"),
+    Request("trailing slash", path="/connection/alice/?token={alice}"),
+    Request("double slash", path="!//connection/alice?token={alice}"),
+    Request("slashes inside", path="/connection//alice?token={alice}"),
+    Request("without the prefix", path="!/connection/alice?token={alice}"),
+    Request("with a prefix not set", path="!/notify/connection/alice?token={alice}"),
+    Request("trusted host", headers=(("Host", "good.example"),)),
+    Request("trusted host with its port", headers=(("Host", "good.example:8000"),)),
+    Request("trusted subdomain", headers=(("Host", "a.corp.example"),)),
+    Request("other host", headers=(("Host", "evil.example"),)),
+    Request("host with a bad port", headers=(("Host", "good.example:x"),)),
+    Request("IPv6 host", headers=(("Host", "[::1]:8000"),)),
+    Request("a body on a GET", headers=(("Content-Type", "text/plain"),), body=b"0123456789abcdef"),
+    Request("HEAD", method="HEAD"),
+    Request("POST", method="POST"),
+    Request(
+        "OPTIONS",
+        method="OPTIONS",
+        headers=(("Origin", "https://app.example"), ("Access-Control-Request-Method", "GET")),
+    ),
+    Request("cross-origin GET", headers=(("Origin", "https://app.example"),)),
+]
+
+
+def _first_bytes(client: Client, request: Request, prefix: str, values: dict[str, str]) -> tuple[t.Any, ...]:
+    """Status, headers and body (a stream's first chunk) of ``request``."""
+    path = request.path.format(**values)
+    path = path[1:] if path.startswith("!") else prefix + path
+    headers = [(k, v.format(**values)) for k, v in request.headers]
+    host = dict(headers).pop("Host", "localhost")
+    headers = [(k, v) for k, v in headers if k != "Host"]
+    response = client.open(
+        path,
+        method=request.method,
+        headers=headers,
+        data=request.body,
+        buffered=False,
+        environ_overrides={"HTTP_HOST": host},
+    )
+    try:
+        if response.headers.get("Content-Type") == "text/event-stream":
+            body = next(iter(response.response), b"")
+        else:
+            body = response.get_data()
+        return response.status, sorted(response.headers.items()), body
+    finally:
+        response.close()
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_the_fast_path_answers_every_request_as_flask_does(tmp_path: Path, setting: str) -> None:
+    """Each request of the matrix gets the same status, headers and body with and without the fast path."""
+    app = make_app(tmp_path)
+    app = create_app({**app.config, **SETTINGS[setting]})
+    flask_seen = count_flask_dispatches(app)
+    fast = Client(app.wsgi_app)
+    flask = Client(app.wsgi_app.__wrapped__)  # type: ignore[attr-defined]
+    expired = issue_token(SECRET, "alice", 0.001)
+    time.sleep(0.01)
+    alice = token_for("alice")
+    values = {
+        "alice": alice,
+        "alice_quoted": alice.replace(".", "%2E").replace("-", "%2D"),
+        "bob": token_for("bob"),
+        "expired": expired,
+        "cookie": app.config["SSE_NOTIFY_TOKEN_COOKIE"],
+    }
+    prefix = app.config["SSE_NOTIFY_URL_PREFIX"]
+    differ = {}
+    for request in REQUESTS:
+        through_flask = _first_bytes(flask, request, prefix, values)
+        flask_seen.clear()
+        through_fast = _first_bytes(fast, request, prefix, values)
+        if through_fast != through_flask:
+            differ[request.name] = (through_flask, through_fast)
+        if through_fast[0] == "200 OK" and setting == "defaults" and request.method == "GET":
+            assert flask_seen == [], (
+                f"{request.name}: a stream the fast path should have served went to Flask"
+            )
+    assert not differ, differ
+
+
+def test_an_untrusted_host_gets_flasks_400_on_the_stream_route(tmp_path: Path) -> None:
+    """With TRUSTED_HOSTS set, a stream for another Host is refused (400) as every other route refuses it."""
+    app = create_app({**make_app(tmp_path).config, "TRUSTED_HOSTS": ["good.example"]})
+    client = app.test_client()
+    url = f"/connection/alice?token={token_for('alice')}"
+    assert client.get(url, base_url="http://evil.example").status_code == 400
+    assert client.get("/healthz", base_url="http://evil.example").status_code == 400
+    good = client.get(url, base_url="http://good.example", buffered=False)
+    assert good.status_code == 200
+    good.close()

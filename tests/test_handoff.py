@@ -6,14 +6,21 @@ decoded with h11 and httpx-sse, so both ways must produce the same valid HTTP.
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import socket
 import time
+import types
 import typing as t
 
 import httpx
 import pytest
 
-from .support import AUTH, Server, decode_raw_stream, wait_for
+from sse_notify.handoff import DETAILS, SocketHandoff
+
+from .sse_client import decode_http
+from .support import AUTH, Server, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -69,7 +76,7 @@ def test_same_valid_http_either_way(make_server: t.Callable[..., Server], detach
     received = read_to_eof(sock, received)
     sock.close()
     assert received.endswith(b"\r\n0\r\n\r\n"), received[-80:]
-    events = decode_raw_stream(received)
+    events = decode_http(received)
     notices = [e for e in events if e.event == "notice"]
     assert [int(e.id) for e in notices] == sent
     assert [e.event for e in events if e.data and e.event != "notice"] == ["snapshot", "close"]
@@ -140,6 +147,64 @@ def test_backlog_of_a_slow_reader_arrives_whole_and_in_order(make_server: t.Call
     last = received.rindex(f"id: {sent[-1]}\n".encode())
     received = received[:last] + read_until(sock, b"\n\n", received[last:])  # that event's end
     sock.close()
-    got = [int(e.id) for e in decode_raw_stream(received) if e.event == "notice"]
+    got = [int(e.id) for e in decode_http(received) if e.event == "notice"]
     assert got == sent
     assert objects(server)["evicted"] == 0
+
+
+# -- gunicorn, fenced -----------------------------------------------------------------
+
+
+def test_the_gunicorn_under_test_is_the_one_asked_for(make_server: t.Callable[..., Server]) -> None:
+    """The servers run the gunicorn of SSE_NOTIFY_TEST_GUNICORN_VERSION (make test: lowest, then highest)."""
+    from importlib.metadata import version
+
+    expected = os.environ.get("SSE_NOTIFY_TEST_GUNICORN_VERSION") or version("gunicorn")
+    server = make_server()
+    assert f"Starting gunicorn {expected}" in server.log()
+    low, high = supported_gunicorn()
+    assert low <= tuple(int(p) for p in expected.split(".")[:2]) < high
+
+
+def supported_gunicorn() -> tuple[tuple[int, int], tuple[int, int]]:
+    """The range pyproject.toml declares for gunicorn: (lowest major.minor, first major not supported)."""
+    from importlib.metadata import requires
+
+    (spec,) = [r for r in requires("sse-notify") or () if r.startswith("gunicorn")]
+    found = dict(re.findall(r"(>=|<)\s*([0-9.]+)", spec))
+    assert set(found) == {">=", "<"}, f"gunicorn needs a lower and an upper bound: {spec}"
+    low = tuple(int(p) for p in found[">="].split(".")[:2])
+    return (low[0], low[1]), (int(found["<"].split(".")[0]), 0)
+
+
+@pytest.mark.parametrize("missing", DETAILS)
+def test_a_missing_gunicorn_detail_falls_back_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, missing: str
+) -> None:
+    """A gunicorn Response without a detail the handoff relies on: no handoff, one warning, no crash."""
+    from gunicorn.http.wsgi import Response
+
+    from sse_notify import handoff
+
+    monkeypatch.setattr(handoff, "gevent_active", lambda: True)
+    monkeypatch.setattr(handoff, "_warned", False)
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    cfg = types.SimpleNamespace(protocol="http", is_ssl=False)
+    response = Response(types.SimpleNamespace(version=(1, 1), method="GET"), left, cfg)
+    try:
+        environ = {"REQUEST_METHOD": "GET"}
+        assert SocketHandoff.for_response(response.start_response, environ) is not None  # all there
+        if missing == "force_close":
+            monkeypatch.delattr(Response, "force_close")
+        else:
+            delattr(response, missing)
+        with caplog.at_level(logging.WARNING, logger="sse_notify.handoff"):
+            assert SocketHandoff.for_response(response.start_response, environ) is None
+            assert SocketHandoff.for_response(response.start_response, environ) is None
+        (record,) = caplog.records  # once per process
+        assert missing in record.getMessage()
+        assert "WSGI iterator" in record.getMessage()
+    finally:
+        left.close()
+        right.close()

@@ -1,4 +1,4 @@
-"""The per-process hub: one feed, frames encoded once, bounded buffers, no polling per connection."""
+"""The per-process hub and its node: one feed, frames encoded once, bounded buffers, typed control records."""
 
 from __future__ import annotations
 
@@ -9,104 +9,159 @@ from pathlib import Path
 
 import pytest
 
-from sse_notify import hub as hub_module
+from sse_notify import streams as streams_module
 from sse_notify.brokers import MemoryBroker, SQLiteBroker
+from sse_notify.control import Control, Kind
 from sse_notify.hub import Hub
+from sse_notify.node import Node
 from sse_notify.notices import dumps
+from sse_notify.streams import QueuedStream
 
 from .support import wait_for
 
 
-@pytest.fixture(name="memory_hub")
-def _memory_hub() -> t.Iterator[Hub]:
+@pytest.fixture(name="node")
+def _node() -> t.Iterator[Node]:
     broker = MemoryBroker()
-    yield Hub(broker, max_pending=10_000)
+    node = Node(broker, Hub(max_pending=10_000))
+    node.ensure_started()
+    yield node
+    node.shutdown()
     broker.close()
 
 
-def test_one_feed_subscription_per_process(memory_hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
-    """However many streams open, the hub subscribes to the store's feed once."""
+def open_streams(node: Node, *users: str) -> list[QueuedStream]:
+    """One stream per user given, registered as a stream's generator registers it."""
+    return [node.hub.connect(user) for user in users]
+
+
+def test_one_feed_subscription_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many streams open, the node subscribes its hub to the store's feed once."""
+    broker = MemoryBroker()
+    node = Node(broker, Hub())
     calls: list[object] = []
-    real = memory_hub.broker.subscribe
-    monkeypatch.setattr(memory_hub.broker, "subscribe", lambda cb: (calls.append(cb), real(cb)))
-    conns = [memory_hub.connect(f"user{i % 5}") for i in range(50)]
-    assert len(calls) == 1
-    for conn in conns:
-        memory_hub.disconnect(conn)
+    real = broker.subscribe
+    monkeypatch.setattr(broker, "subscribe", lambda handler: (calls.append(handler), real(handler)))
+    for i in range(50):
+        node.ensure_started()
+        node.hub.connect(f"user{i % 5}")
+    assert calls == [node.hub]
+    node.shutdown()
 
 
-def test_a_notice_is_encoded_once_for_all_its_streams(
-    memory_hub: Hub, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_notice_is_encoded_once_for_all_its_streams(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """A broadcast to 100 streams is encoded once: every stream holds the very same bytes object."""
     encoded: list[bytes] = []
-    real = hub_module.encode_notice
+    real = streams_module.encode_notice
 
     def counting(notice: t.Any) -> bytes:
         encoded.append(real(notice))
         return encoded[-1]
 
-    monkeypatch.setattr(hub_module, "encode_notice", counting)
-    conns = [memory_hub.connect(f"user{i}") for i in range(100)]
-    memory_hub.broker.publish(None, dumps({"all": True}))
+    monkeypatch.setattr("sse_notify.hub.encode_notice", counting)
+    streams = open_streams(node, *(f"user{i}" for i in range(100)))
+    node.broker.publish(None, dumps({"all": True}))
     assert len(encoded) == 1
-    assert all(conn._frames[0][1] is encoded[0] for conn in conns)
+    assert all(stream._frames[0][1] is encoded[0] for stream in streams)
 
 
-def test_only_the_users_streams_get_a_notice(memory_hub: Hub) -> None:
+def test_only_the_users_streams_get_a_notice(node: Node) -> None:
     """A notice for alice is queued on alice's streams only."""
-    alice, bob = memory_hub.connect("alice"), memory_hub.connect("bob")
-    memory_hub.broker.publish("alice", dumps({"n": 1}))
+    alice, bob = open_streams(node, "alice", "bob")
+    node.broker.publish("alice", dumps({"n": 1}))
     assert alice.take(0) != b""
     assert bob.take(0) == b""
 
 
-def test_one_large_round_never_evicts_a_client_that_keeps_up(memory_hub: Hub) -> None:
+def test_one_large_round_never_evicts_a_client_that_keeps_up(node: Node) -> None:
     """A batch bigger than the buffer is delivered whole to a client that drains between rounds."""
-    conn = memory_hub.connect("alice")
-    memory_hub.broker.publish_many([("alice", dumps({"pad": "x" * 1000}))] * 50)  # ~60 KB > 10 KB
-    assert not conn.closed
-    assert conn.take(0).count(b"event: notice") == 50
-    memory_hub.broker.publish_many([("alice", dumps({"pad": "x" * 1000}))] * 50)
-    assert not conn.closed
+    (stream,) = open_streams(node, "alice")
+    node.broker.publish_many([("alice", dumps({"pad": "x" * 1000}))] * 50)  # ~60 KB > 10 KB
+    assert not stream.closed
+    taken = stream.take(0)
+    assert taken is not None
+    assert taken.count(b"event: notice") == 50
+    node.broker.publish_many([("alice", dumps({"pad": "x" * 1000}))] * 50)
+    assert not stream.closed
 
 
-def test_a_client_that_falls_behind_is_evicted(memory_hub: Hub) -> None:
+def test_a_client_that_falls_behind_is_evicted(node: Node) -> None:
     """A stream still holding more than its buffer from earlier rounds is closed and forgotten."""
-    conn = memory_hub.connect("alice")
-    memory_hub.broker.publish_many([("alice", dumps({"pad": "x" * 1000}))] * 20)
-    memory_hub.broker.publish("alice", dumps({"n": "next round"}))
-    assert conn.closed
-    assert conn.close_reason == "slow consumer"
-    assert conn.take(0) is None
-    assert memory_hub.stats() == {"streams": 0, "users": 0, "evicted": 1, "refused": 0}
+    (stream,) = open_streams(node, "alice")
+    node.broker.publish_many([("alice", dumps({"pad": "x" * 1000}))] * 20)
+    node.broker.publish("alice", dumps({"n": "next round"}))
+    assert stream.closed
+    assert stream.close_reason == "slow consumer"
+    assert stream.take(0) is None
+    assert node.hub.stats() == {"streams": 0, "users": 0, "evicted": 1, "refused": 0}
 
 
-def test_frames_already_replayed_are_skipped(memory_hub: Hub) -> None:
-    """Live frames at or below the connection's cursor (sent by the replay) are dropped, not repeated."""
-    conn = memory_hub.connect("alice")
-    first = memory_hub.broker.publish("alice", dumps({"n": 1}))
-    second = memory_hub.broker.publish("alice", dumps({"n": 2}))
-    conn.cursor = first.id
-    data = conn.take(0)
+def test_frames_already_replayed_are_skipped(node: Node) -> None:
+    """Live frames at or below the stream's cursor (sent by the replay) are dropped, not repeated."""
+    (stream,) = open_streams(node, "alice")
+    first = node.broker.publish("alice", dumps({"n": 1}))
+    second = node.broker.publish("alice", dumps({"n": 2}))
+    stream.cursor = first.id
+    data = stream.take(0)
     assert data is not None
     assert f"id: {second.id}\n".encode() in data
     assert f"id: {first.id}\n".encode() not in data
 
 
-def test_shutdown_closes_every_stream_and_refuses_new_ones(memory_hub: Hub) -> None:
+def test_kick_is_a_typed_control_record_for_one_user(node: Node) -> None:
+    """A KICK record closes every stream of its user on this hub, and no other."""
+    alice1, alice2, bob = open_streams(node, "alice", "alice", "bob")
+    node.broker.publish_control(Control(Kind.KICK, "alice"))
+    assert (alice1.close_reason, alice2.close_reason) == ("kicked", "kicked")
+    assert not bob.closed
+    assert node.hub.stats()["streams"] == 1
+
+
+def test_a_state_change_reaches_the_users_streams_whatever_their_cursor(node: Node) -> None:
+    """A STATE record is one event (no id) on the user's streams, even after a replay moved the cursor."""
+    alice, bob = open_streams(node, "alice", "bob")
+    alice.cursor = 10**6  # as a long replay leaves it
+    node.broker.publish_control(Control(Kind.STATE, "alice", {"event": "read", "data": {"ids": [1]}}))
+    assert alice.take(0) == b'event: read\ndata: {"ids":[1]}\n\n'
+    assert bob.take(0) == b""
+
+
+def test_resync_closes_every_stream(node: Node) -> None:
+    """A RESYNC record (the feed lost notices) closes every stream so that each resumes by its cursor."""
+    streams = open_streams(node, "alice", "bob")
+    node.hub.handle_control(Control(Kind.RESYNC))
+    assert [s.close_reason for s in streams] == ["resync", "resync"]
+
+
+def test_every_kind_has_a_handler() -> None:
+    """The hub acts on every kind of control record there is (a new kind needs its handler)."""
+    hub = Hub()
+    for kind in Kind:
+        hub.handle_control(Control(kind, "nobody", {"event": "read", "data": {}}))
+
+
+def test_control_records_survive_the_json_a_store_keeps() -> None:
+    """A control record read back from its JSON is the same record; an unknown kind is refused."""
+    record = Control(Kind.STATE, "alice", {"event": "read", "data": {"ids": [1, 2]}})
+    assert Control.from_json(record.to_json()) == record
+    with pytest.raises(ValueError, match="snooze"):
+        Control.from_json('{"kind": "snooze", "user_id": null, "data": {}}')
+
+
+def test_shutdown_closes_every_stream_and_refuses_new_ones(node: Node) -> None:
     """After shutdown every open stream is closed, and a new one is born closed."""
-    conns = [memory_hub.connect("alice") for _ in range(3)]
-    memory_hub.shutdown()
-    assert all(c.closed and c.close_reason == "shutdown" for c in conns)
-    assert memory_hub.connect("bob").closed
+    streams = open_streams(node, "alice", "alice", "alice")
+    node.shutdown()
+    assert all(s.closed and s.close_reason == "shutdown" for s in streams)
+    assert node.hub.connect("bob").closed
 
 
 def test_idle_streams_do_not_query_the_store(tmp_path: Path) -> None:
     """50 idle streams cost no queries: only the feed's safety poll and the presence write, per interval."""
     broker = SQLiteBroker(str(tmp_path / "n.sqlite3"), poll_interval=0.25)
-    hub = Hub(broker)
-    conns = [hub.connect(f"user{i}") for i in range(50)]
+    node = Node(broker, Hub())
+    node.ensure_started()
+    streams = open_streams(node, *(f"user{i}" for i in range(50)))
     statements: list[str] = []
     lock = threading.Lock()
 
@@ -114,20 +169,21 @@ def test_idle_streams_do_not_query_the_store(tmp_path: Path) -> None:
         with lock:
             statements.append(sql)
 
-    broker._conn().set_trace_callback(trace)
+    broker._connection().set_trace_callback(trace)
     stop = threading.Event()
 
-    def reader(conn: t.Any) -> None:  # each stream waits as its generator would
+    def reader(stream: QueuedStream) -> None:  # each stream waits as its generator would
         while not stop.is_set():
-            conn.take(0.05)
+            stream.take(0.05)
 
-    threads = [threading.Thread(target=reader, args=(c,), daemon=True) for c in conns]
+    threads = [threading.Thread(target=reader, args=(s,), daemon=True) for s in streams]
     for thread in threads:
         thread.start()
     time.sleep(1.0)
     stop.set()
     for thread in threads:
         thread.join(2)
+    node.shutdown()
     broker.close()
     # One feed poll each 0.25 s: about 4 in a second, whatever the number of streams;
     # and one presence write per interval (1 s), that the first streams made.
@@ -141,52 +197,66 @@ def test_sqlite_feed_delivers_to_streams(tmp_path: Path) -> None:
     """A notice published through another SQLite broker (another worker) reaches this hub's stream."""
     here = SQLiteBroker(str(tmp_path / "n.sqlite3"), poll_interval=30)
     there = SQLiteBroker(str(tmp_path / "n.sqlite3"))
-    hub = Hub(here)
-    conn = hub.connect("alice")
+    node = Node(here, Hub())
+    node.ensure_started()
+    (stream,) = open_streams(node, "alice")
     sent = there.publish("alice", dumps({"n": 1}))
-    data = wait_for(lambda: conn.take(0.1), 5, "the notice on the stream")
+    data = wait_for(lambda: stream.take(0.1), 5, "the notice on the stream")
     assert f"id: {sent.id}\n".encode() in data
+    node.shutdown()
     here.close()
     there.close()
 
 
-def test_sigterm_still_kills_a_process_without_a_server_handler(tmp_path: Path) -> None:
-    """Outside gunicorn (SIGTERM at its default) the hub leaves SIGTERM alone: the process still dies."""
-    import signal
+#: A process with one app's node and one stream; SIGTERM after the lines given.
+SIGNAL_SCRIPT = """
+import os, signal, time
+from sse_notify import shutdown
+from sse_notify.brokers import MemoryBroker
+from sse_notify.hub import Hub
+from sse_notify.node import Node
+node = Node(MemoryBroker(), Hub())
+{before}
+node.ensure_started(); stream = node.hub.connect("alice")
+os.kill(os.getpid(), signal.SIGTERM)
+deadline = time.monotonic() + 5
+while not stream.closed and time.monotonic() < deadline: time.sleep(0.01)
+{after}
+"""
+
+
+def run_signal_script(before: str, after: str) -> t.Any:
     import subprocess
     import sys
 
-    code = (
-        "import os, signal, time\n"
-        "from sse_notify.brokers import MemoryBroker\n"
-        "from sse_notify.hub import Hub\n"
-        "hub = Hub(MemoryBroker()); hub.connect('alice')\n"
-        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
-        "os.kill(os.getpid(), signal.SIGTERM); time.sleep(5); print('survived')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    code = SIGNAL_SCRIPT.format(before=before, after=after)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+
+
+def test_sigterm_still_kills_a_process_without_a_server_handler() -> None:
+    """Outside gunicorn (SIGTERM at its default) nothing is chained: the process still dies."""
+    import signal
+
+    done = run_signal_script("assert not shutdown.install()", "print('survived')")
     assert done.returncode == -signal.SIGTERM, done.stdout + done.stderr
 
 
-def test_sigterm_handler_of_a_server_is_extended(tmp_path: Path) -> None:
-    """Under a server that handles SIGTERM, the hub closes its streams and then calls the server's handler."""
-    import subprocess
-    import sys
-
-    code = (
-        "import os, signal, time\n"
-        "from sse_notify.brokers import MemoryBroker\n"
-        "from sse_notify.hub import Hub\n"
-        "seen = []\n"
-        "signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))\n"
-        "hub = Hub(MemoryBroker()); conn = hub.connect('alice')\n"
-        "os.kill(os.getpid(), signal.SIGTERM)\n"
-        "deadline = time.monotonic() + 5\n"
-        "while not conn.closed and time.monotonic() < deadline: time.sleep(0.01)\n"
-        "print(conn.close_reason, seen == [signal.SIGTERM])\n"
+def test_sigterm_handler_of_a_server_is_extended() -> None:
+    """Under a server that handles SIGTERM, installing closes the streams, then calls the server's handler."""
+    done = run_signal_script(
+        "seen = []\nsignal.signal(signal.SIGTERM, lambda s, f: seen.append(s))\nassert shutdown.install()",
+        "print(stream.close_reason, seen == [signal.SIGTERM])",
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["shutdown", "True"], done.stdout + done.stderr
+
+
+def test_a_node_alone_touches_no_signal() -> None:
+    """Building an app's node (as init_app does) leaves SIGTERM alone: only install() chains onto it."""
+    done = run_signal_script(
+        "handler = lambda s, f: print('server handler')\nsignal.signal(signal.SIGTERM, handler)",
+        "print(stream.closed, signal.getsignal(signal.SIGTERM) is handler)",
+    )
+    assert done.stdout.split() == ["server", "handler", "False", "True"], done.stdout + done.stderr
 
 
 def test_sigterm_before_the_first_stream_is_not_missed() -> None:
@@ -195,16 +265,17 @@ def test_sigterm_before_the_first_stream_is_not_missed() -> None:
     import sys
 
     code = (
-        "import os, signal\n"
+        "import os, signal, time\n"
+        "from sse_notify import shutdown\n"
         "from sse_notify.brokers import MemoryBroker\n"
-        "from sse_notify.concurrency import gevent_active\n"
         "from sse_notify.hub import Hub\n"
+        "from sse_notify.node import Node\n"
         "signal.signal(signal.SIGTERM, lambda s, f: None)  # the server's own graceful handler\n"
-        "hub = Hub(MemoryBroker()); hub.install_shutdown_signal()  # as init_app does\n"
+        "node = Node(MemoryBroker(), Hub()); shutdown.install()  # as gunicorn_conf's hook does\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
-        "import time; time.sleep(0.2)\n"
-        "conn = hub.connect('alice')  # the hub starts only now\n"
-        "print(conn.closed, conn.close_reason)\n"
+        "time.sleep(0.2)\n"
+        "node.ensure_started(); stream = node.hub.connect('alice')  # the node starts only now\n"
+        "print(stream.closed, stream.close_reason)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["True", "shutdown"], done.stdout + done.stderr

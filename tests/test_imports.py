@@ -159,3 +159,101 @@ def test_gunicorn_conf_sets_the_metrics_directory_before_prometheus_client_loads
     assert os.path.isdir(directory)
     assert value_class == "MmapedValue"  # the multiprocess one
     shutil.rmtree(directory)
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Every module of the package and the package modules it imports, anywhere in it.
+
+    Imports inside functions count (they only hide a cycle); those under ``if TYPE_CHECKING:``
+    do not (they never run). Importing ``a.b.c`` also runs the package ``a.b`` (not the top
+    package, whose ``__init__`` is the public facade over everything).
+    """
+    import ast
+
+    modules: dict[str, Path] = {}
+    for path in PACKAGE_DIR.rglob("*.py"):
+        parts = ["sse_notify", *path.relative_to(PACKAGE_DIR).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+
+    def resolve(module: str, is_package: bool, level: int, name: str | None) -> str:
+        base = module.split(".") if is_package else module.split(".")[:-1]
+        if level > 1:
+            base = base[: len(base) - (level - 1)]
+        return ".".join([*base, *([name] if name else [])])
+
+    def type_checking(test: ast.expr) -> bool:
+        return "TYPE_CHECKING" in ast.unparse(test)
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        is_package = path.name == "__init__.py"
+        found: set[str] = set()
+
+        def visit(
+            node: ast.AST, module: str = module, is_package: bool = is_package, found: set[str] = found
+        ) -> None:
+            if isinstance(node, ast.If) and type_checking(node.test):
+                for child in node.orelse:
+                    visit(child)
+                return
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = (
+                    resolve(module, is_package, node.level, node.module) if node.level else node.module or ""
+                )
+                targets = [base]
+                targets += [
+                    f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in modules
+                ]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                while target and target != "sse_notify":
+                    # (a module's own packages are already being imported when it runs)
+                    if target in modules and target != module and not module.startswith(target + "."):
+                        found.add(target)
+                    target = target.rpartition(".")[0]
+            for child in ast.iter_child_nodes(node):
+                visit(child)
+
+        visit(ast.parse(path.read_text()))
+        graph[module] = found
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph`` (each once, as the path that closes it)."""
+    found: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+
+    def walk(node: str, path: list[str]) -> None:
+        for target in sorted(graph.get(node, ())):
+            if target in path:
+                cycle = [*path[path.index(target) :], target]
+                if frozenset(cycle) not in seen:
+                    seen.add(frozenset(cycle))
+                    found.append(cycle)
+            elif len(path) < 30:
+                walk(target, [*path, target])
+
+    for start in sorted(graph):
+        if start != "sse_notify":
+            walk(start, [start])
+    return found
+
+
+def test_the_package_has_no_import_cycles() -> None:
+    """No module of sse_notify imports one that imports it back, not even from inside a function."""
+    graph = _package_imports()
+    assert {"sse_notify.cli", "sse_notify.extension", "sse_notify.views", "sse_notify.service"} <= set(graph)
+    assert "sse_notify.service" in graph["sse_notify.views"]  # the graph sees real imports
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    """The cycle search reports a cycle hidden two modules deep."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]

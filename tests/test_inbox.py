@@ -9,7 +9,8 @@ import httpx
 import pytest
 from flask.testing import FlaskClient
 
-from .support import PUBLISH_KEY, RedisServer, Server, Subscriber, token_for
+from .sse_client import Subscriber, named
+from .support import PUBLISH_KEY, RedisServer, Server, token_for
 
 JSONBody = dict[str, t.Any]
 
@@ -149,10 +150,9 @@ def test_inbox_does_not_take_the_token_cookie(client: FlaskClient) -> None:
 
 def snapshot_of(sub: Subscriber) -> JSONBody:
     """The first event of the stream, which must be its snapshot."""
-    first = sub.events.get(timeout=10)
-    sub.received.append(first)
-    assert first.event == "snapshot", first
-    return t.cast(JSONBody, json.loads(first.data))
+    first = sub.next("snapshot")
+    assert named(sub.seen) == [first], sub.seen
+    return t.cast(JSONBody, first.json())
 
 
 def mark(server: Server, user: str, notice_id: int | str, action: str) -> JSONBody:
@@ -233,7 +233,8 @@ def test_snapshot_can_be_turned_off(make_server: t.Callable[..., Server]) -> Non
     try:
         assert sub.opened.wait(10)
         sent = server.publish("dave", {"n": 1})
-        first = sub.events.get(timeout=10)
-        assert (first.event, first.id) == ("notice", str(sent["id"]))
+        first = sub.next("notice")
+        assert named(sub.seen) == [first]
+        assert first.id == str(sent["id"])
     finally:
         sub.close()

@@ -18,7 +18,8 @@ import pytest
 from bench.proxy import DocNginx, doc_nginx_block, nginx_binary
 from sse_notify.config import DEFAULTS
 
-from .support import AUTH, Server, Subscriber, require_binary, wait_for
+from .sse_client import Subscriber, subscribe
+from .support import AUTH, Server, require_binary, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -66,9 +67,7 @@ def via(proxy: DocNginx, backend: Server, url: str) -> str:
 
 def stream(proxy: DocNginx, backend: Server, user: str, **kw: t.Any) -> Subscriber:
     """A stream of ``user`` opened through nginx, asking for gzip as browsers do."""
-    sub = Subscriber(via(proxy, backend, backend.stream_url(user)), headers={"Accept-Encoding": "gzip"}, **kw)
-    assert sub.opened.wait(10), f"stream did not open through nginx\n{proxy.log()}"
-    return sub
+    return subscribe(via(proxy, backend, backend.stream_url(user)), headers={"Accept-Encoding": "gzip"}, **kw)
 
 
 def hang_up(proxy: DocNginx, user: str, sub: Subscriber) -> None:

@@ -19,12 +19,21 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from sse_notify.notices import USER_ID_PATTERN
-from sse_notify.openapi import document
+from sse_notify.auth import MAX_TOKEN_TTL
+from sse_notify.config import DEFAULTS, Settings
+from sse_notify.notices import IDEMPOTENCY_KEY, USER_ID_PATTERN
+from sse_notify.openapi import document as document_for
+from sse_notify.service import get_state
 
 from .support import PUBLISH_KEY, SECRET
 
 METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+def document(prefix: str = "") -> dict[str, t.Any]:
+    """The document of an app with the default settings."""
+    return document_for(Settings.from_config(DEFAULTS), prefix)
+
 
 #: The error statuses each operation can answer, read off its view, decorators and handlers.
 PUBLISHER = {"401", "403", "429"}
@@ -116,6 +125,21 @@ def test_document_is_valid_openapi_and_matches_the_code() -> None:
     assert doc["components"]["schemas"]["UserId"]["pattern"] == f"^{USER_ID_PATTERN.pattern}$"
 
 
+def test_document_takes_its_limits_from_the_code_and_the_settings() -> None:
+    """The key pattern, the token lifetime and the app's limits in the document are the server's own."""
+    settings = Settings.from_config({**DEFAULTS, "SSE_NOTIFY_INBOX_PAGE_MAX": 7, "SSE_NOTIFY_MAX_BATCH": 9})
+    doc = document_for(settings)
+    ops = operations(doc)
+    key = next(p for p in ops[("post", "/notices")]["parameters"] if p["name"] == "Idempotency-Key")
+    assert key["schema"]["pattern"] == f"^{IDEMPOTENCY_KEY.pattern}$"
+    ttl = next(p for p in ops[("post", "/users/{user_id}/tokens")]["parameters"] if p["name"] == "ttl")
+    assert ttl["schema"]["maximum"] == MAX_TOKEN_TTL
+    limit = next(p for p in ops[("get", "/users/{user_id}/notices")]["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 7
+    batch = ops[("post", "/notices")]["requestBody"]["content"]["application/json"]["schema"]
+    assert batch["maxItems"] == 9
+
+
 def test_document_honours_the_prefix() -> None:
     """Under a URL prefix every path moves, and nothing else changes."""
     plain, mounted = document(), document("/notify/")
@@ -127,7 +151,7 @@ def test_openapi_json_serves_the_document(app: Flask) -> None:
     """GET /openapi.json answers the document as JSON."""
     response = app.test_client().get("/openapi.json")
     assert response.status_code == 200
-    assert response.get_json() == document()
+    assert response.get_json() == document_for(get_state(app).settings)
 
 
 # Built from document() itself, not through /openapi.json: schemathesis.pytest.from_fixture (the
@@ -293,7 +317,6 @@ def test_each_documented_answer_is_real_and_conforms(
     from sse_notify import create_app, notify
     from sse_notify.auth import issue_token
     from sse_notify.errors import BrokerError
-    from sse_notify.extension import get_state
 
     fields = dict(fields)
     raw = {"data": fields.pop("data")} if "data" in fields else {}
@@ -302,7 +325,7 @@ def test_each_documented_answer_is_real_and_conforms(
     broker = get_state(app).broker
     if setup == "store down":
         monkeypatch.setattr(broker, "path", "/proc/no-such-dir/notices.sqlite3")
-        monkeypatch.setattr(broker, "_db", None)
+        monkeypatch.setattr(broker, "_conn", None)
     if setup == "store fails":
 
         def fail(*args: object) -> t.NoReturn:
@@ -310,6 +333,7 @@ def test_each_documented_answer_is_real_and_conforms(
 
         monkeypatch.setattr(broker, "publish_many", fail)
         monkeypatch.setattr(broker, "publish", fail)
+        monkeypatch.setattr(broker, "publish_control", fail)
     case = api[path][method].Case(**fields)
     case.headers = dict(case.headers or {})
     if publisher:

@@ -19,9 +19,10 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from sse_notify import create_app, presence
-from sse_notify.extension import get_state
+from sse_notify.service import get_state
 
-from .support import AUTH, RedisServer, Server, Subscriber, token_for, wait_for
+from .sse_client import Subscriber
+from .support import AUTH, RedisServer, Server, token_for, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -263,7 +264,9 @@ def test_metrics_can_be_turned_off(app: Flask, tmp_path: Path) -> None:
 def test_presence_function_in_process(app: Flask) -> None:
     """sse_notify.presence() counts the streams of this process's hub at once."""
     with app.app_context():
-        hub = get_state().hub
+        node = get_state().node
+        hub = node.hub
+        node.ensure_started()  # as a stream's generator does
         assert presence("alice").online is False
         conns = [hub.connect("alice"), hub.connect("alice")]
         assert presence("alice").streams == 2

@@ -7,44 +7,22 @@ import re
 import time
 import typing as t
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from playwright.sync_api import (
     Browser,
     BrowserContext,
-    Locator,
     Page,
-    Request,
-    ViewportSize,
     expect,
-    sync_playwright,
 )
 
-from .browser import launch_chromium
-from .support import PUBLISH_KEY, ROOT, Server, wait_for
+from .browser import TIMEOUT, VIEWPORT, notice, query_of, stream_requests, streams_of
+from .support import PUBLISH_KEY, ROOT, Server, stays, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
-#: Milliseconds for every Playwright wait.
-TIMEOUT = 10_000
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
-VIEWPORT: ViewportSize = {"width": 1200, "height": 800}
-
-
-@pytest.fixture(name="browser", scope="module")
-def _browser() -> t.Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(name="context")
-def _context(browser: Browser) -> t.Iterator[BrowserContext]:
-    context = browser.new_context(viewport=VIEWPORT)
-    yield context
-    context.close()
 
 
 @pytest.fixture(name="open_page")
@@ -77,45 +55,9 @@ def _open_page(context: BrowserContext, request: pytest.FixtureRequest) -> t.Ite
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
-def stream_requests(target: Page | BrowserContext) -> list[str]:
-    """A list that fills with the URL of every stream and token request of ``target`` from now on."""
-    urls: list[str] = []
-
-    def record(request: Request) -> None:
-        if "/connection/" in request.url or request.url.endswith("/tokens") or "/tokens?" in request.url:
-            urls.append(request.url)
-
-    target.on("request", record)
-    return urls
-
-
-def streams_of(urls: list[str]) -> list[str]:
-    """The stream URLs among ``urls`` (see :func:`stream_requests`)."""
-    return [url for url in urls if "/connection/" in url]
-
-
 def is_stream(user: str) -> t.Callable[[str], bool]:
     """A route matcher for ``user``'s stream URL, whatever its query (token, last_event_id)."""
     return lambda url: urlsplit(url).path == f"/connection/{user}"
-
-
-def query_of(url: str) -> dict[str, str]:
-    """The query parameters of ``url`` (one value each)."""
-    return {name: values[-1] for name, values in parse_qs(urlsplit(url).query).items()}
-
-
-def stays(predicate: t.Callable[[], t.Any], seconds: float, what: str) -> None:
-    """Assert that ``predicate`` holds at every poll for ``seconds`` (for things that must not happen)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert predicate(), what
-        time.sleep(0.1)
-
-
-def notice(page: Page, title: str) -> Locator:
-    """The inbox items whose title is exactly ``title``."""
-    exact = re.compile(f"^{re.escape(title)}$")
-    return page.locator("#notices li").filter(has=page.locator(".title", has_text=exact))
 
 
 def test_notice_for_the_user_appears_and_others_do_not(

@@ -11,16 +11,10 @@ import typing as t
 import httpx
 import pytest
 
-from .support import RedisServer, Server, Subscriber, token_for, wait_for
+from .sse_client import subscribe
+from .support import RedisServer, Server, token_for, wait_for
 
 pytestmark = pytest.mark.server
-
-
-def stream(server: Server, user: str, **kw: t.Any) -> Subscriber:
-    """Open a stream of ``user`` and wait until it is open."""
-    sub = Subscriber(server.stream_url(user), **kw)
-    assert sub.opened.wait(10), "stream did not open"
-    return sub
 
 
 def ids(events: list[t.Any]) -> list[int]:
@@ -40,7 +34,11 @@ def _two_hosts(make_server: t.Callable[..., Server], own_redis: RedisServer) -> 
 def test_a_notice_reaches_streams_on_both_hosts(two_hosts: tuple[Server, Server]) -> None:
     """Published to either instance, a notice reaches the user's streams on both; others get nothing."""
     a, b = two_hosts
-    on_a, on_b, bob = stream(a, "alice"), stream(b, "alice"), stream(b, "bob")
+    on_a, on_b, bob = (
+        subscribe(a.stream_url("alice")),
+        subscribe(b.stream_url("alice")),
+        subscribe(b.stream_url("bob")),
+    )
     sent = [a.publish("alice", {"via": "a"}), b.publish("alice", {"via": "b"}), a.broadcast({"all": 1})]
     for sub in (on_a, on_b):
         assert ids(sub.notices(3)) == [n["id"] for n in sent]
@@ -53,13 +51,13 @@ def test_a_notice_reaches_streams_on_both_hosts(two_hosts: tuple[Server, Server]
 def test_a_client_moving_hosts_resumes_with_nothing_lost(two_hosts: tuple[Server, Server]) -> None:
     """A client that leaves host A for host B, with its Last-Event-ID, gets what it missed, once."""
     a, b = two_hosts
-    first = stream(a, "carol")
+    first = subscribe(a.stream_url("carol"))
     for i in range(2):
         a.publish("carol", {"n": i})
     seen = first.notices(2)
     first.close()
     missed = [a.publish("carol", {"n": i}) for i in range(2, 5)] + [b.broadcast({"n": 5})]
-    moved = stream(b, "carol", last_event_id=seen[-1].id)
+    moved = subscribe(b.stream_url("carol"), last_event_id=seen[-1].id)
     assert ids(moved.notices(4)) == [n["id"] for n in missed]
     live = a.publish("carol", {"n": 6})
     assert ids(moved.notices(1)) == [live["id"]]
@@ -70,7 +68,7 @@ def test_a_client_moving_hosts_resumes_with_nothing_lost(two_hosts: tuple[Server
 def test_kick_on_one_host_closes_streams_on_the_other(two_hosts: tuple[Server, Server]) -> None:
     """A kick sent to host A closes the user's stream held by host B."""
     a, b = two_hosts
-    on_b = stream(b, "dave")
+    on_b = subscribe(b.stream_url("dave"))
     assert a.post("/users/dave/kick", None).status_code == 202
     close = on_b.next("close")
     assert json.loads(close.data) == {"reason": "kicked"}
@@ -82,7 +80,7 @@ def test_redis_outage_streams_stay_open_and_nothing_acknowledged_is_lost(
 ) -> None:
     """Redis stops for seconds: publish 503, /healthz down, streams stay open; then everything resumes."""
     server = make_server(workers=2, store=own_redis.url)
-    subs = [stream(server, "erin") for _ in range(4)]
+    subs = [subscribe(server.stream_url("erin")) for _ in range(4)]
     before = server.publish("erin", {"n": "before"})
     for sub in subs:
         assert ids(sub.notices(1)) == [before["id"]]
@@ -160,7 +158,7 @@ def test_a_worker_whose_first_stream_meets_an_outage_recovers(
     assert b"retry: " in body
     assert b"connected" not in body
     own_redis.start()
-    sub = stream(server, "gina", reconnect=True)  # retries as EventSource would
+    sub = subscribe(server.stream_url("gina"), reconnect=True)  # retries as EventSource would
     sent = wait_for(
         lambda: (r := server.post("/users/gina/notices", {"n": 1})).status_code == 201 and r.json(),
         15,
@@ -175,7 +173,7 @@ def test_redis_that_lost_its_data_resets_clients(
 ) -> None:
     """If Redis comes back empty (no persistence), streams close; clients get a reset, then live notices."""
     server = make_server(workers=1, store=own_redis.url)
-    sub = stream(server, "hank", reconnect=True)
+    sub = subscribe(server.stream_url("hank"), reconnect=True)
     for i in range(3):
         server.publish("hank", {"n": i})
     assert len(sub.notices(3)) == 3

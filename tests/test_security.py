@@ -11,11 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import queue
 import stat
 import subprocess
 import sys
-import threading
 import time
 import typing as t
 from pathlib import Path
@@ -24,17 +22,17 @@ import httpx
 import pytest
 from flask import Flask, Response, make_response, request, session
 from flask.testing import FlaskClient
-from httpx_sse import ServerSentEvent, connect_sse
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from werkzeug.test import TestResponse
 
-from sse_notify import ConfigError, create_app, notify
+from sse_notify import ConfigError, notify
 from sse_notify.auth import issue_token, verify_token
 from sse_notify.config import DEFAULTS
 from sse_notify.errors import TokenExpired
-from sse_notify.extension import SSENotify, get_state, set_token_cookie
+from sse_notify.extension import SSENotify, set_token_cookie
+from sse_notify.service import get_state
 
-from .support import AUTH, PUBLISH_KEY, SECRET, Server, Subscriber, token_for, wait_for
+from .sse_client import Subscriber, decode, named, on_every_worker, retry_of, subscribe
+from .support import AUTH, PUBLISH_KEY, SECRET, Server, host_app, standalone_app, token_for, wait_for
 
 INSTRUMENTED = "tests.instrumented:app"
 COOKIE = DEFAULTS["SSE_NOTIFY_TOKEN_COOKIE"]
@@ -45,31 +43,9 @@ KEYS = ("k1", "k2")
 # -- helpers -----------------------------------------------------------------
 
 
-def serve(**config: t.Any) -> Flask:
-    """The standalone server's app (``create_app``) on a memory store with the test secret and key."""
-    return create_app(
-        {
-            "TESTING": True,
-            "SSE_NOTIFY_BROKER_URL": "memory://",
-            "SSE_NOTIFY_HEARTBEAT": 0.2,
-            "SECRET_KEY": SECRET,
-            "SSE_NOTIFY_PUBLISH_KEYS": [PUBLISH_KEY],
-            **config,
-        }
-    )
-
-
-def embed(instance: Path, *, secure: bool = True, **config: t.Any) -> Flask:
-    """``SSENotify(app)`` in a bare Flask app whose instance folder is ``instance`` (not the repository's).
-
-    ``secure`` sets the test secret and publish key; ``config`` overrides anything.
-    """
-    app = Flask("sse_notify", instance_path=str(instance))
-    app.config.from_mapping(DEFAULTS)
-    app.config.update(TESTING=True, SSE_NOTIFY_BROKER_URL="memory://", SSE_NOTIFY_HEARTBEAT=0.2)
-    if secure:
-        app.config.update(SECRET_KEY=SECRET, SSE_NOTIFY_PUBLISH_KEYS=[PUBLISH_KEY])
-    app.config.update(config)
+def embed(instance: Path, **config: t.Any) -> Flask:
+    """``SSENotify(app)`` in a bare Flask app whose instance folder is ``instance`` (not the repository's)."""
+    app = host_app(instance, **config)
     SSENotify(app)
     return app
 
@@ -77,27 +53,6 @@ def embed(instance: Path, *, secure: bool = True, **config: t.Any) -> Flask:
 def head(app: Flask) -> int:
     """The store's newest cursor (0: nothing was ever stored)."""
     return get_state(app).broker.head()
-
-
-def decode(raw: bytes) -> list[ServerSentEvent]:
-    """The event blocks in raw ``text/event-stream`` bytes, as httpx-sse reads them."""
-    lines, decoder, found = SSELineDecoder(), SSEDecoder(), []
-    for line in [*lines.decode(raw.decode()), *lines.flush()]:
-        sse = decoder.decode(line)
-        if sse is not None:
-            found.append(sse)
-    return found
-
-
-def named(blocks: t.Iterable[ServerSentEvent]) -> list[ServerSentEvent]:
-    """Blocks that dispatch an event (leaves out the ``id:``/``retry:``-only blocks)."""
-    return [b for b in blocks if b.data or b.event != "message"]
-
-
-def retry_of(blocks: t.Iterable[ServerSentEvent]) -> int | None:
-    """The last ``retry:`` among ``blocks``."""
-    found = [b.retry for b in blocks if b.retry is not None]
-    return found[-1] if found else None
 
 
 def assert_json_error(response: TestResponse | httpx.Response, status: int, error: str) -> dict[str, str]:
@@ -122,78 +77,13 @@ def open_stream(client: FlaskClient, path: str, **kw: t.Any) -> tuple[TestRespon
     return response, iter(response.response)
 
 
-class Reader:
-    """One stream of a real server read by httpx-sse in a thread: every block, in order, and its end."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.blocks: queue.Queue[ServerSentEvent] = queue.Queue()
-        self.seen: list[ServerSentEvent] = []
-        self.headers: httpx.Headers | None = None
-        self.opened = threading.Event()
-        self.ended = threading.Event()
-        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=20.0))
-        threading.Thread(target=self._run, daemon=True).start()
-        assert self.opened.wait(10), f"{url} did not answer"
-        assert self.headers is not None, f"{url} did not open a stream"
-
-    def _run(self) -> None:
-        try:
-            with connect_sse(self._client, "GET", self.url) as source:
-                source.response.raise_for_status()
-                self.headers = source.response.headers
-                self.opened.set()
-                for sse in source.iter_sse():
-                    self.blocks.put(sse)
-        except Exception:
-            pass  # closed by close(), or refused: the caller sees headers is None
-        finally:
-            self.ended.set()
-            self.opened.set()
-
-    def next(self, event: str, timeout: float = 10) -> ServerSentEvent:
-        """The next event named ``event`` (every block read is kept in :attr:`seen`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {event!r} event within {timeout}s; seen {self.seen}")
-            try:
-                sse = self.blocks.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            self.seen.append(sse)
-            if sse.event == event:
-                return sse
-
-    def rest(self, timeout: float = 5) -> list[ServerSentEvent]:
-        """Wait until the server ends the stream; the blocks not read yet."""
-        assert self.ended.wait(timeout), f"the stream {self.url} did not end within {timeout}s"
-        rest: list[ServerSentEvent] = []
-        while not self.blocks.empty():
-            rest.append(self.blocks.get())
-        self.seen += rest
-        return rest
-
-    @property
-    def pid(self) -> str:
-        """The worker that serves this stream (``tests.instrumented`` only)."""
-        assert self.headers is not None
-        return self.headers["X-Worker-Pid"]
-
-    def close(self) -> None:
-        """Drop the connection."""
-        self._client.close()
-        self.ended.wait(5)
-
-
 # -- fixtures ----------------------------------------------------------------
 
 
 @pytest.fixture(name="reader_app", scope="module")
 def _reader_app() -> Flask:
     """One app for the token matrix (every refused stream leaves nothing behind)."""
-    return serve()
+    return standalone_app()
 
 
 @pytest.fixture(name="reader")
@@ -222,7 +112,7 @@ def _expired() -> dict[str, str]:
 @pytest.fixture(name="rotation")
 def _rotation() -> Flask:
     """An app with two publish keys configured at once (key rotation)."""
-    return serve(SSE_NOTIFY_PUBLISH_KEYS=list(KEYS))
+    return standalone_app(SSE_NOTIFY_PUBLISH_KEYS=list(KEYS))
 
 
 # -- 1. the token matrix -----------------------------------------------------
@@ -305,7 +195,7 @@ def test_token_matrix(
         pytest.param("Alice", 403, "forbidden", id="other-case"),
         pytest.param("alice.", 403, "forbidden", id="suffix"),
         pytest.param("alic", 403, "forbidden", id="prefix"),
-        pytest.param("alice%20", 400, "bad_request", id="trailing-space"),
+        pytest.param("alice%20", 400, "invalid_user_id", id="trailing-space"),
     ],
 )
 def test_a_token_names_one_exact_user_id(
@@ -376,6 +266,9 @@ def test_publisher_accepted_with_every_configured_key(
     if path.endswith("/tokens"):
         assert verify_token(SECRET, response.get_json()["token"], "alice").user_id == "alice"
         assert head(rotation) == 0
+    elif path.endswith("/kick"):
+        assert response.get_json() == {"user_id": "alice", "kicked": True}
+        assert head(rotation) == 0  # a control record: no notice stored
     else:
         assert head(rotation) == 1
 
@@ -499,17 +392,9 @@ def test_auth_none_opens_everything_and_says_so(tmp_path: Path, caplog: pytest.L
 # -- 4. the authorize hook ---------------------------------------------------
 
 
-def host_app(instance: Path, style: str, calls: list[str], **config: t.Any) -> Flask:
+def login_app(instance: Path, style: str, calls: list[str], **config: t.Any) -> Flask:
     """A host app with its own login (the session) and an ``authorize`` hook that uses it."""
-    app = Flask("host", instance_path=str(instance))
-    app.config.update(
-        TESTING=True,
-        SECRET_KEY=SECRET,
-        SSE_NOTIFY_BROKER_URL="memory://",
-        SSE_NOTIFY_PUBLISH_KEYS=[PUBLISH_KEY],
-        SSE_NOTIFY_HEARTBEAT=0.2,
-        **config,
-    )
+    app = host_app(instance, **config)
 
     def authorize(user_id: str) -> bool | None:
         calls.append(user_id)
@@ -549,7 +434,7 @@ def test_authorize_hook(
 ) -> None:
     """authorize(user_id): True opens the stream, False refuses it (403), None leaves it to tokens."""
     calls: list[str] = []
-    client = host_app(tmp_path / "instance", style, calls).test_client()
+    client = login_app(tmp_path / "instance", style, calls).test_client()
     if login:
         assert client.post(f"/login/{login}").status_code == 200
     query = f"?token={token_for(token_of)}" if token_of else ""
@@ -568,23 +453,10 @@ def test_authorize_hook(
 # -- 5. cookie login ---------------------------------------------------------
 
 
-def memory_host_app(tmp_path: Path, **config: t.Any) -> Flask:
-    """A host Flask app (memory store, the test secret and publish key), sse_notify not yet mounted."""
-    app = Flask("host", instance_path=str(tmp_path / "instance"))
-    app.config.update(
-        TESTING=True,
-        SECRET_KEY=SECRET,
-        SSE_NOTIFY_BROKER_URL="memory://",
-        SSE_NOTIFY_PUBLISH_KEYS=[PUBLISH_KEY],
-        **config,
-    )
-    return app
-
-
 @pytest.mark.parametrize("prefix", ["", "/notify"])
 def test_cookie_login(tmp_path: Path, prefix: str) -> None:
     """set_token_cookie: an HttpOnly, SameSite=Lax, Secure cookie for /connection/ that opens the stream."""
-    app = memory_host_app(tmp_path)
+    app = host_app(tmp_path / "instance")
     SSENotify(app, url_prefix=prefix)
 
     @app.post("/login/<user_id>")
@@ -629,7 +501,7 @@ def test_token_expiry_closes_the_open_stream(make_server: t.Callable[..., Server
     token = token_for("tess", ttl=2)
     expires_at = verify_token(SECRET, token, "tess").expires_at
     url = f"{server.url}/connection/tess?token={token}"
-    stream = Reader(url)
+    stream = subscribe(url)
     sent = server.publish("tess", {"n": 1})
     assert stream.next("notice", timeout=5).id == str(sent["id"])
     close = stream.next("close", timeout=max(0.0, expires_at - time.time()) + 5)
@@ -647,23 +519,13 @@ def test_token_expiry_closes_the_open_stream(make_server: t.Callable[..., Server
 # -- 7. kick across workers (real gunicorn, 2 workers) -----------------------
 
 
-def streams_on_every_worker(server: Server, user: str, workers: int) -> list[Reader]:
-    """Open streams of ``user`` until each worker holds at least one (the kernel picks the worker)."""
-    readers: list[Reader] = []
-    for _ in range(40):
-        readers.append(Reader(server.stream_url(user)))
-        if len({r.pid for r in readers}) == workers:
-            return readers
-    raise AssertionError(f"40 streams landed on only {len({r.pid for r in readers})} of {workers} workers")
-
-
 @pytest.mark.server
 @pytest.mark.timeout(60)
 def test_kick_closes_every_stream_on_every_worker(make_server: t.Callable[..., Server]) -> None:
     """POST /users/alice/kick: 202; alice's streams on every worker get close {"reason": "kicked"} and end."""
     server = make_server(workers=2, app=INSTRUMENTED)
-    alice = streams_on_every_worker(server, "alice", 2)
-    bob = Reader(server.stream_url("bob"))
+    alice = on_every_worker(lambda: subscribe(server.stream_url("alice")), 2)
+    bob = subscribe(server.stream_url("bob"))
     response = server.post("/users/alice/kick", None)
     assert response.status_code == 202
     assert response.json() == {"user_id": "alice", "kicked": True}
@@ -689,7 +551,7 @@ def test_kick_closes_every_stream_on_every_worker(make_server: t.Callable[..., S
 
 def test_per_user_stream_limit_replaces_the_oldest() -> None:
     """MAX_STREAMS_PER_USER=2: alice's third stream closes her oldest (close "replaced"); two stay live."""
-    app = serve(SSE_NOTIFY_MAX_STREAMS_PER_USER=2)
+    app = standalone_app(SSE_NOTIFY_MAX_STREAMS_PER_USER=2)
     client = app.test_client()
     path = f"/connection/alice?token={token_for('alice')}"
     opened = [open_stream(client, path) for _ in range(3)]
@@ -717,7 +579,7 @@ def test_per_user_stream_limit_replaces_the_oldest() -> None:
 def test_server_stream_limit_sends_clients_away_for_later(make_server: t.Callable[..., Server]) -> None:
     """With MAX_STREAMS=2, a third stream is 200 but closed at once with retry >= 2500 ms and no preamble."""
     server = make_server(SSE_NOTIFY_MAX_STREAMS="2")
-    first, second = Reader(server.stream_url("alice")), Reader(server.stream_url("bob"))
+    first, second = subscribe(server.stream_url("alice")), subscribe(server.stream_url("bob"))
     started = time.monotonic()
     with httpx.Client(timeout=10) as client, client.stream("GET", server.stream_url("carol")) as response:
         assert response.status_code == 200
@@ -743,7 +605,7 @@ def test_server_stream_limit_sends_clients_away_for_later(make_server: t.Callabl
 
 def test_publish_rate_limit_per_key() -> None:
     """RATE_LIMIT=5/minute: a key's 6th publish is 429 rate_limited with Retry-After; another key is not."""
-    app = serve(SSE_NOTIFY_PUBLISH_KEYS=list(KEYS), SSE_NOTIFY_RATE_LIMIT="5/minute")
+    app = standalone_app(SSE_NOTIFY_PUBLISH_KEYS=list(KEYS), SSE_NOTIFY_RATE_LIMIT="5/minute")
     client = app.test_client()
     k1, k2 = ({"Authorization": f"Bearer {key}"} for key in KEYS)
     for n in range(5):
@@ -857,11 +719,11 @@ BIG = "x" * DEFAULTS["SSE_NOTIFY_MAX_BODY"]
         ),
         pytest.param(
             "/notices",
-            {"json": [{"user_id": "!kick", "data": {"user_id": "alice"}}]},
+            {"json": [{"user_id": "!", "data": {"user_id": "alice"}}]},
             400,
-            "invalid_notice",
-            "!kick",
-            id="batch-to-a-control-id",
+            "invalid_user_id",
+            "'!'",
+            id="batch-to-the-control-key",
         ),
     ],
 )
@@ -997,7 +859,7 @@ BAD_IDS = [
 
 
 def _error_for(status: int) -> str:
-    return {400: "bad_request", 404: "not_found"}[status]
+    return {400: "invalid_user_id", 404: "not_found"}[status]
 
 
 @pytest.mark.parametrize(("user_id", "status"), BAD_IDS)
@@ -1078,9 +940,9 @@ def test_no_injection_into_the_stream(make_server: t.Callable[..., Server]) -> N
         assert [e.id for e in got] == [str(n["id"]) for n in sent[user]]
         assert [json.loads(e.data) for e in got] == sent[user]
         sub.nothing(1.5, event="notice")
-        events = [e.event for e in sub.received]
-        assert events == ["snapshot"] + ["notice"] * len(sent[user]), sub.received
-        assert sub.events.empty(), "an extra event arrived"
+        events = [e.event for e in named(sub.seen)]
+        assert events == ["snapshot"] + ["notice"] * len(sent[user]), sub.seen
+        assert named(sub.rest(0) if sub.ended.is_set() else list(sub.events.queue)) == [], "an extra event"
         assert sub.last_event_id == str(sent[user][-1]["id"])
         sub.close()
 
@@ -1097,8 +959,8 @@ def test_access_log_never_shows_a_token(make_server: t.Callable[..., Server], tm
     token = token_for("alice")
     bogus = "SECRETVALUE-" + "q" * 40
     streams = [
-        Reader(f"{server.url}/connection/alice?token={token}"),
-        Reader(f"{server.url}/connection/alice?last_event_id=0&token={token}"),
+        subscribe(f"{server.url}/connection/alice?token={token}"),
+        subscribe(f"{server.url}/connection/alice?last_event_id=0&token={token}"),
     ]
     refused = httpx.get(f"{server.url}/connection/alice?token={bogus}", timeout=5)
     assert refused.status_code == 401
@@ -1157,7 +1019,7 @@ def cors_requests(client: FlaskClient, origin: str) -> dict[str, TestResponse]:
 
 @pytest.fixture(name="cors_client")
 def _cors_client() -> FlaskClient:
-    return serve(SSE_NOTIFY_CORS_ORIGINS=[ALLOWED]).test_client()
+    return standalone_app(SSE_NOTIFY_CORS_ORIGINS=[ALLOWED]).test_client()
 
 
 def test_cors_allowed_origin(cors_client: FlaskClient) -> None:
@@ -1199,13 +1061,13 @@ def test_cors_off_by_default(client: FlaskClient) -> None:
 def test_cors_wildcard_refused_at_start(origins: t.Any) -> None:
     """A '*' in SSE_NOTIFY_CORS_ORIGINS is a ConfigError at start (requests carry credentials)."""
     with pytest.raises(ConfigError, match="SSE_NOTIFY_CORS_ORIGINS"):
-        serve(SSE_NOTIFY_CORS_ORIGINS=origins)
+        standalone_app(SSE_NOTIFY_CORS_ORIGINS=origins)
 
 
 @pytest.fixture(name="session_app")
 def _session_app(tmp_path: Path) -> Flask:
     """A host app whose authorize hook reads its own session cookie (as examples/notify_app does)."""
-    app = memory_host_app(tmp_path, SSE_NOTIFY_CORS_ORIGINS=["https://app.example.com"])
+    app = host_app(tmp_path / "instance", SSE_NOTIFY_CORS_ORIGINS=["https://app.example.com"])
     SSENotify(app, url_prefix="/notify", authorize=lambda user_id: session.get("user") == user_id)
 
     @app.post("/login/<user_id>")

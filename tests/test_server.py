@@ -13,18 +13,12 @@ import typing as t
 import httpx
 import pytest
 
-from .support import Server, Subscriber, decode_raw_stream, token_for, wait_for
+from .sse_client import Subscriber, decode_http, subscribe
+from .support import Server, token_for, wait_for
 
 pytestmark = pytest.mark.server
 
 INSTRUMENTED = "tests.instrumented:app"
-
-
-def stream(server: Server, user: str, **kw: t.Any) -> Subscriber:
-    """Open a stream of ``user`` and wait until it is open."""
-    sub = Subscriber(server.stream_url(user), **kw)
-    assert sub.opened.wait(10), "stream did not open"
-    return sub
 
 
 def payload(event: t.Any) -> dict[str, t.Any]:
@@ -57,8 +51,8 @@ def test_stream_headers_and_first_bytes(live_server: Server) -> None:
 
 def test_delivery_to_every_tab_and_not_to_others(live_server: Server) -> None:
     """A notice reaches each open stream of its user, with id, event name and JSON data; nobody else."""
-    tabs = [stream(live_server, "alice") for _ in range(3)]
-    bob = stream(live_server, "bob")
+    tabs = [subscribe(live_server.stream_url("alice")) for _ in range(3)]
+    bob = subscribe(live_server.stream_url("bob"))
     sent = live_server.publish("alice", {"title": "hello", "n": 1})
     assert set(sent) == {"id", "user_id", "created_at", "data"}
     assert sent["user_id"] == "alice"
@@ -76,7 +70,7 @@ def test_delivery_to_every_tab_and_not_to_others(live_server: Server) -> None:
 
 def test_broadcast_and_batch(live_server: Server) -> None:
     """A broadcast reaches everyone; a batch reaches each named user, in order."""
-    alice, bob = stream(live_server, "alice"), stream(live_server, "bob")
+    alice, bob = subscribe(live_server.stream_url("alice")), subscribe(live_server.stream_url("bob"))
     sent = live_server.broadcast({"title": "maintenance"})
     assert sent["user_id"] is None
     assert payload(alice.next()) == sent
@@ -118,7 +112,7 @@ def test_resume_with_last_event_id_exactly_once(live_server: Server) -> None:
     live_server.publish("erin", {"n": "not for dave"})
     expected = [n["id"] for n in missed] + [everyone["id"]]
 
-    by_header = stream(live_server, "dave", last_event_id=str(first["id"]))
+    by_header = subscribe(live_server.stream_url("dave"), last_event_id=str(first["id"]))
     assert [int(e.id) for e in by_header.notices(4)] == expected
     live = live_server.publish("dave", {"n": 5})
     assert payload(by_header.next())["id"] == live["id"]
@@ -134,12 +128,12 @@ def test_resume_with_last_event_id_exactly_once(live_server: Server) -> None:
 def test_first_frame_id_is_a_resume_point(live_server: Server) -> None:
     """The id a fresh stream starts with resumes correctly: a notice sent after it is replayed."""
     live_server.publish("nina", {"n": 0})
-    sub = stream(live_server, "nina")
+    sub = subscribe(live_server.stream_url("nina"))
     wait_for(lambda: sub.last_event_id, 5, "the first frame's id")
     start = sub.last_event_id
     sub.close()
     sent = live_server.publish("nina", {"n": 1})
-    resumed = stream(live_server, "nina", last_event_id=start)
+    resumed = subscribe(live_server.stream_url("nina"), last_event_id=start)
     assert [int(e.id) for e in resumed.notices(1)] == [sent["id"]]
     resumed.nothing(0.3)
     resumed.close()
@@ -148,7 +142,7 @@ def test_first_frame_id_is_a_resume_point(live_server: Server) -> None:
 def test_reset_on_unknown_and_expired_cursor(make_server: t.Callable[..., Server]) -> None:
     """An unknown or too-old cursor gets a named reset event, then what is still kept, then live notices."""
     server = make_server(SSE_NOTIFY_RETENTION_COUNT="3")
-    sub = stream(server, "frank", last_event_id="999999")
+    sub = subscribe(server.stream_url("frank"), last_event_id="999999")
     reset = sub.next("reset")
     assert json.loads(reset.data)["reason"] == "unknown"
     live = server.publish("frank", {"n": "live"})
@@ -156,7 +150,7 @@ def test_reset_on_unknown_and_expired_cursor(make_server: t.Callable[..., Server
     sub.close()
 
     kept = [server.publish("frank", {"n": i}) for i in range(6)][-3:]
-    old = stream(server, "frank", last_event_id=str(live["id"]))
+    old = subscribe(server.stream_url("frank"), last_event_id=str(live["id"]))
     info = json.loads(old.next("reset").data)
     assert info["reason"] == "expired"
     assert info["last_event_id"] == str(live["id"])
@@ -171,7 +165,7 @@ def test_notices_survive_restart(live_server: Server) -> None:
     live_server.restart()
     after = live_server.publish("gina", {"n": 3})
     assert after["id"] > before[-1]["id"]
-    sub = stream(live_server, "gina", last_event_id="0")
+    sub = subscribe(live_server.stream_url("gina"), last_event_id="0")
     assert [payload(e)["id"] for e in sub.notices(4)] == [n["id"] for n in [*before, after]]
     sub.close()
 
@@ -181,7 +175,7 @@ def _streams_on_every_worker(server: Server, user: str, workers: int) -> list[Su
     subs: list[Subscriber] = []
     pids: set[str] = set()
     for _ in range(60):
-        sub = stream(server, user)
+        sub = subscribe(server.stream_url(user))
         subs.append(sub)
         assert sub.response_headers is not None
         pids.add(sub.response_headers["X-Worker-Pid"])
@@ -207,7 +201,7 @@ def test_cross_worker_delivery(make_server: t.Callable[..., Server]) -> None:
 def test_shutdown_ends_streams_promptly(make_server: t.Callable[..., Server]) -> None:
     """SIGTERM with open streams: gunicorn exits in seconds, well inside its 10 s graceful timeout."""
     server = make_server(workers=2)
-    subs = [stream(server, f"u{i}") for i in range(20)]
+    subs = [subscribe(server.stream_url(f"u{i}")) for i in range(20)]
     took = server.stop(signal.SIGTERM)
     assert took < 6, f"shutdown took {took:.1f}s"
     for sub in subs:
@@ -218,7 +212,7 @@ def test_reload_resumes_with_nothing_lost(make_server: t.Callable[..., Server]) 
     """SIGHUP: old workers close their streams and exit fast; clients reconnect and get every notice once."""
     server = make_server(workers=2)
     old_workers = set(server.worker_pids())
-    subs = [stream(server, "ivan", reconnect=True) for _ in range(6)]
+    subs = [subscribe(server.stream_url("ivan"), reconnect=True) for _ in range(6)]
     sent = [server.publish("ivan", {"n": i}) for i in range(5)]
     assert server.proc is not None
     started = time.monotonic()
@@ -292,9 +286,9 @@ def test_slow_consumer_is_closed_then_resumes(make_server: t.Callable[..., Serve
         if raw.endswith(b"0\r\n\r\n"):
             break
     sock.close()
-    seen = [int(sse.id) for sse in decode_raw_stream(raw) if sse.event == "notice"]
+    seen = [int(sse.id) for sse in decode_http(raw) if sse.event == "notice"]
     assert seen == [n["id"] for n in sent[: len(seen)]]
-    resumed = stream(server, "kate", last_event_id=str(seen[-1]) if seen else "0")
+    resumed = subscribe(server.stream_url("kate"), last_event_id=str(seen[-1]) if seen else "0")
     rest = resumed.notices(len(sent) - len(seen), timeout=15)
     assert [int(e.id) for e in rest] == [n["id"] for n in sent[len(seen) :]]
     resumed.nothing(0.3)
@@ -305,7 +299,7 @@ def test_no_leak_after_1000_cycles(make_server: t.Callable[..., Server]) -> None
     """1,000 connect/disconnect cycles leave no greenlet, connection, buffer or hub entry behind."""
     server = make_server(app=INSTRUMENTED)
     # The baseline is taken once the hub runs (its feed and housekeeping greenlets exist).
-    stream(server, "warmup").close()
+    subscribe(server.stream_url("warmup")).close()
     baseline = wait_for(
         lambda: (s := httpx.get(server.url + "/_debug/objects").json())["hub_connections"] == 0 and s,
         10,
@@ -340,7 +334,7 @@ def test_no_leak_after_1000_cycles(make_server: t.Callable[..., Server]) -> None
 def test_client_that_never_reads_again_is_dropped(make_server: t.Callable[..., Server]) -> None:
     """A client that stops reading for good loses its stream after the send timeout; nothing stays behind."""
     server = make_server(app=INSTRUMENTED, SSE_NOTIFY_MAX_PENDING="65536", SSE_NOTIFY_SEND_TIMEOUT="1")
-    stream(server, "warmup").close()
+    subscribe(server.stream_url("warmup")).close()
     baseline = wait_for(
         lambda: (s := httpx.get(server.url + "/_debug/objects").json())["hub_connections"] == 0 and s,
         10,

@@ -10,9 +10,9 @@ from flask import Flask, render_template
 from flask.testing import FlaskClient
 
 from sse_notify import broadcast, notify, notify_many
-from sse_notify.extension import get_state
+from sse_notify.service import get_state
 
-from .support import PUBLISH_KEY, token_for
+from .support import PUBLISH_KEY, host_app, token_for
 
 
 def test_publish_answers_201_with_the_notice(client: FlaskClient) -> None:
@@ -59,21 +59,21 @@ def test_broadcast_and_batch(client: FlaskClient) -> None:
             "bad_request",
             "not valid JSON",
         ),
-        ("post", "/users/al%20ice/notices", {"json": {}}, 400, "bad_request", "user id"),
-        ("post", "/users/" + "a" * 129 + "/notices", {"json": {}}, 400, "bad_request", "user id"),
+        ("post", "/users/al%20ice/notices", {"json": {}}, 400, "invalid_user_id", "user_id must be"),
+        ("post", "/users/" + "a" * 129 + "/notices", {"json": {}}, 400, "invalid_user_id", "user_id must be"),
         ("post", "/notices", {"json": {}}, 400, "invalid_notice", "non-empty JSON list"),
         ("post", "/notices", {"json": []}, 400, "invalid_notice", "non-empty JSON list"),
         ("post", "/notices", {"json": [{"user_id": "a"}]}, 400, "invalid_notice", "notice 0"),
-        ("post", "/notices", {"json": [{"user_id": None, "data": {}}]}, 400, "invalid_notice", "/broadcast"),
+        ("post", "/notices", {"json": [{"user_id": None, "data": {}}]}, 400, "invalid_user_id", "/broadcast"),
         (
             "post",
             "/notices",
             {"json": [{"user_id": "a", "data": {}}, {"user_id": "b c", "data": {}}]},
             400,
-            "invalid_notice",
+            "invalid_user_id",
             "notice 1",
         ),
-        ("get", "/connection/bad%0Aid", {}, 400, "bad_request", "user id"),
+        ("get", "/connection/bad%0Aid", {}, 400, "invalid_user_id", "user_id must be"),
         ("get", "/nowhere", {}, 404, "not_found", "not found"),
         ("put", "/users/alice/notices", {}, 405, "method_not_allowed", "not allowed"),
         ("delete", "/broadcast", {}, 405, "method_not_allowed", "not allowed"),
@@ -123,7 +123,7 @@ def test_store_down_is_503(client: FlaskClient, app: Flask, monkeypatch: pytest.
     broker.ping()
     # Make the file unreachable: point the broker at a directory that cannot exist.
     monkeypatch.setattr(broker, "path", "/proc/no-such-dir/notices.sqlite3")
-    monkeypatch.setattr(broker, "_db", None)
+    monkeypatch.setattr(broker, "_conn", None)
     response = client.post("/users/alice/notices", json={"n": 1})
     assert response.status_code == 503
     assert response.get_json()["error"] == "store_unavailable"
@@ -172,7 +172,7 @@ def test_stream_replays_then_ends_on_shutdown(client: FlaskClient, app: Flask) -
     frame = next(chunks)
     assert frame.startswith(f"id: {sent.id}\nevent: notice\ndata: ".encode())
     assert json.loads(frame.split(b"data: ", 1)[1]) == sent.to_dict()
-    get_state(app).hub.shutdown()
+    get_state(app).node.shutdown()
     rest = b"".join(chunks)
     assert b": shutdown\n" in rest
     assert b"retry: " in rest
@@ -203,9 +203,9 @@ def test_fresh_stream_starts_with_the_head_cursor(client: FlaskClient, app: Flas
 
 def test_stream_opened_during_shutdown_is_sent_away(client: FlaskClient, app: Flask) -> None:
     """A stream opened while the worker stops gets only a shutdown comment and a retry of at least 0.5 s."""
-    hub = get_state(app).hub
-    hub.ensure_started()
-    hub.shutdown()
+    node = get_state(app).node
+    node.ensure_started()
+    node.shutdown()
     body = client.get(f"/connection/alice?token={token_for('alice')}").data
     assert body.startswith(b": shutdown\n\nretry: ")
     assert int(body.split(b"retry: ")[1].split(b"\n")[0]) >= 500
@@ -277,8 +277,7 @@ def test_a_host_apps_own_index_html_does_not_replace_the_demo_page(tmp_path: t.A
 
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "index.html").write_text("HOST PAGE")
-    app = Flask("host", root_path=str(tmp_path), instance_path=str(tmp_path / "instance"))
-    app.config.update(SECRET_KEY="s" * 32, SSE_NOTIFY_BROKER_URL="memory://")
+    app = host_app(tmp_path / "instance", root_path=tmp_path)
     SSENotify(app, url_prefix="/notify")
 
     @app.get("/")

@@ -17,11 +17,11 @@ import os
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigError
-from .base import Broker, FeedCallback, Replay
+from .base import Broker, FeedHandler, Replay
 from .memory import MemoryBroker
 from .sqlite import SQLiteBroker
 
-__all__ = ["Broker", "FeedCallback", "MemoryBroker", "Replay", "SQLiteBroker", "make_broker"]
+__all__ = ["Broker", "FeedHandler", "MemoryBroker", "Replay", "SQLiteBroker", "make_broker"]
 
 
 def make_broker(

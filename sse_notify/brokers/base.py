@@ -1,37 +1,82 @@
-"""The broker interface: where notices are stored, replayed, and announced.
+"""The broker interface, and the plumbing every store shares.
 
-Every backend (``memory://``, ``sqlite://``, later ``redis://``) implements
-:class:`Broker`, and ``tests/test_brokers.py`` runs one contract suite against
-each of them so they cannot drift apart.
+Every backend (``memory://``, ``sqlite://``, ``redis://``) implements :class:`Broker`, and
+``tests/brokers/contract.py`` runs one contract suite against each of them so they cannot
+drift apart. :class:`StoreBase` holds what they would otherwise each write again:
+
+- the **per-process connection**: opened at first use in each process, and again in a
+  forked child (gunicorn imports the app in its master and forks the workers);
+- the **translation of errors**: the backend's own exceptions become
+  :class:`~sse_notify.errors.BrokerUnavailable` (unreachable) or
+  :class:`~sse_notify.errors.BrokerError`, and a closed store raises
+  :class:`~sse_notify.errors.BrokerClosed`;
+- the **one feed per process**: :meth:`Broker.subscribe` is taken once per process, and
+  a forked child may take its own;
+- the **guarded feed callback**: the feed hands notices and :class:`~sse_notify.control.Control`
+  records to the :class:`FeedHandler` in store order, and a failing handler is logged,
+  never stops the feed;
+- ``publish``, ``publish_many`` and ``publish_once`` over one ``_publish``.
 
 Two rules every backend keeps:
 
-1. **Stored, then announced.** :meth:`Broker.publish` returns only after the
-   notice is durable in the store (as durable as the backend is), and only
-   then is it announced on the feed. Replay can therefore always return
-   what a subscriber may have seen live.
-2. **One feed per process.** :meth:`Broker.subscribe` is called once per process
-   (by the hub); the backend delivers every new notice, in cursor order, to that
-   one callback. Connections never talk to the store's feed themselves.
+1. **Stored, then announced.** :meth:`Broker.publish` returns only after the notice is
+   durable in the store (as durable as the backend is), and only then is it announced on
+   the feed. Replay can therefore always return what a subscriber may have seen live.
+2. **One feed per process.** The backend delivers every new notice and control record, in
+   store order, to the one handler of its process. Streams never talk to the feed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import threading
 import typing as t
 from dataclasses import dataclass
 
-from ..errors import IdempotencyKeyReused
+from ..control import Control
+from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, IdempotencyKeyReused
 from ..inbox import InboxStore
 from ..notices import Notice
 from ..presence import PresenceStore
 
-__all__ = ["Broker", "FeedCallback", "OnePublishCall", "Published", "Replay", "plan_replay", "replay_publish"]
+__all__ = [
+    "BROADCAST_KEY",
+    "CONTROL_KEY",
+    "Broker",
+    "FeedHandler",
+    "Published",
+    "Replay",
+    "StoreBase",
+    "plan_replay",
+    "replay_publish",
+]
 
-#: Called by a backend with new notices, in cursor order, once per batch.
-FeedCallback = t.Callable[[t.Sequence[Notice]], None]
+log = logging.getLogger("sse_notify.brokers")
 
 #: Key under which broadcasts are stored (not a valid user id).
 BROADCAST_KEY = "*"
+#: Key under which control records are stored (not a valid user id, so never replayed).
+CONTROL_KEY = "!"
+
+C = t.TypeVar("C")
+T = t.TypeVar("T")
+
+#: What a store keeps and announces: notices, and control records among them.
+Item: t.TypeAlias = "Notice | Control"
+
+
+class FeedHandler(t.Protocol):
+    """**Protocol:** what the feed of a process hands new items to (the hub)."""
+
+    def handle_notices(self, notices: t.Sequence[Notice]) -> None:
+        """New notices, in cursor order, once per batch."""
+        ...
+
+    def handle_control(self, record: Control) -> None:
+        """A control record, in its place among the notices."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,30 +100,6 @@ class Published(t.NamedTuple):
 
     notices: list[Notice]
     replayed: bool
-
-
-class OnePublishCall:
-    """``publish``, ``publish_many`` and ``publish_once`` of a backend that does all three in ``_publish``."""
-
-    def _publish(
-        self, items: t.Sequence[tuple[str | None, str]], once: tuple[str, str, float] | None
-    ) -> Published:
-        """Store ``items`` (once per ``once = (key, fingerprint, ttl)``, when given), then announce them."""
-        raise NotImplementedError
-
-    def publish(self, user_id: str | None, data_json: str) -> Notice:
-        """Store one notice, then announce it."""
-        return self._publish([(user_id, data_json)], None).notices[0]
-
-    def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
-        """Store several notices in one transaction (all or none), then announce them."""
-        return self._publish(items, None).notices
-
-    def publish_once(
-        self, items: t.Sequence[tuple[str | None, str]], key: str, fingerprint: str, ttl: float
-    ) -> Published:
-        """Store the notices and the key together, unless the key was used within ``ttl`` seconds."""
-        return self._publish(items, (key, fingerprint, ttl))
 
 
 def replay_publish(
@@ -127,6 +148,17 @@ def plan_replay(last_event_id: str, floor: int, head: int) -> tuple[int, str | N
     return cursor, None
 
 
+def stored_item(seq: int, key: str, created_at: str, data: str) -> Item | None:
+    """The notice or control record a store row holds (``None``: a record this version cannot read)."""
+    if key == CONTROL_KEY:
+        try:
+            return Control.from_json(data)
+        except ValueError as exc:
+            log.warning("skipping control record %d: %s", seq, exc)
+            return None
+    return Notice(seq, None if key == BROADCAST_KEY else key, created_at, data)
+
+
 class Broker(InboxStore, PresenceStore, t.Protocol):
     """**Protocol:** a notice store with replay, a per-process feed, inbox marks and presence."""
 
@@ -160,6 +192,10 @@ class Broker(InboxStore, PresenceStore, t.Protocol):
         """
         ...
 
+    def publish_control(self, record: Control) -> None:
+        """Announce a control record to every process's feed, in order with the notices; never replayed."""
+        ...
+
     def replay(self, user_id: str, last_event_id: str) -> Replay:
         """The notices for ``user_id`` (own and broadcasts) after a client's cursor."""
         ...
@@ -168,8 +204,12 @@ class Broker(InboxStore, PresenceStore, t.Protocol):
         """The newest cursor issued (0 if none)."""
         ...
 
-    def subscribe(self, callback: FeedCallback) -> None:
-        """Start this process's one feed: ``callback`` gets every new notice, in order."""
+    def subscribe(self, handler: FeedHandler) -> None:
+        """Start this process's one feed: ``handler`` gets every later notice and control record, in order.
+
+        :raises RuntimeError: if this process already has a feed.
+        :raises BrokerError: if the store cannot be reached; a later call may try again.
+        """
         ...
 
     def trim_expired(self) -> int:
@@ -181,5 +221,179 @@ class Broker(InboxStore, PresenceStore, t.Protocol):
         ...
 
     def close(self) -> None:
-        """Stop the feed and release connections."""
+        """Stop the feed (waiting for it to end) and release connections."""
         ...
+
+
+class StoreBase(t.Generic[C]):
+    """The plumbing every store shares (see the module docstring); ``C`` is its connection.
+
+    A backend sets :attr:`unavailable_errors` and :attr:`failure_errors` and implements
+    :meth:`_connect`, :meth:`_publish`, :meth:`_start_feed` and :meth:`_stop_feed`.
+    """
+
+    #: The backend's exceptions that mean "the store cannot be reached" (answered 503).
+    unavailable_errors: t.ClassVar[tuple[type[BaseException], ...]] = ()
+    #: The backend's exceptions that mean "the store failed" (answered 500).
+    failure_errors: t.ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Whether calls must not overlap on one connection (they hold :attr:`_lock`).
+    serialized: t.ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._calls: t.ContextManager[t.Any] = self._lock if self.serialized else contextlib.nullcontext()
+        self._conn: C | None = None
+        self._conn_pid = -1
+        self._closed = False
+        self._feed_pid = -1
+        self._handler: FeedHandler | None = None
+
+    # -- what a backend implements ---------------------------------------
+
+    def describe(self) -> str:
+        """The store, for messages: ``SQLite store /path``, ``Redis at host:port``."""
+        raise NotImplementedError
+
+    def _connect(self) -> C:
+        """Open this process's connection (may raise one of the backend's errors)."""
+        raise NotImplementedError
+
+    def _disconnect(self, connection: C) -> None:
+        """Close this process's connection (at :meth:`close`)."""
+
+    def _failed(self, connection: C) -> None:
+        """Clean up after a failed call (roll back an open transaction)."""
+
+    def _publish(
+        self, items: t.Sequence[tuple[str | None, str]], once: tuple[str, str, float] | None
+    ) -> Published:
+        """Store ``items`` (once per ``once = (key, fingerprint, ttl)``, when given), then announce them."""
+        raise NotImplementedError
+
+    def _start_feed(self, handler: FeedHandler) -> None:
+        """Start delivering every later item to ``handler`` (in the background)."""
+        raise NotImplementedError
+
+    def _stop_feed(self) -> None:
+        """Stop the feed of this process and wait until it has (at :meth:`close`)."""
+
+    # -- the per-process connection and its errors -------------------------
+
+    def _connection(self) -> C:
+        connection = self._conn
+        if connection is not None and self._conn_pid == os.getpid():
+            return connection
+        with self._lock:
+            if self._conn is None or self._conn_pid != os.getpid():
+                # First use in this process, or a fork inherited the parent's (which must
+                # not be used here: SQLite forbids it, Redis would share sockets).
+                self._conn = self._connect()
+                self._conn_pid = os.getpid()
+            return self._conn
+
+    def _run(self, work: t.Callable[[C], T]) -> T:
+        """Run ``work`` on this process's connection, with the backend's errors translated."""
+        if self._closed:
+            raise BrokerClosed(f"{self.describe()} is closed")
+        with self._calls:
+            try:
+                connection = self._connection()
+            except self.unavailable_errors + self.failure_errors as exc:
+                raise BrokerUnavailable(f"cannot open {self.describe()}: {exc}") from exc
+            try:
+                return work(connection)
+            except self.unavailable_errors as exc:
+                self._failed(connection)
+                raise BrokerUnavailable(f"{self.describe()} is unreachable: {exc}") from exc
+            except self.failure_errors as exc:
+                self._failed(connection)
+                raise BrokerError(f"{self.describe()}: {exc}") from exc
+
+    # -- publishing ------------------------------------------------------
+
+    def publish(self, user_id: str | None, data_json: str) -> Notice:
+        """Store one notice, then announce it."""
+        return self._publish([(user_id, data_json)], None).notices[0]
+
+    def publish_many(self, items: t.Sequence[tuple[str | None, str]]) -> list[Notice]:
+        """Store several notices in one transaction (all or none), then announce them."""
+        return self._publish(items, None).notices
+
+    def publish_once(
+        self, items: t.Sequence[tuple[str | None, str]], key: str, fingerprint: str, ttl: float
+    ) -> Published:
+        """Store the notices and the key together, unless the key was used within ``ttl`` seconds."""
+        return self._publish(items, (key, fingerprint, ttl))
+
+    @staticmethod
+    def _check_items(items: t.Sequence[tuple[str | None, str]]) -> None:
+        """Refuse (all of) a batch with an item that is not ``(str | None, str)``."""
+        for index, (user_id, data) in enumerate(items):
+            if not isinstance(data, str) or (user_id is not None and not isinstance(user_id, str)):
+                raise BrokerError(f"notice {index}: user_id and data_json must be str")
+
+    # -- the feed ----------------------------------------------------------
+
+    def subscribe(self, handler: FeedHandler) -> None:
+        """Start this process's one feed (again in a forked child)."""
+        with self._lock:
+            if self._feed_pid == os.getpid():
+                raise RuntimeError("this process already has a feed")
+            self._feed_pid = os.getpid()
+            self._handler = handler
+        try:
+            self._start_feed(handler)
+        except BaseException:
+            with self._lock:
+                self._feed_pid, self._handler = -1, None  # a later call tries again
+            raise
+
+    @property
+    def _feeding(self) -> bool:
+        """Whether this process has a feed."""
+        return self._feed_pid == os.getpid() and self._handler is not None
+
+    def _deliver(self, items: t.Sequence[Item | None]) -> None:
+        """Hand ``items`` to this process's handler in order: runs of notices, and each control record.
+
+        A handler that fails is logged; the feed goes on.
+        """
+        handler = self._handler
+        if handler is None or self._feed_pid != os.getpid():
+            return
+        run: list[Notice] = []
+        for item in items:
+            if isinstance(item, Notice):
+                run.append(item)
+                continue
+            if run:
+                self._hand(handler.handle_notices, run)
+                run = []
+            if item is not None:
+                self._hand(handler.handle_control, item)
+        if run:
+            self._hand(handler.handle_notices, run)
+
+    @staticmethod
+    def _hand(method: t.Callable[[T], None], value: T) -> None:
+        try:
+            method(value)
+        except Exception:
+            log.exception("feed handler failed")
+
+    def ping(self) -> None:
+        """Raise :class:`BrokerUnavailable` if the store does not answer."""
+        self._run(self._ping)
+
+    def _ping(self, connection: C) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the feed (and wait for it), then release this process's connection."""
+        self._closed = True
+        if self._feeding:
+            self._stop_feed()
+        with self._lock:
+            connection, self._conn = self._conn, None
+            if connection is not None and self._conn_pid == os.getpid():
+                self._disconnect(connection)

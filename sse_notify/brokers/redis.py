@@ -39,25 +39,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 import time
 import typing as t
 from urllib.parse import urlsplit
 
-from ..concurrency import spawn
-from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, ConfigError
+from ..concurrency import Task, spawn
+from ..control import Control, Kind
+from ..errors import BrokerError, ConfigError
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
 from .base import (
     BROADCAST_KEY,
-    FeedCallback,
-    OnePublishCall,
+    CONTROL_KEY,
+    FeedHandler,
+    Item,
     Published,
     Replay,
+    StoreBase,
     parse_cursor,
     plan_replay,
     replay_publish,
+    stored_item,
 )
 
 try:
@@ -65,12 +67,14 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     redis = None  # type: ignore[assignment]
 
-__all__ = ["RESYNC", "RedisBroker"]
+__all__ = ["RedisBroker"]
 
 log = logging.getLogger("sse_notify.brokers.redis")
 
-#: Control record the feed hands the hub when it cannot fill a gap: close every stream.
-RESYNC = "!resync"  # the same value as sse_notify.hub.RESYNC (the hub imports brokers, not the reverse)
+#: What the feed hands the hub when it cannot fill a gap: every stream resumes from its cursor.
+RESYNC = Control(Kind.RESYNC)
+#: The longest the feed waits for a message before it looks whether it was closed.
+_LISTEN = 0.2
 
 _TRIM = """
 local function trim(p, key, keep, cutoff)
@@ -239,29 +243,32 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _entry_notice(entry: t.Any, key: str | None = None) -> Notice:
-    """A notice from a stream entry (``key``: the stream's user; else the entry's ``u`` field)."""
+def _entry_fields(entry: t.Any) -> tuple[int, dict[bytes, t.Any]]:
     entry_id, fields = entry
     # redis-py parses XRANGE replies into a dict; a Lua script's reply is a flat list.
     values = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
-    user = _text(values[b"u"]) if key is None else key
-    return Notice(
-        _seq(entry_id), None if user == BROADCAST_KEY else user, _text(values[b"c"]), _text(values[b"d"])
-    )
+    return _seq(entry_id), values
 
 
-def _deliver(callback: FeedCallback, notices: list[Notice]) -> None:
-    """Hand notices to the feed's callback; its failure is logged, never stops the feed."""
-    try:
-        callback(notices)
-    except Exception:
-        log.exception("feed callback failed")
+def _entry_notice(entry: t.Any, key: str) -> Notice:
+    """A notice from an entry of ``key``'s stream."""
+    seq, values = _entry_fields(entry)
+    return Notice(seq, None if key == BROADCAST_KEY else key, _text(values[b"c"]), _text(values[b"d"]))
 
 
-class RedisBroker(OnePublishCall):
+def _entry_item(entry: t.Any) -> Item | None:
+    """A notice or control record from an entry of the catch-up stream (its ``u`` field names the key)."""
+    seq, values = _entry_fields(entry)
+    return stored_item(seq, _text(values[b"u"]), _text(values[b"c"]), _text(values[b"d"]))
+
+
+class RedisBroker(StoreBase[t.Any]):
     """Notices in Redis: any worker on any host can publish, replay, and listen."""
 
     durable = True
+    serialized = False  # redis-py's client is thread-safe, with a pool of connections
+    unavailable_errors = (redis.ConnectionError, redis.TimeoutError) if redis is not None else ()
+    failure_errors = (redis.RedisError,) if redis is not None else ()
 
     def __init__(
         self,
@@ -276,6 +283,7 @@ class RedisBroker(OnePublishCall):
     ) -> None:
         if redis is None:
             raise ConfigError('the Redis store needs redis-py: pip install "sse-notify[redis]"')
+        super().__init__()
         self.url = url
         self.prefix = prefix
         self.retention_count = retention_count
@@ -283,53 +291,42 @@ class RedisBroker(OnePublishCall):
         self.poll_interval = poll_interval
         self.catchup = catchup
         self.pool_size = pool_size
-        self._lock = threading.Lock()
-        self._client_obj: t.Any = None
-        self._pid = -1
-        self._closed = False
-        self._feeding = False
         self._scripts: dict[str, t.Any] = {}
+        self._feed_task: Task | None = None
+        self._pubsub: t.Any = None
+
+    def describe(self) -> str:
+        """``Redis at host:port``."""
+        parts = urlsplit(self.url)
+        return f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
 
     # -- connection -------------------------------------------------------
 
-    def _client(self) -> t.Any:
-        if self._client_obj is not None and self._pid == os.getpid():
-            return self._client_obj
-        with self._lock:
-            if self._client_obj is None or self._pid != os.getpid():
-                pool = redis.BlockingConnectionPool.from_url(
-                    self.url,
-                    max_connections=self.pool_size,
-                    timeout=5,
-                    socket_timeout=5,
-                    socket_connect_timeout=2,
-                )
-                client = redis.Redis(connection_pool=pool)
-                self._scripts = {
-                    "publish": client.register_script(_PUBLISH),
-                    "replay": client.register_script(_REPLAY),
-                    "sweep": client.register_script(_SWEEP),
-                    "mark": client.register_script(_MARK),
-                    "read_through": client.register_script(_READ_THROUGH),
-                    "presence_update": client.register_script(_PRESENCE_UPDATE),
-                    "presence_counts": client.register_script(_PRESENCE_COUNTS),
-                }
-                self._client_obj, self._pid = client, os.getpid()
-        return self._client_obj
+    def _connect(self) -> t.Any:
+        pool = redis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self.pool_size,
+            timeout=5,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+        )
+        client = redis.Redis(connection_pool=pool)
+        self._scripts = {
+            "publish": client.register_script(_PUBLISH),
+            "replay": client.register_script(_REPLAY),
+            "sweep": client.register_script(_SWEEP),
+            "mark": client.register_script(_MARK),
+            "read_through": client.register_script(_READ_THROUGH),
+            "presence_update": client.register_script(_PRESENCE_UPDATE),
+            "presence_counts": client.register_script(_PRESENCE_COUNTS),
+        }
+        return client
 
-    def _call(self, work: t.Callable[[t.Any], t.Any]) -> t.Any:
-        if self._closed:
-            raise BrokerClosed("the Redis store is closed")
-        try:
-            return work(self._client())
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BrokerUnavailable(f"Redis at {self._where()} is unreachable: {exc}") from exc
-        except redis.RedisError as exc:
-            raise BrokerError(f"Redis at {self._where()}: {exc}") from exc
+    def _disconnect(self, client: t.Any) -> None:
+        client.connection_pool.disconnect()
 
-    def _where(self) -> str:
-        parts = urlsplit(self.url)
-        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    def _ping(self, client: t.Any) -> None:
+        client.ping()
 
     # -- writing ----------------------------------------------------------
 
@@ -338,9 +335,7 @@ class RedisBroker(OnePublishCall):
     ) -> Published:
         if not items:
             return Published([], False)
-        for user_id, data in items:
-            if not isinstance(data, str) or (user_id is not None and not isinstance(user_id, str)):
-                raise BrokerError("user_id and data_json must be str")
+        self._check_items(items)
         created_at = utc_now_iso()
         args: list[t.Any] = [
             self.prefix,
@@ -353,11 +348,15 @@ class RedisBroker(OnePublishCall):
             created_at,
             self.catchup,
         ]
-        args.append(self._channel(self._client()) if not self._closed else "")
         args += ["", "", 0] if once is None else [once[0], once[1], max(1, int(once[2] * 1000))]
         for user_id, data in items:
             args += [BROADCAST_KEY if user_id is None else user_id, data]
-        seqs = self._call(lambda client: self._scripts["publish"](args=args))
+
+        def work(client: t.Any) -> t.Any:
+            args.insert(6, self._channel(client))
+            return self._scripts["publish"](args=args)
+
+        seqs = self._run(work)
         if once is not None and seqs and _text(seqs[0]) == "replayed":
             return replay_publish(once[0], once[1], (_text(seqs[1]), int(seqs[2]), _text(seqs[3])), items)
         notices = [
@@ -384,21 +383,21 @@ class RedisBroker(OnePublishCall):
                 dropped += int(self._scripts["sweep"](args=[self.prefix, cutoff, *batch]))
             return dropped
 
-        dropped: int = self._call(work)
+        dropped: int = self._run(work)
         return dropped
 
     # -- reading ----------------------------------------------------------
 
     def head(self) -> int:
         """The newest cursor issued."""
-        value = self._call(lambda client: client.get(f"{self.prefix}seq"))
+        value = self._run(lambda client: client.get(f"{self.prefix}seq"))
         return int(value) if value else 0
 
     def replay(self, user_id: str, last_event_id: str) -> Replay:
         """The user's notices and the broadcasts after the client's cursor (one atomic read)."""
         cursor = parse_cursor(last_event_id)
         args = [self.prefix, user_id, "" if cursor is None else str(cursor)]
-        floor, head, mine, everyone = self._call(lambda client: self._scripts["replay"](args=args))
+        floor, head, mine, everyone = self._run(lambda client: self._scripts["replay"](args=args))
         start, reset = plan_replay(last_event_id, int(floor), int(head))
         notices = [_entry_notice(e, user_id) for e in mine] + [
             _entry_notice(e, BROADCAST_KEY) for e in everyone
@@ -422,7 +421,7 @@ class RedisBroker(OnePublishCall):
             mine, everyone = pipe.execute()
             return sorted((_seq(e[0]) for e in (*mine, *everyone)), reverse=True)
 
-        ids: list[int] = self._call(work)
+        ids: list[int] = self._run(work)
         return ids
 
     def inbox_notices(self, user_id: str, ids: t.Sequence[int]) -> list[Notice]:
@@ -444,7 +443,7 @@ class RedisBroker(OnePublishCall):
                     found[notice.id] = notice
             return [found[seq] for seq in ids if seq in found]
 
-        notices: list[Notice] = self._call(work)
+        notices: list[Notice] = self._run(work)
         return notices
 
     def inbox_state(self, user_id: str) -> InboxState:
@@ -465,7 +464,7 @@ class RedisBroker(OnePublishCall):
                     archived.add(seq)
             return InboxState(int(through or 0), read, frozenset(archived))
 
-        state: InboxState = self._call(work)
+        state: InboxState = self._run(work)
         return state
 
     def mark(
@@ -478,12 +477,12 @@ class RedisBroker(OnePublishCall):
             "" if archived is None else str(int(archived)),
             *ids,
         ]
-        self._call(lambda client: self._scripts["mark"](keys=[f"{self.prefix}marks:{user_id}"], args=args))
+        self._run(lambda client: self._scripts["mark"](keys=[f"{self.prefix}marks:{user_id}"], args=args))
 
     def mark_read_through(self, user_id: str, through: int) -> None:
         """Everything up to ``through`` is read (one script)."""
         keys = [f"{self.prefix}marks:{user_id}", f"{self.prefix}through"]
-        self._call(lambda client: self._scripts["read_through"](keys=keys, args=[user_id, through]))
+        self._run(lambda client: self._scripts["read_through"](keys=keys, args=[user_id, through]))
 
     # -- presence -----------------------------------------------------------
 
@@ -493,7 +492,7 @@ class RedisBroker(OnePublishCall):
         args: list[t.Any] = [worker, max(1, int(ttl * 1000))]
         for user_id, streams in counts.items():
             args += [user_id, streams]
-        self._call(lambda client: self._scripts["presence_update"](keys=keys, args=args))
+        self._run(lambda client: self._scripts["presence_update"](keys=keys, args=args))
 
     def presence_leave(self, worker: str) -> None:
         """Forget the worker and its counts."""
@@ -504,45 +503,54 @@ class RedisBroker(OnePublishCall):
             pipe.delete(f"{self.prefix}presence:{worker}")
             pipe.execute()
 
-        self._call(work)
+        self._run(work)
 
     def presence_counts(self, user_ids: t.Sequence[str]) -> dict[str, int]:
         """Open streams per user over the live workers (one script)."""
         users = list(dict.fromkeys(user_ids))
         if not users:
             return {}
-        counts = self._call(lambda client: self._scripts["presence_counts"](args=[self.prefix, *users]))
+        counts = self._run(lambda client: self._scripts["presence_counts"](args=[self.prefix, *users]))
         return {user_id: int(n) for user_id, n in zip(users, counts, strict=True) if int(n) > 0}
 
     # -- the feed ---------------------------------------------------------
 
-    def subscribe(self, callback: FeedCallback) -> None:
-        """Start this process's feed: one pub/sub connection, every new notice in order."""
-        with self._lock:
-            if self._feeding:
-                raise RuntimeError("this process already has a feed")
-            self._feeding = True
-        # Every notice after this call is delivered: start from the head now.
-        # If Redis is down, the feed reads it once Redis is back, so a process
-        # whose first stream arrives during an outage still gets a feed.
+    def publish_control(self, record: Control) -> None:
+        """Store a control record in the catch-up stream (never replayed), then announce it."""
+        self._publish([(CONTROL_KEY, record.to_json())], None)
+
+    def _start_feed(self, handler: FeedHandler) -> None:
+        """Start this process's feed: one pub/sub connection, every new item in order."""
+        # Every item after this call is delivered: start from the head now. If Redis is
+        # down, the feed reads it once Redis is back, so a process whose first stream
+        # arrives during an outage still gets a feed.
         try:
             start: int | None = self.head()
         except BrokerError:
             start = None
-        spawn(lambda: self._feed(callback, start), name="sse-notify-redis-feed")
+        self._feed_task = spawn(lambda: self._feed(start), name="sse-notify-redis-feed")
 
-    def _catch_up(self, client: t.Any, callback: FeedCallback, last: int) -> int:
+    def _stop_feed(self) -> None:
+        """Drop the pub/sub connection (which wakes the feed), and wait for the feed to end."""
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                pubsub.connection.disconnect()
+        if self._feed_task is not None:
+            self._feed_task.join(5)
+            self._feed_task = None
+
+    def _catch_up(self, client: t.Any, last: int) -> int:
         """Dispatch what ``{p}all`` holds after ``last``; a RESYNC if it no longer reaches back that far."""
         entries = client.xrange(f"{self.prefix}all", min=f"({last}-0", max="+")
         if entries and _seq(entries[0][0]) > last + 1:
             oldest = client.xrange(f"{self.prefix}all", min="-", max="+", count=1)
             if oldest and _seq(oldest[0][0]) > last + 1:
                 log.warning("feed missed notices older than its catch-up log: closing streams to resync")
-                _deliver(callback, [Notice(_seq(entries[0][0]), RESYNC, utc_now_iso(), "{}")])
-        notices = [_entry_notice(entry) for entry in entries]
-        if notices:
-            _deliver(callback, notices)
-            return notices[-1].id
+                self._deliver([RESYNC])
+        if entries:
+            self._deliver([_entry_item(entry) for entry in entries])
+            return _seq(entries[-1][0])
         return last
 
     def _channel(self, client: t.Any) -> str:
@@ -550,68 +558,65 @@ class RedisBroker(OnePublishCall):
         # on one server with different /db (and the same prefix) stay apart.
         return f"{self.prefix}events@{client.connection_pool.connection_kwargs.get('db', 0)}"
 
-    def _feed(self, callback: FeedCallback, last: int | None) -> None:
-        pubsub: t.Any = None
+    def _resync_if_back(self, client: t.Any, last: int) -> int:
+        """The head; a RESYNC first if it went back (Redis lost data: a restart without persistence)."""
+        head = int(client.get(f"{self.prefix}seq") or 0)
+        if head < last:
+            # Live cursors mean nothing now; every client resumes and gets a reset.
+            log.warning("Redis cursor went back from %d to %d: closing streams to resync", last, head)
+            self._deliver([RESYNC])
+        return head
+
+    def _feed(self, last: int | None) -> None:
         backoff = 0.1
         catch_up = False
+        next_check = time.monotonic() + self.poll_interval
         while not self._closed:
             try:
-                client = self._client()
+                client = self._connection()
                 if last is None:
                     # This feed could not start when subscribed (Redis was down).
                     # Streams that opened meanwhile may have missed notices
                     # published before this moment: make them resume by cursor.
                     last = int(client.get(f"{self.prefix}seq") or 0)
-                    _deliver(callback, [Notice(last + 1, RESYNC, utc_now_iso(), "{}")])
-                if pubsub is None:
-                    pubsub = client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(self._channel(client))
+                    self._deliver([RESYNC])
+                if self._pubsub is None:
+                    self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    self._pubsub.subscribe(self._channel(client))
                     if catch_up:
                         log.info("feed resubscribed to Redis; catching up after cursor %d", last)
-                        head = int(client.get(f"{self.prefix}seq") or 0)
-                        if head < last:
-                            log.warning("Redis cursor went back from %d to %d: closing streams", last, head)
-                            _deliver(callback, [Notice(last + 1, RESYNC, utc_now_iso(), "{}")])
-                            last = head
-                        last = self._catch_up(client, callback, last)
+                        head = self._resync_if_back(client, last)
+                        last = self._catch_up(client, min(last, head))
                     catch_up, backoff = False, 0.1
-                message = pubsub.get_message(timeout=self.poll_interval)
+                # Short waits, so that close() is seen soon: redis-py's pub/sub reconnects by
+                # itself after close() dropped its connection, and then waits this long.
+                message = self._pubsub.get_message(timeout=min(_LISTEN, self.poll_interval))
                 if self._closed:
-                    # redis-py's pub/sub reconnects by itself, even after close()
-                    # dropped its connection: deliver nothing more.
-                    break
+                    break  # deliver nothing more
                 if message is None:
-                    head = int(client.get(f"{self.prefix}seq") or 0)
-                    if head > last:
-                        last = self._catch_up(client, callback, last)
-                    elif head < last:
-                        # The counter went back: Redis lost data (a restart without
-                        # persistence, a failover). Live cursors mean nothing now;
-                        # every client resumes and gets a reset.
-                        log.warning(
-                            "Redis cursor went back from %d to %d: closing streams to resync", last, head
-                        )
-                        _deliver(callback, [Notice(last + 1, RESYNC, utc_now_iso(), "{}")])
-                        last = head
+                    if time.monotonic() < next_check:
+                        continue
+                    next_check = time.monotonic() + self.poll_interval
+                    head = self._resync_if_back(client, last)
+                    last = self._catch_up(client, last) if head > last else head
                     continue
-                notices = []
-                for line in _text(message["data"]).split("\n"):
-                    seq, key, created, data = line.split("\t", 3)
-                    notices.append(Notice(int(seq), None if key == BROADCAST_KEY else key, created, data))
-                if notices and notices[0].id > last + 1:
-                    last = self._catch_up(client, callback, last)
-                fresh = [n for n in notices if n.id > last]
+                rows = [line.split("\t", 3) for line in _text(message["data"]).split("\n")]
+                if rows and int(rows[0][0]) > last + 1:
+                    last = self._catch_up(client, last)
+                fresh = [
+                    stored_item(int(seq), key, created, data)
+                    for seq, key, created, data in rows
+                    if int(seq) > last
+                ]
                 if fresh:
-                    _deliver(callback, fresh)
-                    last = fresh[-1].id
+                    self._deliver(fresh)
+                    last = int(rows[-1][0])
             except redis.RedisError as exc:
                 if self._closed:
                     break
                 log.warning("feed lost Redis (%s); reconnecting in %.1f s", exc, backoff)
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        pubsub.close()
-                pubsub, catch_up = None, True
+                self._drop_pubsub()
+                catch_up = True
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:
@@ -620,17 +625,10 @@ class RedisBroker(OnePublishCall):
                 log.exception("feed failed; retrying in %.1f s", backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        self._drop_pubsub()
+
+    def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 pubsub.close()
-
-    def ping(self) -> None:
-        """Raise :class:`BrokerUnavailable` if Redis does not answer."""
-        self._call(lambda client: client.ping())
-
-    def close(self) -> None:
-        """Stop the feed and release this process's connections."""
-        self._closed = True
-        if self._client_obj is not None and self._pid == os.getpid():
-            self._client_obj.connection_pool.disconnect()
-        self._client_obj = None

@@ -34,11 +34,23 @@ import threading
 import time
 import typing as t
 
-from ..concurrency import spawn, start_thread, thread_lock
-from ..errors import BrokerClosed, BrokerError, BrokerUnavailable
+from ..concurrency import Task, spawn, start_thread, thread_lock
+from ..control import Control
+from ..errors import BrokerError
 from ..inbox import InboxState
 from ..notices import Notice, dumps, utc_iso_ago, utc_now_iso
-from .base import BROADCAST_KEY, FeedCallback, OnePublishCall, Published, Replay, plan_replay, replay_publish
+from .base import (
+    BROADCAST_KEY,
+    CONTROL_KEY,
+    FeedHandler,
+    Item,
+    Published,
+    Replay,
+    StoreBase,
+    plan_replay,
+    replay_publish,
+    stored_item,
+)
 from .wakeup import WakeChannel
 
 __all__ = ["SQLiteBroker"]
@@ -106,10 +118,16 @@ def _row_notice(row: tuple[int, str, str, str]) -> Notice:
     return Notice(seq, None if user_id == BROADCAST_KEY else user_id, created_at, data)
 
 
-class SQLiteBroker(OnePublishCall):
+def _row_item(row: tuple[int, str, str, str]) -> Item | None:
+    return stored_item(*row)
+
+
+class SQLiteBroker(StoreBase[sqlite3.Connection]):
     """Notices in one SQLite file, shared by every process on the host."""
 
     durable = True
+    unavailable_errors = (sqlite3.OperationalError, OSError)
+    failure_errors = (sqlite3.Error,)
 
     def __init__(
         self,
@@ -123,52 +141,40 @@ class SQLiteBroker(OnePublishCall):
     ) -> None:
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        super().__init__()
         self.path = os.path.abspath(path)
         self.retention_count = retention_count
         self.retention_age = retention_age
         self.poll_interval = poll_interval
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
-        self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
-        self._pid = -1
         self._wake = WakeChannel(self.path)
-        self._closed = False
-        self._feeding = False
-        # This process's feed: what it delivered last, and to whom. Guarded by
-        # _feed_lock, so the feed and a local publish never deliver at once.
+        # This process's feed: what it delivered last. Guarded by _feed_lock, so the
+        # feed and a local publish never deliver at once.
         self._feed_lock = threading.Lock()
         self._feed_cursor = 0
-        self._feed_pid = -1
-        self._feed_callback: FeedCallback | None = None
-        self._checkpointing = -1  # the pid whose checkpoint thread runs
-        # Released to stop that thread, and by it when it has closed its connection.
+        self._feed_task: Task | None = None
+        # Released to stop the checkpoint thread, and by it when it has closed its connection.
         self._checkpoints_stop = thread_lock()
         self._checkpoints_done = thread_lock()
 
+    def describe(self) -> str:
+        """``SQLite store /path``."""
+        return f"SQLite store {self.path}"
+
     # -- connection -------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is not None and self._pid == os.getpid():
-            return self._db
-        # First use in this process (or a fork inherited a parent's handle,
-        # which SQLite forbids reusing): open our own.
+    def _connect(self) -> sqlite3.Connection:
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
-                db = self._open()
+                return self._open()
             except sqlite3.OperationalError as exc:
                 # Workers opening a new file together: switching it to WAL takes a lock
                 # that SQLite's busy handler does not wait for. Try again shortly.
                 if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise BrokerUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+                    raise
                 time.sleep(0.01)
-            except (sqlite3.Error, OSError) as exc:
-                raise BrokerUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
-            else:
-                break
-        self._db, self._pid = db, os.getpid()
-        return db
 
     def _open(self) -> sqlite3.Connection:
         directory = os.path.dirname(self.path)
@@ -181,28 +187,23 @@ class SQLiteBroker(OnePublishCall):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.executescript(SCHEMA)
-            if self._checkpointing == os.getpid():
+            if self._feeding:
                 db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         except BaseException:
             db.close()
             raise
         return db
 
-    def _run(self, work: t.Callable[[sqlite3.Connection], t.Any]) -> t.Any:
-        with self._lock:
-            if self._closed:
-                raise BrokerClosed(f"SQLite store {self.path} is closed")
-            db = self._conn()
-            try:
-                return work(db)
-            except sqlite3.OperationalError as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise BrokerUnavailable(f"SQLite store {self.path}: {exc}") from exc
-            except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise BrokerError(f"SQLite store {self.path}: {exc}") from exc
+    def _failed(self, db: sqlite3.Connection) -> None:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+    def _disconnect(self, db: sqlite3.Connection) -> None:
+        db.close()
+        self._wake.close()
+
+    def _ping(self, db: sqlite3.Connection) -> None:
+        db.execute("SELECT 1").fetchone()
 
     # -- writing ----------------------------------------------------------
 
@@ -248,28 +249,30 @@ class SQLiteBroker(OnePublishCall):
             self._wake.wake_all(skip_own=delivered)
         return published
 
-    def _deliver_here(self, notices: list[Notice]) -> bool:
-        """Hand notices this process just stored to its own feed's callback, if nothing can be out of order.
+    def publish_control(self, record: Control) -> None:
+        """Store a control record among the notices (never replayed), then announce it."""
+        self._publish([(CONTROL_KEY, record.to_json())], None)
 
-        That is when they come right after what the feed delivered last (no
-        other process committed in between) and none is a broadcast (whose
-        fan-out could make the publisher wait). It saves the feed's wake-up
-        and read-back of each notice on the worker that published it; every
-        other case, and every other process, goes through the feed.
+    def _deliver_here(self, stored: list[Notice]) -> bool:
+        """Hand what this process just stored to its own feed, if nothing can be out of order.
+
+        That is when it comes right after what the feed delivered last (no other
+        process committed in between) and holds no broadcast (whose fan-out could
+        make the publisher wait). It saves the feed's wake-up and read-back on the
+        worker that published; every other case, and every other process, goes
+        through the feed.
         """
-        callback = self._feed_callback
-        if callback is None or any(n.user_id is None for n in notices):
+        if not self._feeding or any(n.user_id is None for n in stored):
             return False
         if not self._feed_lock.acquire(blocking=False):
             return False
         try:
-            if self._feed_pid != os.getpid() or notices[0].id != self._feed_cursor + 1:
+            if stored[0].id != self._feed_cursor + 1:
                 return False
-            self._feed_cursor = notices[-1].id
-            try:
-                callback(notices)
-            except Exception:
-                log.exception("feed callback failed")
+            self._feed_cursor = stored[-1].id
+            self._deliver(
+                [stored_item(n.id, t.cast(str, n.user_id), n.created_at, n.data_json) for n in stored]
+            )
             return True
         finally:
             self._feed_lock.release()
@@ -349,14 +352,14 @@ class SQLiteBroker(OnePublishCall):
         replay: Replay = self._run(work)
         return replay
 
-    def _after(self, cursor: int) -> list[Notice]:
-        rows = self._run(
+    def _after(self, cursor: int) -> list[tuple[int, str, str, str]]:
+        rows: list[tuple[int, str, str, str]] = self._run(
             lambda db: db.execute(
                 "SELECT seq, user_id, created_at, data FROM notices WHERE seq > ? ORDER BY seq LIMIT ?",
                 (cursor, _FEED_BATCH),
             ).fetchall()
         )
-        return [_row_notice(r) for r in rows]
+        return rows
 
     # -- inboxes ----------------------------------------------------------
 
@@ -496,20 +499,17 @@ class SQLiteBroker(OnePublishCall):
         )
         return {user_id: int(n) for user_id, n in rows}
 
-    def subscribe(self, callback: FeedCallback) -> None:
+    def _start_feed(self, handler: FeedHandler) -> None:
         """Start this process's feed: every notice committed from now on, in order."""
+        start = self.head()  # may raise BrokerError: nothing is set up yet, a later call retries
+        self._wake.listen()
+        self._feed_cursor = start
         with self._lock:
-            if self._feeding:
-                raise RuntimeError("this process already has a feed")
-            start = self.head()  # may raise BrokerError: nothing is set up yet, a later call retries
-            self._wake.listen()
-            self._feeding = True
-            self._feed_cursor, self._feed_pid = start, os.getpid()
-            self._feed_callback = callback
-            self._checkpointing = os.getpid()
-            if self._db is not None and self._pid == os.getpid():
-                self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
-        spawn(lambda: self._feed(callback), name="sse-notify-sqlite-feed")
+            if self._conn is not None and self._conn_pid == os.getpid():
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+        self._feed_task = spawn(self._feed, name="sse-notify-sqlite-feed")
+        self._checkpoints_stop = thread_lock()
+        self._checkpoints_done = thread_lock()
         self._checkpoints_stop.acquire()
         self._checkpoints_done.acquire()
         start_thread(self._checkpoints, name="sse-notify-sqlite-checkpoint")
@@ -531,39 +531,31 @@ class SQLiteBroker(OnePublishCall):
         finally:
             self._checkpoints_done.release()
 
-    def _feed(self, callback: FeedCallback) -> None:
+    def _feed(self) -> None:
         while not self._closed:
             full = False
             with self._feed_lock:
                 try:
-                    notices = self._after(self._feed_cursor)
+                    rows = self._after(self._feed_cursor)
                 except BrokerError as exc:
+                    if self._closed:
+                        break
                     log.warning("feed cannot read the store, retrying: %s", exc)
-                    notices = None
-                if notices:
-                    self._feed_cursor = notices[-1].id
-                    full = len(notices) == _FEED_BATCH
-                    try:
-                        callback(notices)
-                    except Exception:
-                        log.exception("feed callback failed")
-            if notices is None:
+                    rows = None
+                if rows:
+                    self._feed_cursor = rows[-1][0]
+                    full = len(rows) == _FEED_BATCH
+                    self._deliver([_row_item(row) for row in rows])
+            if rows is None:
                 time.sleep(self.poll_interval)
             elif not full:
                 self._wake.wait(self.poll_interval)
 
-    def ping(self) -> None:
-        """Raise :class:`BrokerUnavailable` if the file cannot be read."""
-        self._run(lambda db: db.execute("SELECT 1").fetchone())
-
-    def close(self) -> None:
-        """Stop the feed and close this process's connection."""
-        self._closed = True
-        self._wake.close()
-        if self._checkpoints_stop.locked() and self._checkpointing == os.getpid():
-            self._checkpoints_stop.release()
-            self._checkpoints_done.acquire(timeout=5)  # its connection is closed
-        with self._lock:
-            if self._db is not None and self._pid == os.getpid():
-                self._db.close()
-            self._db = None
+    def _stop_feed(self) -> None:
+        """Stop the feed and the checkpoint thread, and wait for both."""
+        self._wake.close()  # wakes the feed, which sees the store closed
+        if self._feed_task is not None:
+            self._feed_task.join(5)
+            self._feed_task = None
+        self._checkpoints_stop.release()
+        self._checkpoints_done.acquire(timeout=5)  # its connection is closed

@@ -1,10 +1,10 @@
-"""The store contract: one suite, run against every backend.
+"""The store contract: one suite that every backend passes.
 
 :class:`BrokerContract` holds every test that any store must pass. Each backend
-gets a subclass that says how to build it (:meth:`BrokerContract.create`) and
-what it promises (``durable``, ``shared``, ``fast_feed``); nothing else in the
-base knows which backend it is testing. A Redis store will be one more
-subclass.
+gets a subclass in a module of its own (``test_memory.py``, ``test_sqlite.py``,
+``test_redis.py``) that says how to build it (:meth:`BrokerContract.create`) and
+what it promises (``durable``, ``shared``, ``fast_feed``); nothing here knows which
+backend it is testing.
 
 Tests run without gevent's monkey-patching, so a backend's feed may call back
 from a real thread: every wait for a delivery has a deadline (:class:`Feed`).
@@ -12,14 +12,8 @@ from a real thread: every wait for a delivery has a deadline (:class:`Feed`).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import typing as t
@@ -29,17 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from sse_notify import brokers
-from sse_notify.brokers import Broker, MemoryBroker, Replay, SQLiteBroker
-from sse_notify.brokers.redis import RedisBroker
-from sse_notify.brokers.wakeup import WakeChannel
-from sse_notify.errors import BrokerError, BrokerUnavailable, ConfigError, IdempotencyKeyReused
-from sse_notify.inbox import NoticeNotFound, change, list_page, read_all, snapshot
+from sse_notify.brokers import Broker, Replay
+from sse_notify.control import Control, Kind
+from sse_notify.errors import BrokerClosed, BrokerError, IdempotencyKeyReused, NoticeNotFound
+from sse_notify.inbox import change, list_page, read_all, snapshot
 from sse_notify.notices import Notice, dumps
-
-from .support import RedisServer
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: The longest a test waits for something that should take milliseconds.
 DEADLINE = 5.0
@@ -57,22 +45,41 @@ def _open_fds() -> set[str]:
 
 
 class Feed:
-    """A feed callback that records its batches and lets a test wait for them."""
+    """A feed handler that records its batches and control records, and lets a test wait for them."""
 
     def __init__(self, *, fail_first: bool = False) -> None:
         self.batches: list[list[Notice]] = []
         self.received_at: list[float] = []
+        #: Everything handed over, in order: notices and control records.
+        self.items: list[Notice | Control] = []
         self._fail_next = fail_first
         self._cond = threading.Condition()
 
-    def __call__(self, notices: Sequence[Notice]) -> None:
+    def handle_notices(self, notices: Sequence[Notice]) -> None:
         with self._cond:
             self.batches.append(list(notices))
+            self.items += notices
             self.received_at.append(time.monotonic())
             fail, self._fail_next = self._fail_next, False
             self._cond.notify_all()
         if fail:
-            raise RuntimeError("this feed callback fails on purpose")
+            raise RuntimeError("this feed handler fails on purpose")
+
+    def handle_control(self, record: Control) -> None:
+        with self._cond:
+            self.items.append(record)
+            self._cond.notify_all()
+
+    def wait_items(self, count: int, timeout: float = DEADLINE) -> list[Notice | Control]:
+        """Wait until at least ``count`` items (notices or control records) arrived; return them."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.items) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pytest.fail(f"feed did not get {count} items within {timeout} s; got {self.items}")
+                self._cond.wait(remaining)
+            return list(self.items)
 
     @property
     def notices(self) -> list[Notice]:
@@ -651,7 +658,8 @@ class BrokerContract:
             witness_feed.wait_through(late)  # it was announced...
             time.sleep(0.5)  # ...and a feed still running would have had 10 polls to see it
         else:
-            closed.publish("alice", payload(2))
+            with pytest.raises(BrokerClosed, match="closed"):
+                closed.publish("alice", payload(2))
         assert feed.notices == [first]
 
     @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
@@ -667,6 +675,63 @@ class BrokerContract:
 
         leaked = _open_fds() - before
         assert not leaked, {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked}
+
+    # -- control records ---------------------------------------------------
+
+    def test_control_records_reach_the_feed_in_order_among_notices(self, broker: Broker) -> None:
+        """A control record reaches the feed as itself, typed, between the notices around it."""
+        feed = Feed()
+        broker.subscribe(feed)
+        before = broker.publish("alice", payload(1))
+        kick = Control(Kind.KICK, "alice")
+        broker.publish_control(kick)
+        state = Control(Kind.STATE, "bob", {"event": "read", "data": {"ids": [before.id], "unread": 0}})
+        broker.publish_control(state)
+        after = broker.publish("alice", payload(2))
+        assert feed.wait_items(4) == [before, kick, state, after]
+
+    def test_control_records_are_never_replayed_or_listed(self, broker: Broker) -> None:
+        """A control record about a user is in no replay and no inbox of that user (nor anyone's)."""
+        notice = broker.publish("alice", payload(1))
+        broker.publish_control(Control(Kind.KICK, "alice"))
+        broker.publish_control(Control(Kind.STATE, "alice", {"event": "read", "data": {}}))
+        assert broker.replay("alice", "0").notices == [notice]
+        assert broker.inbox_ids("alice") == [notice.id]
+        assert list_page(broker, "alice").unread == 1
+
+    # -- one feed and one connection per process ------------------------------
+
+    def test_a_process_has_one_feed(self, broker: Broker) -> None:
+        """A second subscribe in the same process is refused: the hub is the one handler."""
+        broker.subscribe(Feed())
+        with pytest.raises(RuntimeError, match="already has a feed"):
+            broker.subscribe(Feed())
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (gunicorn's workers are forked)")
+    def test_a_forked_child_opens_its_own_connection_and_feed(self, broker: Broker) -> None:
+        """After a fork the child subscribes again (the guard is per process) and its feed works."""
+        broker.subscribe(Feed())
+        broker.ping()  # the parent's connection exists before the fork
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, and leave at once whatever happens
+            code = 1
+            try:
+                feed = Feed()
+                broker.subscribe(feed)
+                sent = broker.publish("alice", payload(7))
+                got = feed.wait_through(sent)
+                os.write(write, json.dumps([n.id for n in got]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            reported = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, reported
+        assert json.loads(reported)  # the child's own feed delivered its notice
+        broker.ping()  # and the parent's connection still works
 
 
 class DurableContract(BrokerContract):
@@ -720,324 +785,3 @@ class InboxDurableContract(DurableContract):
         assert [(i.notice.id, i.read) for i in page.items] == [(a2.id, False)]
         assert page.unread == 1
         assert [i.notice.id for i in list_page(again, "alice", archived=True).items] == [a1.id]
-
-
-class TestMemoryBroker(BrokerContract):
-    durable = False
-    shared = False
-
-    def create(self, store_dir: Path, **options: t.Any) -> Broker:
-        return MemoryBroker(**options)
-
-
-class TestRedisBroker(InboxDurableContract):
-    durable = True
-    shared = True
-    fast_feed: t.ClassVar[dict[str, t.Any]] = {"poll_interval": 0.05}
-
-    @pytest.fixture(autouse=True)
-    def _redis(self, redis_server: RedisServer) -> None:
-        self.url = redis_server.url
-
-    def create(self, store_dir: Path, **options: t.Any) -> Broker:
-        # One prefix per test: tests share the session's redis-server.
-        prefix = "t" + hashlib.sha1(str(store_dir).encode()).hexdigest()[:12] + ":"
-        return RedisBroker(self.url, prefix=prefix, **options)
-
-
-def test_redis_databases_do_not_share_live_notices(redis_server: RedisServer) -> None:
-    """Two stores on one Redis with the same prefix but different /db never see each other's notices."""
-    zero = RedisBroker(redis_server.url.rsplit("/", 1)[0] + "/0", prefix="dbsplit:")
-    one = RedisBroker(redis_server.url.rsplit("/", 1)[0] + "/1", prefix="dbsplit:")
-    feed = Feed()
-    zero.subscribe(feed)
-    try:
-        one.publish("alice", payload(1))
-        mine = zero.publish("alice", payload(2))
-        feed.wait_through(mine)
-        assert [n.id for batch in feed.batches for n in batch] == [mine.id]
-    finally:
-        zero.close()
-        one.close()
-
-
-class TestSQLiteBroker(InboxDurableContract):
-    durable = True
-    shared = True
-    fast_feed: t.ClassVar[dict[str, t.Any]] = {"poll_interval": 0.05}
-
-    @staticmethod
-    def path(store_dir: Path) -> str:
-        return str(store_dir / "notices.sqlite3")
-
-    def create(self, store_dir: Path, **options: t.Any) -> Broker:
-        return SQLiteBroker(self.path(store_dir), **options)
-
-    def release(self, broker: Broker) -> None:
-        broker.close()
-
-    def cleanup(self, store_dir: Path) -> None:
-        with contextlib.suppress(OSError):  # left in place if a socket is still in it
-            os.rmdir(WakeChannel(self.path(store_dir)).directory)
-
-    @pytest.mark.parametrize(
-        ("bad_data", "why"),
-        [(None, "NOT NULL constraint"), ({"a": 1}, "not supported")],
-        ids=["null", "unbindable"],
-    )
-    def test_publish_many_rolls_back_a_failed_insert(
-        self, make_broker: MakeBroker, bad_data: object, why: str
-    ) -> None:
-        """When the second INSERT of a batch fails, the first is rolled back and nothing is announced."""
-        broker = make_broker()
-        kept = broker.publish("alice", payload(0))
-        head = broker.head()
-        feed = Feed()
-        broker.subscribe(feed)
-        batch: list[t.Any] = [("alice", payload(1)), ("bob", bad_data), (None, payload(3))]
-
-        with pytest.raises(BrokerError, match=why):
-            broker.publish_many(batch)
-
-        assert broker.head() == head
-        assert broker.replay("alice", "0") == Replay([kept], 0, None)
-        assert broker.replay("bob", "0") == Replay([], 0, None)
-        later = broker.publish("alice", payload(4))
-        assert later.id == head + 1  # the rolled-back rows did not use up cursors
-        assert feed.wait_through(later) == [later]
-        broker.ping()  # the connection is usable: no transaction left open
-
-    def test_many_brokers_opening_a_new_file_at_once(self, make_broker: MakeBroker) -> None:
-        """Workers that open a new store file at the same moment all get in (none sees 'locked')."""
-        brokers_ = [make_broker() for _ in range(8)]
-        errors: list[BaseException] = []
-        start = threading.Barrier(len(brokers_))
-
-        def work(broker: Broker) -> None:
-            try:
-                start.wait(DEADLINE)
-                broker.publish("alice", payload(1))
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(b,)) for b in brokers_]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(DEADLINE * 2)
-        assert not errors
-        assert len(brokers_[0].replay("alice", "0").notices) == len(brokers_)
-
-    def test_another_instance_wakes_the_feed(self, make_broker: MakeBroker) -> None:
-        """A notice published through broker A reaches broker B's feed (another "worker") at once."""
-        publisher = make_broker()
-        subscriber = make_broker(poll_interval=30)  # only a wake-up can deliver in time
-        feed = Feed()
-        subscriber.subscribe(feed)
-
-        started = time.monotonic()
-        notices = [publisher.publish("alice", payload(1)), publisher.publish(None, payload(2))]
-        assert feed.wait_through(notices[-1]) == notices
-        assert feed.arrival_of(notices[-1]) - started < 1.0
-
-    def test_another_process_wakes_the_feed(self, make_broker: MakeBroker, tmp_path: Path) -> None:
-        """A notice published by a separate process reaches this process's feed well under 1 s."""
-        subscriber = make_broker(poll_interval=30)  # only a wake-up can deliver in time
-        feed = Feed()
-        subscriber.subscribe(feed)
-        child = (
-            "import sys, time\n"
-            "from sse_notify.brokers import SQLiteBroker\n"
-            "broker = SQLiteBroker(sys.argv[1])\n"
-            "started = time.monotonic()\n"
-            "notice = broker.publish('alice', '{\"from\":\"child\"}')\n"
-            "broker.close()\n"
-            "print(notice.id, started)\n"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", child, self.path(tmp_path)],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        notice_id, started = done.stdout.split()
-
-        (got,) = feed.wait_count(1)
-        assert (got.id, got.user_id, got.data) == (int(notice_id), "alice", {"from": "child"})
-        # CLOCK_MONOTONIC is one clock for the whole host, so the child's reading compares.
-        assert feed.arrival_of(got) - float(started) < 1.0
-
-    def test_ping_unreachable_store(self, tmp_path: Path) -> None:
-        """ping raises BrokerUnavailable when the file cannot be opened."""
-        (tmp_path / "a-directory.sqlite3").mkdir()
-        broker = SQLiteBroker(str(tmp_path / "a-directory.sqlite3"))
-        try:
-            with pytest.raises(BrokerUnavailable, match="a-directory"):
-                broker.ping()
-        finally:
-            broker.close()
-
-
-# -- the wake-up channel --------------------------------------------------
-
-
-@pytest.mark.parametrize("how", ["closed", "killed"])
-def test_wake_all_removes_stale_sockets(tmp_path: Path, how: str) -> None:
-    """wake_all removes a socket file nobody listens on, and still wakes the live listener."""
-    key = str(tmp_path / "notices.sqlite3")
-    live = WakeChannel(key)
-    publisher = WakeChannel(key)
-    live.listen()
-    try:
-        stale = os.path.join(live.directory, "stale.sock")
-        if how == "closed":  # bound, then closed without unlinking its file
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(stale)
-            sock.close()
-        else:  # a process killed with SIGKILL while listening
-            child = (
-                "import os, signal, sys\n"
-                "from sse_notify.brokers.wakeup import WakeChannel\n"
-                "WakeChannel(sys.argv[1]).listen()\n"
-                "os.kill(os.getpid(), signal.SIGKILL)\n"
-            )
-            done = subprocess.run(
-                [sys.executable, "-c", child, key],
-                cwd=REPO_ROOT,
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
-            assert done.returncode == -signal.SIGKILL, done.stderr
-            (name,) = set(os.listdir(live.directory)) - {os.path.basename(live._path or "")}
-            stale = os.path.join(live.directory, name)
-        assert os.path.exists(stale)
-
-        publisher.wake_all()
-
-        assert not os.path.exists(stale)
-        assert len(os.listdir(live.directory)) == 1  # the live socket stays
-        assert live.wait(DEADLINE)
-    finally:
-        live.close()
-        publisher.close()
-        with contextlib.suppress(OSError):
-            os.rmdir(live.directory)
-
-
-def test_wait_survives_close_from_another_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """wait() returns False, never raises, when close() lands just as it starts waiting."""
-    channel = WakeChannel(str(tmp_path / "notices.sqlite3"))
-    channel.listen()
-    waiter = threading.get_ident()
-    real_settimeout = socket.socket.settimeout
-
-    def closed_meanwhile(sock: socket.socket, value: float | None) -> None:
-        # Replays the interleaving deterministically: another thread's close()
-        # runs after wait() read its socket and before it arms the timeout.
-        if threading.get_ident() == waiter:
-            channel.close()
-        real_settimeout(sock, value)
-
-    monkeypatch.setattr(socket.socket, "settimeout", closed_meanwhile)
-    try:
-        assert channel.wait(0.1) is False
-    finally:
-        monkeypatch.undo()
-        channel.close()
-        with contextlib.suppress(OSError):
-            os.rmdir(channel.directory)
-
-
-def test_wake_all_without_listeners(tmp_path: Path) -> None:
-    """wake_all with no listener directory is a no-op."""
-    channel = WakeChannel(str(tmp_path / "never-listened.sqlite3"))
-    channel.wake_all()
-    assert not os.path.exists(channel.directory)
-
-
-# -- make_broker -----------------------------------------------------------
-
-
-@pytest.fixture(name="from_url")
-def _from_url(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
-    made: list[Broker] = []
-
-    def build(url: str, **options: t.Any) -> Broker:
-        broker = brokers.make_broker(url, base_dir=str(tmp_path), **options)
-        made.append(broker)
-        return broker
-
-    yield build
-    for broker in made:
-        broker.close()
-
-
-def test_make_broker_memory(from_url: Callable[..., Broker]) -> None:
-    """memory:// builds a MemoryBroker with the given retention."""
-    broker = from_url("memory://", retention_count=7, retention_age=9.0)
-    assert isinstance(broker, MemoryBroker)
-    assert (broker.retention_count, broker.retention_age) == (7, 9.0)
-
-
-@pytest.mark.parametrize("relative", ["rel.db", "sub/dir/rel.db"])
-def test_make_broker_sqlite_relative(from_url: Callable[..., Broker], tmp_path: Path, relative: str) -> None:
-    """sqlite:///relative/path puts the file under base_dir."""
-    broker = from_url(f"sqlite:///{relative}", retention_count=5, poll_interval=0.5)
-    assert isinstance(broker, SQLiteBroker)
-    assert broker.path == str(tmp_path / relative)
-    assert (broker.retention_count, broker.poll_interval, broker.synchronous) == (5, 0.5, "NORMAL")
-    broker.publish("alice", payload(1))
-    assert (tmp_path / relative).is_file()
-
-
-def test_make_broker_sqlite_absolute(from_url: Callable[..., Broker], tmp_path: Path) -> None:
-    """sqlite:////absolute/path is used as is, whatever base_dir says."""
-    target = tmp_path / "elsewhere" / "abs.db"
-    url = f"sqlite:///{target}"
-    assert url.startswith("sqlite:////")
-    broker = brokers.make_broker(url, base_dir=str(tmp_path / "ignored"))
-    try:
-        assert isinstance(broker, SQLiteBroker)
-        assert broker.path == str(target)
-        broker.ping()
-        assert target.is_file()
-    finally:
-        broker.close()
-
-
-@pytest.mark.parametrize("value", ["FULL", "full", "OFF", "EXTRA"])
-def test_make_broker_sqlite_synchronous(from_url: Callable[..., Broker], value: str) -> None:
-    """?synchronous= is accepted and passed to the store."""
-    broker = from_url(f"sqlite:///x.db?synchronous={value}")
-    assert isinstance(broker, SQLiteBroker)
-    assert broker.synchronous == value.upper()
-    broker.ping()
-
-
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("postgres://localhost/0", "unknown store postgres://"),
-        ("postgres://db/x", "unknown store postgres://"),
-        ("notices.sqlite3", "must look like scheme://"),
-        ("sqlite:", "must look like scheme://"),
-        ("sqlite://", "names no file"),
-        ("sqlite:///", "names no file"),
-        ("sqlite:///?synchronous=FULL", "names no file"),
-        ("sqlite://host/x.db", "has a host"),
-        ("sqlite://localhost/x.db", "has a host"),
-        ("sqlite:///x.db?foo=1", "unknown SQLite URL option.*foo"),
-        ("sqlite:///x.db?synchronous=FULL&cache=shared", "unknown SQLite URL option.*cache"),
-        ("sqlite:///x.db?synchronous=SOMETIMES", "synchronous must be"),
-        pytest.param("sqlite:///x.db?foo", "foo", id="valueless-option"),
-        pytest.param("sqlite:///x.db?synchronous=", "synchronous", id="blank-synchronous"),
-    ],
-)
-def test_make_broker_refuses(tmp_path: Path, url: str, message: str) -> None:
-    """A URL that names no usable store raises ConfigError saying what is wrong."""
-    with pytest.raises(ConfigError, match=message):
-        brokers.make_broker(url, base_dir=str(tmp_path))

@@ -1,0 +1,125 @@
+"""What one app runs in each process that serves streams: the hub on the store's feed, and its loops.
+
+A :class:`Node` is made with the app, but starts only in the process that serves
+streams, at the first stream (gunicorn may import the app in its master before it
+forks the workers; a forked child starts its own). Starting joins the hub to the
+store's one feed of the process and starts the background loops
+(:mod:`~sse_notify.loops`); :meth:`Node.shutdown` stops them and closes every stream.
+It is the one place that does either. (Centrifuge calls the same thing its ``Node``.)
+
+Nothing here handles signals: ``sse_notify.gunicorn_conf`` (and ``create_app``) ask
+:mod:`~sse_notify.shutdown` to call :meth:`Node.shutdown` on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import secrets
+import socket
+import threading
+import typing as t
+
+from . import shutdown
+from .errors import BrokerError
+from .loops import Heartbeats, Housekeeping, Loop, PresenceWriter
+
+if t.TYPE_CHECKING:
+    from .brokers import Broker
+    from .hub import Hub
+
+__all__ = ["Node"]
+
+log = logging.getLogger("sse_notify.node")
+
+
+def _descriptors_for_streams() -> int:
+    """How many streams this process's open-files limit leaves room for (one descriptor each)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    # Keep some for the listener, the store, log files and requests in flight.
+    return max(1, soft - max(64, soft // 20))
+
+
+class Node:
+    """One app's hub and loops in one process: started at the first stream, stopped at shutdown."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        hub: Hub,
+        *,
+        heartbeat: float = 15.0,
+        send_timeout: float = 30.0,
+        sweep_interval: float = 60.0,
+        presence_interval: float = 1.0,
+    ) -> None:
+        self.broker = broker
+        self.hub = hub
+        self.presence = PresenceWriter(hub, broker, presence_interval)
+        self.loops: list[Loop] = [
+            Heartbeats(hub, heartbeat),
+            Housekeeping(hub, broker, send_timeout, sweep_interval),
+            self.presence,
+        ]
+        self._pid = -1
+        self._stopped_in = -1
+        self._lock = threading.Lock()
+        shutdown.register(self)
+
+    @property
+    def started(self) -> bool:
+        """Whether this process's node is running."""
+        return self._pid == os.getpid()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether this process is shutting down (no stream may stay open)."""
+        return self._stopped_in == os.getpid()
+
+    def ensure_started(self) -> None:
+        """Join the hub to the store's feed and start the loops, once per process (after a fork, again).
+
+        :raises BrokerError: when the store cannot be reached; the next stream tries again.
+        """
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self.hub.reset(_descriptors_for_streams())
+            if self.stopping:  # told to stop before its first stream: refuse them all
+                self.hub.stopping = True
+                self._pid = os.getpid()
+                return
+            self.presence.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+            self.broker.subscribe(self.hub)  # may raise BrokerError: then retried at the next stream
+            with contextlib.suppress(BrokerError):  # else each new stream asks the store, until a notice
+                self.hub.cursor = self.broker.head()
+            for loop in self.loops:
+                loop.start()
+            self._pid = os.getpid()
+
+    def shutdown(self) -> None:
+        """End every open stream now and refuse new ones; clients reconnect elsewhere and resume."""
+        self._stopped_in = os.getpid()
+        self.hub.stopping = True
+        for loop in self.loops:
+            loop.stop()
+        count = self.hub.close_all("shutdown")
+        log.info("closed %d streams for shutdown", count)
+        if self.started:
+            self.presence.leave()
+
+    def presence_counts(self, user_ids: t.Sequence[str]) -> dict[str, int]:
+        """Open streams per user over every worker and host (users with none left out).
+
+        This worker's own changes are written first, so its streams count at
+        once; other workers' within the presence interval.
+        """
+        if self.started and self.hub.changed and not self.stopping:
+            self.presence.write()
+        return self.broker.presence_counts(user_ids)

@@ -1,0 +1,355 @@
+"""A live stream, behind one small interface, with one class per way of writing.
+
+The hub holds :class:`Stream` objects and calls only :meth:`Stream.put`,
+:meth:`Stream.heartbeat`, :meth:`Stream.close` and :meth:`Stream.abort`; it never asks
+which kind a stream is (Centrifuge's ``Transport`` has the same shape).
+
+- :class:`QueuedStream` (any WSGI server): frames queue here, bounded, and the stream's
+  own greenlet (or thread) takes them and yields them to the server (``streaming.py``).
+- :class:`SocketStream` (gunicorn + gevent, see ``handoff.py``): once a stream is live,
+  the hub writes each frame to the handed-over socket with one non-blocking
+  ``os.write`` from its fan-out loop; what the socket does not take waits in
+  :attr:`SocketStream.pending` bytes, written by an event-loop watcher, and every later
+  frame queues behind it, so the order on the wire is the order of :meth:`~Stream.put`.
+  Another watcher notices at once when the client goes away. No greenlet waits for it.
+
+A stream starts queued and may be handed over (``Hub.hand_over``), which replaces it in
+the hub by a :class:`SocketStream` carrying the same state.
+
+Also here: what a stream sends when the server ends it (:func:`closing_frame`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import time
+import typing as t
+
+from .concurrency import Event, Handle, call_later, gevent_active, watch_fd
+from .events import comment, encode_event
+from .notices import Notice, dumps
+
+if t.TYPE_CHECKING:
+    from .handoff import Framing
+    from .hub import Hub
+
+__all__ = [
+    "CLOSE_REASONS",
+    "HEARTBEAT",
+    "QueuedStream",
+    "SocketStream",
+    "Stream",
+    "closing_frame",
+    "encode_notice",
+    "jittered_retry",
+]
+
+#: A comment line: keeps proxies and the client's idle timers from closing a quiet stream.
+HEARTBEAT = comment()
+
+#: Why a stream ended -> whether the client is told with a ``close`` event, and
+#: the base ``retry:`` (ms) it gets: a client that should not come back at once
+#: (replaced by a newer tab, kicked) waits longer than one moved to another worker.
+CLOSE_REASONS: dict[str, tuple[bool, int]] = {
+    "shutdown": (False, 0),
+    "slow consumer": (False, 0),
+    "overloaded": (False, 5000),
+    "replaced": (True, 60000),
+    "kicked": (True, 60000),
+    "token expired": (True, 0),
+    "resync": (False, 0),
+    "store unavailable": (False, 1000),
+}
+
+
+def encode_notice(notice: Notice) -> bytes:
+    """The SSE frame of a notice: ``id``, ``event: notice``, JSON ``data``."""
+    return encode_event(notice.to_json(), event="notice", id=notice.id)
+
+
+def jittered_retry(retry: int, minimum: int = 0) -> int:
+    """A reconnection time spread over 0.5-1.5x ``max(retry, minimum)`` (avoids a reconnect storm)."""
+    return int(max(retry, minimum) * random.uniform(0.5, 1.5))
+
+
+def closing_frame(reason: str, retry: int) -> bytes:
+    """What a stream sends when the server ends it: a comment, maybe a ``close`` event, a ``retry:``."""
+    tell, minimum = CLOSE_REASONS.get(reason, (False, 0))
+    frame = comment(reason)
+    if tell:
+        frame += encode_event(dumps({"reason": reason.replace(" ", "_")}), event="close")
+    return frame + encode_event(retry=jittered_retry(retry, minimum))
+
+
+class Stream:
+    """One open stream of one user, as the hub sees it."""
+
+    __slots__ = (
+        "__weakref__",
+        "close_reason",
+        "closed",
+        "cursor",
+        "expires_at",
+        "expiry",
+        "max_pending",
+        "opened",
+        "pending",
+        "quiet",
+        "round",
+        "user_id",
+        "writing_since",
+    )
+
+    def __init__(self, user_id: str, max_pending: int) -> None:
+        self.user_id = user_id
+        self.max_pending = max_pending
+        #: Bytes sent to this stream that the client has not taken yet.
+        self.pending = 0
+        #: The dispatch round of the last frame put.
+        self.round = 0
+        #: The newest notice id this stream has (frames at or below it are dropped).
+        self.cursor = 0
+        self.closed = False
+        self.close_reason = ""
+        #: When a write that has not finished started (``0.0``: none in progress).
+        self.writing_since = 0.0
+        #: Whether nothing but heartbeats was written since the heartbeat loop's last visit.
+        self.quiet = True
+        #: When its token expires (Unix time), and the timer that closes it then.
+        self.expires_at: float | None = None
+        self.expiry: Handle | None = None
+        self.opened = time.monotonic()
+
+    def expire_at(self, expires_at: float | None) -> None:
+        """Close this stream with reason ``token expired`` at ``expires_at`` (Unix time)."""
+        if self.expiry is not None:
+            self.expiry.close()
+            self.expiry = None
+        self.expires_at = expires_at
+        if expires_at is not None:
+            self.expiry = call_later(expires_at - time.time(), self.expire)
+
+    def put(self, seq: int, frame: bytes, round_: int) -> bool:
+        """Send or queue the frame of notice ``seq`` in dispatch round ``round_``; ``False``: it fell behind.
+
+        A frame of a notice at or below :attr:`cursor` is dropped (a replay sent it);
+        ``seq=0`` is a frame that is no notice (an inbox change), always sent.
+
+        Behind means: at the first frame of a new round, more than
+        :attr:`max_pending` bytes of earlier rounds are still unsent. A single
+        large round (a batch publish) never evicts a client that keeps up.
+        """
+        if self.closed:
+            return True
+        if round_ != self.round:
+            if self.pending > self.max_pending:
+                return False
+            self.round = round_
+        self._write(seq, frame)
+        return True
+
+    def expire(self) -> None:
+        """Close the stream because its token expired (the client comes back with a new one)."""
+        self.close("token expired")
+
+    def close(self, reason: str) -> None:
+        """End the stream (the client resumes from its ``Last-Event-ID``); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.pending = 0
+        if self.expiry is not None:
+            self.expiry.close()
+            self.expiry = None
+        self._end()
+
+    # -- what each way of writing does ----------------------------------------
+
+    def _write(self, seq: int, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        raise NotImplementedError
+
+    def heartbeat(self) -> None:
+        """Send a heartbeat if nothing was written since the last call."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Break a write that is stuck (the client stopped reading)."""
+        raise NotImplementedError
+
+
+class QueuedStream(Stream):
+    """Frames queue here, bounded; the stream's greenlet (or thread) takes and yields them."""
+
+    __slots__ = ("_beat", "_event", "_frames", "_greenlet")
+
+    def __init__(self, user_id: str, max_pending: int, event: Event) -> None:
+        super().__init__(user_id, max_pending)
+        self._event = event
+        self._frames: list[tuple[int, bytes]] = []
+        self._beat = False
+        self._greenlet: t.Any = None
+        if gevent_active():
+            import gevent
+
+            self._greenlet = gevent.getcurrent()
+
+    def _write(self, seq: int, frame: bytes) -> None:
+        self.pending += len(frame)
+        self._frames.append((seq, frame))
+        self._event.set()
+
+    def heartbeat(self) -> None:
+        """Ask the stream's greenlet to send a heartbeat, if nothing was written since the last call."""
+        if not self.quiet:
+            self.quiet = True
+            return
+        if not self.closed and not self._frames:
+            self._beat = True
+            self._event.set()
+
+    def take(self, timeout: float | None = None) -> bytes | None:
+        """Wait up to ``timeout`` (``None``: for ever) for frames; return them, ``None`` once closed.
+
+        Returns ``b""`` when the wait ended with nothing to send. Notices at or
+        below :attr:`cursor` (already sent by a replay) are skipped. ``timeout=0``
+        does not wait at all (gevent's ``Event.wait(0)`` would still go round
+        the event loop: about 9 % of opening a stream, measured with py-spy).
+        """
+        if timeout != 0 and not self._frames and not self._beat and not self.closed:
+            self._event.wait(timeout)
+        if self.closed:
+            return None
+        self._event.clear()
+        frames, self._frames, self.pending = self._frames, [], 0
+        cursor = self.cursor
+        data = b"".join([frame for seq, frame in frames if seq > cursor or not seq])
+        if frames:
+            self.cursor = max(cursor, *(seq for seq, _ in frames))
+        if data:
+            self.quiet = False
+        elif self._beat:
+            data = HEARTBEAT
+        self._beat = False
+        return data
+
+    def _end(self) -> None:
+        self._frames.clear()
+        self._event.set()  # the greenlet wakes, sends the closing frame and returns
+
+    def abort(self) -> None:
+        """Kill the stream's greenlet, stuck in a write, with ``ECONNRESET`` (the server drops the socket)."""
+        greenlet = self._greenlet
+        if greenlet is not None and not greenlet.dead:
+            error = ConnectionResetError(errno.ECONNRESET, "send timeout: client stopped reading")
+            greenlet.kill(error, block=False)
+
+
+class SocketStream(Stream):
+    """A handed-over stream: the hub writes to its socket's descriptor itself, never blocking."""
+
+    __slots__ = ("_hub", "_out", "_reading", "_writing", "fd", "framing")
+
+    def __init__(self, queued: Stream, fd: int, framing: Framing, hub: Hub) -> None:
+        super().__init__(queued.user_id, queued.max_pending)
+        for name in ("cursor", "round", "quiet", "opened"):
+            setattr(self, name, getattr(queued, name))
+        self.fd = fd
+        self.framing = framing
+        self._hub = hub
+        self._out = bytearray()  # framed bytes the socket has not taken yet
+        self._writing: Handle | None = None
+        self._reading: Handle | None = watch_fd(fd, write=False, func=self._on_readable)
+
+    def _write(self, seq: int, frame: bytes) -> None:
+        if seq > self.cursor:
+            self.cursor = seq
+            self._send(frame)
+        elif not seq:
+            self._send(frame)
+
+    def heartbeat(self) -> None:
+        """Write a heartbeat if nothing was written since the last call (and nothing waits)."""
+        if not self.quiet:
+            self.quiet = True
+            return
+        if not self.closed and not self._out:
+            self._send(HEARTBEAT)
+            self.quiet = True  # a heartbeat is not activity
+
+    def abort(self) -> None:
+        """Nothing to break: closing a handed-over stream already drops its socket."""
+
+    def _send(self, data: bytes) -> None:
+        wire = self.framing.wrap(data)
+        self.quiet = False
+        if self._out:
+            self._out += wire
+            self.pending = len(self._out)
+            return
+        try:
+            written = os.write(self.fd, wire)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self.close("disconnected")
+            return
+        if written < len(wire):
+            self._out += memoryview(wire)[written:]
+            self.pending = len(self._out)
+            self.writing_since = time.monotonic()
+            self._writing = watch_fd(self.fd, write=True, func=self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            written = os.write(self.fd, self._out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close("disconnected")
+            return
+        del self._out[:written]
+        self.pending = len(self._out)
+        if self._out:
+            self.writing_since = time.monotonic()  # it reads, however slowly
+        else:
+            self.writing_since = 0.0
+            if self._writing is not None:
+                self._writing.close()
+                self._writing = None
+
+    def _on_readable(self) -> None:
+        # A client sends nothing on an event stream: end of file (or an
+        # error) means it went away. Anything else is read and ignored.
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close("disconnected")
+
+    def _end(self) -> None:
+        fd, self.fd = self.fd, -1
+        for watcher in (self._reading, self._writing):
+            if watcher is not None:
+                watcher.close()
+        self._reading = self._writing = None
+        out, self._out = self._out, bytearray()
+        self.writing_since = 0.0
+        hub = self._hub
+        if self.close_reason != "disconnected":
+            # What a queued stream would send last, written as far as the socket
+            # takes it now: a client too slow for it reconnects anyway.
+            out += self.framing.wrap(closing_frame(self.close_reason, hub.retry)) + self.framing.end
+            with contextlib.suppress(OSError):
+                os.write(fd, out)
+        os.close(fd)
+        hub.disconnect(self)

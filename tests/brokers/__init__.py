@@ -1,0 +1,1 @@
+"""The stores: one contract (``contract.py``), one module per store."""
