@@ -21,6 +21,10 @@ configured by the sample in docs/PRODUCTION.md. Each notice (one per POST, ``--n
 publish-to-receive p50/p99/max per path, the difference nginx - direct per notice, and lost
 notices. Without nginx it is skipped (a failure when ``SSE_NOTIFY_REQUIRE_ALL=1``).
 
+Scenario ``limit`` (:mod:`bench.limit`): one notice per POST (``ab -k -c 32``) and new streams
+per second on one worker, each against the stack's own limit (a minimal Flask JSON endpoint, a
+bare streaming WSGI app) in the same run, alternating, medians.
+
 Load is bounded (``--streams``, ``--notices``, ``--rate``), loopback only, and
 every server started here is stopped by PID.
 """
@@ -49,6 +53,7 @@ from httpx_sse import aconnect_sse
 
 from bench import compare
 from bench.compare import PEER_NAMES
+from bench.limit import ab_binary, limit, render_limit
 from bench.proxy import nginx_binary, proxy
 from bench.report import render, render_proxy
 from bench.scenarios import SCENARIOS, Load
@@ -245,12 +250,31 @@ def _proxy(notices: int, rate: float, runs: int) -> bool:
     return False
 
 
+def _limit(runs: int, requests: int, streams: int) -> bool:
+    """Run the limit scenario, print its JSON line and table; True when it failed."""
+    if ab_binary() is None:
+        reason = "ab is not installed (apt-get install apache2-utils)"
+        if os.environ.get("SSE_NOTIFY_REQUIRE_ALL") == "1":
+            print(f"FAIL limit: {reason} (SSE_NOTIFY_REQUIRE_ALL=1)", file=sys.stderr)
+            return True
+        print(f"SKIP limit: {reason}", file=sys.stderr)
+        return False
+    try:
+        report = limit(runs, requests, streams)
+    except RuntimeError as exc:
+        print(f"FAIL limit: {exc}", file=sys.stderr)
+        return True
+    print(json.dumps(report), flush=True)
+    print(render_limit(report), flush=True)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "scenarios",
         nargs="*",
-        help="crossworker (the default), proxy, idle, connect, fanout, unicast, churn; "
+        help="crossworker (the default), proxy, limit, idle, connect, fanout, unicast, churn; "
         "'scenarios' for the last five, 'all' for every one",
     )
     parser.add_argument(
@@ -261,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, help="N streams (crossworker: 200, the others: 2000)")
     parser.add_argument("--notices", type=int, default=500, help="crossworker, proxy: notices to publish")
     parser.add_argument("--rate", type=float, default=100.0, help="crossworker, proxy: notices per second")
+    parser.add_argument("--requests", type=int, default=20000, help="limit: POSTs per ab run")
     parser.add_argument("--runs", type=int, default=3, help="repeat and report the median of each figure")
     parser.add_argument(
         "--peers",
@@ -277,12 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "scenarios":
             chosen += PEER_SCENARIOS
         elif name == "all":
-            chosen += ("crossworker", "proxy", *PEER_SCENARIOS)
+            chosen += ("crossworker", "proxy", "limit", *PEER_SCENARIOS)
         else:
             chosen.append(name)
     if not chosen:
-        chosen = ["crossworker", "proxy", *PEER_SCENARIOS] if args.smoke else ["crossworker"]
-    unknown = set(chosen) - {"crossworker", "proxy", *PEER_SCENARIOS}
+        chosen = ["crossworker", "proxy", "limit", *PEER_SCENARIOS] if args.smoke else ["crossworker"]
+    unknown = set(chosen) - {"crossworker", "proxy", "limit", *PEER_SCENARIOS}
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -299,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         failed |= _crossworker(args, 8 if args.smoke else (args.streams or 200))
     if "proxy" in chosen:
         failed |= _proxy(10, 50.0, 1) if args.smoke else _proxy(args.notices, args.rate, args.runs)
+    if "limit" in chosen:
+        if args.smoke:
+            failed |= _limit(1, 500, 200)
+        else:
+            failed |= _limit(args.runs, args.requests, args.streams or 5000)
     scenarios = [s for s in PEER_SCENARIOS if s in chosen]
     if scenarios:
         if args.smoke:

@@ -245,6 +245,20 @@ def _notice(body: t.Any) -> Notice:
     )
 
 
+def _marking(action: str, summary: str) -> t.Callable[[Client, str, int], int]:
+    """The :class:`Client` method that applies ``action`` (read, unread, archive, unarchive) to a notice."""
+
+    def mark(self: Client, user_id: str, notice_id: int) -> int:
+        return self._mark(user_id, notice_id, action)
+
+    mark.__name__ = mark.__qualname__ = f"mark_{action}" if "read" in action else action
+    mark.__doc__ = (
+        f"{summary}\n\n:returns: the user's unread count afterwards.\n"
+        ":raises NotFound: when the notice is not in the user's inbox.\n"
+    )
+    return mark
+
+
 class Client:
     """A publisher: sends notices, marks, tokens and kicks to an sse_notify server.
 
@@ -367,37 +381,12 @@ class Client:
 
     # -- the inbox ---------------------------------------------------------------------------
 
-    def mark_read(self, user_id: str, notice_id: int) -> int:
-        """Mark one notice of the user's inbox read; every open stream of the user is told.
-
-        :returns: the user's unread count afterwards.
-        :raises NotFound: when the notice is not in the user's inbox.
-        """
-        return self._mark(user_id, notice_id, "read")
-
-    def mark_unread(self, user_id: str, notice_id: int) -> int:
-        """Mark one notice unread again (this wins over :meth:`mark_all_read`).
-
-        :returns: the user's unread count afterwards.
-        :raises NotFound: when the notice is not in the user's inbox.
-        """
-        return self._mark(user_id, notice_id, "unread")
-
-    def archive(self, user_id: str, notice_id: int) -> int:
-        """Archive one notice: it leaves the inbox list and the unread count.
-
-        :returns: the user's unread count afterwards.
-        :raises NotFound: when the notice is not in the user's inbox.
-        """
-        return self._mark(user_id, notice_id, "archive")
-
-    def unarchive(self, user_id: str, notice_id: int) -> int:
-        """Bring an archived notice back to the inbox.
-
-        :returns: the user's unread count afterwards.
-        :raises NotFound: when the notice is not in the user's inbox.
-        """
-        return self._mark(user_id, notice_id, "unarchive")
+    # Each returns the user's unread count afterwards, and raises NotFound for a notice that is not
+    # in the user's inbox; every open stream of the user is told (docs/PYTHON-CLIENT.md).
+    mark_read = _marking("read", "Mark one notice of the user's inbox read.")
+    mark_unread = _marking("unread", "Mark one notice unread again (this wins over :meth:`mark_all_read`).")
+    archive = _marking("archive", "Archive one notice: it leaves the inbox list and the unread count.")
+    unarchive = _marking("unarchive", "Bring an archived notice back to the inbox.")
 
     def mark_all_read(self, user_id: str) -> int:
         """Mark everything in the user's inbox read, up to the newest notice now.

@@ -54,7 +54,17 @@ log = logging.getLogger("sse_notify.handoff")
 START_RESPONSE_KEY = "sse_notify.start_response"
 
 #: The attributes of gunicorn's ``Response`` the handoff reads or sets.
-DETAILS = ("sock", "cfg", "headers_sent", "response_length", "chunked", "force_close")
+DETAILS = (
+    "sock",
+    "cfg",
+    "headers",
+    "headers_sent",
+    "default_headers",
+    "response_length",
+    "sent",
+    "chunked",
+    "force_close",
+)
 
 WSGIApp = t.Callable[[dict[str, t.Any], t.Any], t.Iterable[bytes]]
 
@@ -150,6 +160,24 @@ class SocketHandoff:
         if signal.getsignal(signal.SIGPIPE) is not signal.SIG_IGN:
             return None
         return cls(response)
+
+    def send_head(self, first: bytes) -> None:
+        """Send the response head and ``first`` in one write, as gunicorn's first ``write`` would in two.
+
+        The head is gunicorn's own (``default_headers`` and the headers it kept from
+        ``start_response``), framed as gunicorn frames the body; afterwards gunicorn knows
+        its headers are out. Opening a stream is one ``send`` fewer.
+        """
+        response = self.response
+        if response.headers_sent or response.response_length is not None:
+            raise RuntimeError("send_head is only for a response whose head is not out yet")
+        lines = response.default_headers()
+        lines.extend(f"{name}: {value}\r\n" for name, value in response.headers)
+        head = ("".join(lines) + "\r\n").encode("latin-1")
+        self.framing = CHUNKED if response.chunked else RAW
+        response.sock.sendall(head + self.framing.wrap(first))
+        response.headers_sent = True
+        response.sent += len(first)
 
     def ready(self) -> bool:
         """Whether gunicorn has sent the headers and the framing is settled (call after the first yield)."""

@@ -88,7 +88,8 @@ class Hub:
         stopping, or holds :attr:`capacity` streams already. Beyond
         :attr:`max_streams_per_user`, the user's oldest stream is closed, so a
         new tab always works. At ``expires_at`` (Unix time: its token's end)
-        the stream is closed with reason ``token expired``. ``resumed``: the
+        the stream is closed with reason ``token expired`` (its timer starts when it goes
+        live: at :meth:`hand_over`, or with ``stream.expire_at``). ``resumed``: the
         client sent a ``Last-Event-ID`` (counted and logged).
         """
         stream = QueuedStream(user_id, self.max_pending, new_event())
@@ -107,7 +108,7 @@ class Hub:
         self.users.setdefault(user_id, {})[stream] = None
         self.changed.add(user_id)
         telemetry.stream_opened(user_id, resumed)
-        stream.expire_at(expires_at)
+        stream.expires_at = expires_at
         return stream
 
     def hand_over(self, stream: QueuedStream, fd: int, framing: Framing) -> SocketStream:
@@ -117,9 +118,8 @@ class Hub:
         self.streams.add(live)
         mine = self.users[stream.user_id]
         self.users[stream.user_id] = {(live if s is stream else s): None for s in mine}
-        expires_at, stream.expires_at = stream.expires_at, None
-        stream.expire_at(None)
-        live.expire_at(expires_at)
+        live.expire_at(stream.expires_at)
+        stream.expires_at = None
         return live
 
     def disconnect(self, stream: Stream) -> None:

@@ -23,6 +23,7 @@ from .errors import NoticeNotFound
 from .notices import Notice
 
 __all__ = [
+    "InboxFilter",
     "InboxItem",
     "InboxPage",
     "InboxState",
@@ -139,6 +140,19 @@ class InboxStore(t.Protocol):
     def mark_read_through(self, user_id: str, through: int) -> None:
         """Mark every notice up to ``through`` read (explicit marks at or below it are dropped)."""
         ...
+
+
+class InboxFilter(t.TypedDict, total=False):
+    """Which page of an inbox :func:`list_page` answers (each key optional)."""
+
+    #: Only notices older than this id (the previous page's ``next``).
+    before: int | None
+    #: Notices per page (20).
+    limit: int
+    #: Only unread notices.
+    unread_only: bool
+    #: Only archived notices (instead of only those not archived).
+    archived: bool
 
 
 def list_page(

@@ -22,7 +22,7 @@ import socket
 import threading
 import typing as t
 
-from . import shutdown
+from . import shutdown, telemetry
 from .errors import BrokerError
 from .loops import Heartbeats, Housekeeping, Loop, PresenceWriter
 
@@ -110,6 +110,7 @@ class Node:
         for loop in self.loops:
             loop.stop()
         count = self.hub.close_all("shutdown")
+        telemetry.flush()
         log.info("closed %d streams for shutdown", count)
         if self.started:
             self.presence.leave()

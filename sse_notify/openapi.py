@@ -358,6 +358,27 @@ def _paths(settings: Settings) -> dict[str, Schema]:
         }
 
     auth_errors = ("401", "403", "429")
+    health = {
+        "200": _json("Up, with this worker's stream counts.", _schema("Health")),
+        "503": _json("The store cannot be reached.", _schema("Unhealthy")),
+    }
+
+    def on_user(
+        names: tuple[str, str],
+        answer: tuple[str, str, str],
+        errors: t.Sequence[str],
+        *,
+        security: list[dict[str, list[str]]],
+        tag: str = "stream",
+        description: str = "",
+    ) -> Schema:
+        """An operation on one user: ``(operationId, summary)``, ``(status, description, schema)``."""
+        status, said, schema = answer
+        responses = {status: _json(said, _schema(schema)), **_responses(*errors)}
+        return _operation(
+            *names, responses, description=description, security=security, parameters=[user], tag=tag
+        )
+
     notice_body = _json("The notice's data.", _schema("NoticeData"), required=True)
     idempotency_key = {
         "name": "Idempotency-Key",
@@ -560,17 +581,13 @@ def _paths(settings: Settings) -> dict[str, Schema]:
             )
         },
         "/users/{user_id}/notices/read-all": {
-            "post": _operation(
-                "markAllRead",
-                "Mark everything in the user's inbox read",
-                {
-                    "200": _json("Marked.", _schema("AllRead")),
-                    **_responses("400", "401", "403", "500", "503"),
-                },
-                description="Open streams get a `read` event with `all: true`.",
+            "post": on_user(
+                ("markAllRead", "Mark everything in the user's inbox read"),
+                ("200", "Marked.", "AllRead"),
+                ("400", "401", "403", "500", "503"),
                 security=reader,
-                parameters=[user],
                 tag="inbox",
+                description="Open streams get a `read` event with `all: true`.",
             )
         },
         "/users/{user_id}/tokens": {
@@ -592,29 +609,19 @@ def _paths(settings: Settings) -> dict[str, Schema]:
             )
         },
         "/users/{user_id}/kick": {
-            "post": _operation(
-                "kick",
-                "Close every open stream of a user, on every worker",
-                {
-                    "202": _json("Announced to every worker.", _schema("Kicked")),
-                    **_responses("400", *auth_errors, "404", "500", "503"),
-                },
+            "post": on_user(
+                ("kick", "Close every open stream of a user, on every worker"),
+                ("202", "Announced to every worker.", "Kicked"),
+                ("400", *auth_errors, "404", "500", "503"),
                 security=publisher,
-                parameters=[user],
-                tag="stream",
             )
         },
         "/users/{user_id}/presence": {
-            "get": _operation(
-                "presence",
-                "Whether a user is online, and with how many streams",
-                {
-                    "200": _json("The user's presence.", _schema("Presence")),
-                    **_responses("400", "401", "403", "404", "500", "503"),
-                },
+            "get": on_user(
+                ("presence", "Whether a user is online, and with how many streams"),
+                ("200", "The user's presence.", "Presence"),
+                ("400", "401", "403", "404", "500", "503"),
                 security=reader,
-                parameters=[user],
-                tag="stream",
             )
         },
         "/metrics": {
@@ -632,17 +639,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 tag="meta",
             )
         },
-        "/healthz": {
-            "get": _operation(
-                "healthz",
-                "Whether the store answers",
-                {
-                    "200": _json("Up, with this worker's stream counts.", _schema("Health")),
-                    "503": _json("The store cannot be reached.", _schema("Unhealthy")),
-                },
-                tag="meta",
-            )
-        },
+        "/healthz": {"get": _operation("healthz", "Whether the store answers", health, tag="meta")},
         "/openapi.json": {
             "get": _operation(
                 "openapi",

@@ -24,11 +24,14 @@ from .config import Settings
 from .control import Control, Kind
 from .errors import BrokerError, InvalidNotice, InvalidRequest, PayloadTooLarge
 from .hub import Hub
-from .inbox import InboxPage, StateChange, change, list_page, read_all
+from .inbox import InboxFilter, InboxPage, StateChange, change, list_page, read_all
 from .node import Node
 from .notices import Notice, checked_idempotency_key, checked_user_id, dumps
 from .presence import Presence
 from .security import Security
+
+if t.TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["EXTENSION_KEY", "MAX_PRESENCE_USERS", "State", "get_state"]
 
@@ -173,24 +176,9 @@ class State:
 
     # -- inboxes ------------------------------------------------------------
 
-    def inbox(
-        self,
-        user_id: str,
-        *,
-        before: int | None = None,
-        limit: int = 20,
-        unread_only: bool = False,
-        archived: bool = False,
-    ) -> InboxPage:
-        """A page of ``user_id``'s inbox, newest first, with the unread count."""
-        return list_page(
-            self.broker,
-            checked_user_id(user_id),
-            before=before,
-            limit=limit,
-            unread_only=unread_only,
-            archived=archived,
-        )
+    def inbox(self, user_id: str, **page: Unpack[InboxFilter]) -> InboxPage:
+        """A page of ``user_id``'s inbox, newest first, with the unread count (see :func:`list_page`)."""
+        return list_page(self.broker, checked_user_id(user_id), **page)
 
     def mark(
         self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None

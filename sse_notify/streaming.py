@@ -154,7 +154,10 @@ def event_stream(
                 yield closing_frame("store unavailable", hub.retry)
                 return
         # First bytes at once: headers go out, EventSource fires "open", proxies stop waiting.
-        yield preamble
+        if handoff is not None:
+            handoff.send_head(preamble)  # the head and the preamble in one write
+        else:
+            yield preamble
         if last_event_id is not None:
             try:
                 replay = broker.replay(user_id, last_event_id)
@@ -195,6 +198,7 @@ def event_stream(
             if not stream.closed:
                 handed = hub.hand_over(stream, handoff.detach(), handoff.framing)
                 return
+        stream.expire_at(expires_at)
         while True:
             data = stream.take()
             if data is None:

@@ -15,7 +15,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 from . import telemetry
 from .errors import BrokerError, InvalidNotice, InvalidUserId, PayloadTooLarge, RateLimited, SSENotifyError
 from .notices import checked_idempotency_key, checked_user_id, loads
-from .service import get_state
+from .service import State, get_state
 from .streaming import open_stream
 
 __all__ = ["bp", "error_response", "http_error_response"]
@@ -80,15 +80,15 @@ def _read_body(limit: int) -> bytes:
 
     (Werkzeug's own limit silently cuts a chunked body at the limit.)
     """
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"the body is {request.content_length} bytes; the limit is {limit} bytes", limit
-        )
-    stream = request.stream
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the body is {length} bytes; the limit is {limit} bytes", limit)
+    stream = request.stream  # (which honours the app's MAX_CONTENT_LENGTH too)
+    want = limit + 1 if length is None else length  # a known length: no read past it
     parts: list[bytes] = []
     size = 0
-    while size <= limit:
-        part = stream.read(min(65536, limit + 1 - size))
+    while size < want:
+        part = stream.read(min(65536, want - size))
         if not part:
             break
         parts.append(part)
@@ -98,12 +98,12 @@ def _read_body(limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _json_body(limit: int | None = None) -> t.Any:
+def _json_body(limit: int) -> t.Any:
     if not request.is_json:
         raise UnsupportedMediaType(
             f"send the body as JSON with Content-Type: application/json (got {request.mimetype or 'none'})"
         )
-    raw = _read_body(get_state().settings.max_body if limit is None else limit)
+    raw = _read_body(limit)
     try:
         return loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -112,9 +112,8 @@ def _json_body(limit: int | None = None) -> t.Any:
         raise BadRequest("body is not accepted: JSON nested too deeply") from None
 
 
-def _publish(items: list[tuple[str | None, t.Any]], single: bool) -> Response:
+def _publish(state: State, items: list[tuple[str | None, t.Any]], single: bool) -> Response:
     """Store the notices (once per ``Idempotency-Key``, when the request has one); 201 with them."""
-    state = get_state()
     key = request.headers.get("Idempotency-Key")
     if key is None:
         notices, replayed = state.publish_many(items), False
@@ -167,21 +166,24 @@ def connection(user_id: str) -> Response:
 def publish(user_id: str) -> Response:
     """Store a notice for one user, deliver it, answer 201 with it."""
     checked_user_id(user_id)
-    return _publish([(user_id, _json_body())], single=True)
+    state = get_state()
+    return _publish(state, [(user_id, _json_body(state.settings.max_body))], single=True)
 
 
 @bp.post("/broadcast")
 @publisher
 def publish_broadcast() -> Response:
     """Store a notice for every user, deliver it, answer 201 with it."""
-    return _publish([(None, _json_body())], single=True)
+    state = get_state()
+    return _publish(state, [(None, _json_body(state.settings.max_body))], single=True)
 
 
 @bp.post("/notices")
 @publisher
 def publish_batch() -> Response:
     """Store a list of ``{"user_id", "data"}`` in one transaction; 201 with the list."""
-    body = _json_body(get_state().settings.max_batch_body)
+    state = get_state()
+    body = _json_body(state.settings.max_batch_body)
     if not isinstance(body, list) or not body:
         raise InvalidNotice('body must be a non-empty JSON list of {"user_id": ..., "data": {...}}')
     items: list[tuple[str | None, t.Any]] = []
@@ -193,7 +195,7 @@ def publish_batch() -> Response:
                 f"notice {index}: user_id must be a string (use /broadcast for everyone)", item["user_id"]
             )
         items.append((item["user_id"], item["data"]))
-    return _publish(items, single=False)
+    return _publish(state, items, single=False)
 
 
 def _inbox_reader(user_id: str) -> None:
@@ -312,6 +314,9 @@ def metrics() -> Response:
         abort(404, "metrics are turned off (SSE_NOTIFY_METRICS=false)")
     from . import metrics as prometheus
 
+    # This worker's tallied counts first; the other workers' are at most
+    # telemetry.FLUSH_SECONDS old.
+    telemetry.flush()
     return Response(prometheus.render(), content_type=prometheus.CONTENT_TYPE)
 
 

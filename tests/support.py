@@ -57,6 +57,11 @@ def host_app(instance: Path, *, secure: bool = True, root_path: Path | None = No
     return app
 
 
+def as_json(text: str | bytes) -> dict[str, t.Any]:
+    """Test-client arguments that send ``text`` as the body, declared as JSON."""
+    return {"data": text, "content_type": "application/json"}
+
+
 def token_for(user_id: str, ttl: float = 3600) -> str:
     """A connection token for ``user_id``, as the test servers will accept it."""
     from sse_notify.auth import issue_token

@@ -191,27 +191,21 @@ def test_data_is_positional_and_fields_keyword_only() -> None:
         encode_event("x", "e")  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(
-    ("first", "second"),
-    list(itertools.product(SEPARATORS, SEPARATORS)),
-    ids=[f"{a}-then-{b}" for a, b in itertools.product(SEPARATORS, SEPARATORS)],
-)
-def test_separator_matrix_apart(first: str, second: str) -> None:
-    """Any mix of LF, CR and CRLF between three lines gives three data lines."""
-    data = f"a{SEPARATORS[first]}b{SEPARATORS[second]}c"
-    assert encode_event(data) == b"data: a\ndata: b\ndata: c\n\n"
+@pytest.mark.parametrize(("first", "second"), list(itertools.product(SEPARATORS, SEPARATORS)))
+@pytest.mark.parametrize("adjacent", [False, True], ids=["apart", "adjacent"])
+def test_separator_matrix(first: str, second: str, adjacent: bool) -> None:
+    """Any mix of LF, CR and CRLF splits data into lines; two adjacent ends make an empty line between.
 
-
-@pytest.mark.parametrize(
-    ("first", "second"),
-    list(itertools.product(SEPARATORS, SEPARATORS)),
-    ids=[f"{a}+{b}-adjacent" for a, b in itertools.product(SEPARATORS, SEPARATORS)],
-)
-def test_separator_matrix_adjacent(first: str, second: str) -> None:
-    """Two adjacent line ends make an empty line between, except CR followed by LF, which is one CRLF."""
-    data = f"a{SEPARATORS[first]}{SEPARATORS[second]}b"
-    one_crlf = (first, second) == ("CR", "LF")
-    expected = b"data: a\ndata: b\n\n" if one_crlf else b"data: a\ndata: \ndata: b\n\n"
+    Except CR followed by LF, which is one CRLF.
+    """
+    middle = "" if adjacent else "b"
+    data = f"a{SEPARATORS[first]}{middle}{SEPARATORS[second]}{'b' if adjacent else 'c'}"
+    if not adjacent:
+        expected = b"data: a\ndata: b\ndata: c\n\n"
+    elif (first, second) == ("CR", "LF"):
+        expected = b"data: a\ndata: b\n\n"
+    else:
+        expected = b"data: a\ndata: \ndata: b\n\n"
     assert encode_event(data) == expected
 
 
@@ -251,15 +245,17 @@ def test_split_lines(text: str, expected: list[str]) -> None:
 
 # -- injection -------------------------------------------------------------------------------------
 
-CR_LF_VALUES = [
-    pytest.param("a\nb", id="LF"),
-    pytest.param("a\rb", id="CR"),
-    pytest.param("a\r\nb", id="CRLF"),
-    pytest.param("\n", id="only-LF"),
-    pytest.param("x\r", id="trailing-CR"),
-    pytest.param("ok\ndata: injected", id="LF-then-field"),
-    pytest.param("ok\r\r", id="CR-CR-dispatches"),
-]
+#: Values with a line end, by name.
+LINE_ENDS = {
+    "LF": "a\nb",
+    "CR": "a\rb",
+    "CRLF": "a\r\nb",
+    "only-LF": "\n",
+    "trailing-CR": "x\r",
+    "LF-then-field": "ok\ndata: injected",
+    "CR-CR-dispatches": "ok\r\r",
+}
+CR_LF_VALUES = [pytest.param(value, id=name) for name, value in LINE_ENDS.items()]
 
 
 @pytest.mark.parametrize("value", CR_LF_VALUES)
@@ -680,18 +676,8 @@ def test_utc_iso(moment: datetime, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "user_id",
-    [
-        pytest.param("a", id="one-letter"),
-        pytest.param("0", id="digit"),
-        pytest.param("alice", id="word"),
-        pytest.param("Alice_01", id="mixed-case"),
-        pytest.param("a.b@example.com", id="email"),
-        pytest.param("x:y", id="colon"),
-        pytest.param("+15551234567", id="phone"),
-        pytest.param("a-b", id="dash"),
-        pytest.param("_", id="underscore"),
-        pytest.param("a" * 128, id="128-chars"),
-    ],
+    ["a", "0", "alice", "Alice_01", "a.b@example.com", "x:y", "+15551234567", "a-b", "_", "a" * 128],
+    ids=["one-letter", "digit", "word", "mixed-case", "email", "colon", "phone", "dash", "underscore", "128"],
 )
 def test_valid_user_ids(user_id: str) -> None:
     """ASCII letters, digits and _ . @ : + - from 1 to 128 characters are valid user ids."""

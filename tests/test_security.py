@@ -32,7 +32,7 @@ from sse_notify.extension import SSENotify, set_token_cookie
 from sse_notify.service import get_state
 
 from .sse_client import Subscriber, decode, named, on_every_worker, retry_of, subscribe
-from .support import AUTH, PUBLISH_KEY, SECRET, Server, host_app, standalone_app, token_for, wait_for
+from .support import AUTH, PUBLISH_KEY, SECRET, Server, as_json, host_app, standalone_app, token_for, wait_for
 
 INSTRUMENTED = "tests.instrumented:app"
 COOKIE = DEFAULTS["SSE_NOTIFY_TOKEN_COOKIE"]
@@ -626,104 +626,56 @@ def test_publish_rate_limit_per_key() -> None:
 BIG = "x" * DEFAULTS["SSE_NOTIFY_MAX_BODY"]
 
 
+#: The publish endpoint of alice, and a body sent as JSON text as it is.
+ALICE = "/users/alice/notices"
+
+
+LONG_NAN = '{"id": 123456789012345678901234567890, "n": NaN}'
+TOO_MANY = [{"user_id": "a", "data": {"pad": BIG}}] * 64
+ONE_TOO_BIG = [{"user_id": "a", "data": {}}, {"user_id": "b", "data": {"pad": BIG}}]
+MAX_BATCH_BODY = str(DEFAULTS["SSE_NOTIFY_MAX_BATCH_BODY"])
+
+
 @pytest.mark.parametrize(
     ("path", "kwargs", "status", "error", "detail"),
     [
+        pytest.param(ALICE, {"data": "x"}, 415, "unsupported_media_type", "Content-Type", id="no-type"),
         pytest.param(
-            "/users/alice/notices", {"data": "x"}, 415, "unsupported_media_type", "Content-Type", id="no-type"
-        ),
-        pytest.param(
-            "/users/alice/notices",
-            {"data": '{"n": 1}', "content_type": "text/plain"},
+            ALICE,
+            {"data": "{}", "content_type": "text/plain"},
             415,
             "unsupported_media_type",
             "text/plain",
             id="text-plain",
         ),
         pytest.param(
-            "/users/alice/notices",
-            {"data": "{x", "content_type": "application/json"},
-            400,
-            "bad_request",
-            "not valid JSON: unexpected character, expected a string key: line 1 column 2",
-            id="not-json",
+            ALICE, as_json("{x"), 400, "bad_request", "not valid JSON: unexpected character", id="not-json"
         ),
         pytest.param(
-            "/broadcast",
-            {"data": b'{"a": "\xff"}', "content_type": "application/json"},
-            400,
-            "bad_request",
-            "not valid JSON",
-            id="not-utf8",
+            "/broadcast", as_json(b'{"a": "\xff"}'), 400, "bad_request", "not valid JSON", id="not-utf8"
         ),
+        pytest.param(ALICE, as_json('{"n": Infinity}'), 400, "bad_request", "not valid JSON", id="infinity"),
         pytest.param(
-            "/users/alice/notices",
-            {"data": '{"n": Infinity}', "content_type": "application/json"},
-            400,
-            "bad_request",
-            "not valid JSON",
-            id="infinity",
+            ALICE, as_json(LONG_NAN), 400, "bad_request", "NaN is not JSON", id="nan-beside-a-long-int"
         ),
-        pytest.param(
-            "/users/alice/notices",
-            {"data": '{"id": 123456789012345678901234567890, "n": NaN}', "content_type": "application/json"},
-            400,
-            "bad_request",
-            "NaN is not JSON",
-            id="nan-beside-a-long-integer",
-        ),
-        pytest.param("/users/alice/notices", {"json": [1]}, 400, "invalid_notice", "JSON object", id="list"),
-        pytest.param("/users/alice/notices", {"json": 5}, 400, "invalid_notice", "JSON object", id="number"),
-        pytest.param(
-            "/users/alice/notices",
-            {"data": "null", "content_type": "application/json"},
-            400,
-            "invalid_notice",
-            "JSON object",
-            id="null",
-        ),
+        pytest.param(ALICE, {"json": [1]}, 400, "invalid_notice", "JSON object", id="list"),
+        pytest.param(ALICE, {"json": 5}, 400, "invalid_notice", "JSON object", id="number"),
+        pytest.param(ALICE, as_json("null"), 400, "invalid_notice", "JSON object", id="null"),
         pytest.param(
             "/broadcast", {"json": "text"}, 400, "invalid_notice", "JSON object", id="broadcast-string"
         ),
         pytest.param(
-            "/users/alice/notices",
-            {"json": {"pad": BIG}},
-            413,
-            "payload_too_large",
-            "65536 bytes",
-            id="over-max-body",
+            ALICE, {"json": {"pad": BIG}}, 413, "payload_too_large", "65536 bytes", id="over-max-body"
         ),
         pytest.param(
-            "/broadcast",
-            {"json": {"pad": BIG}},
-            413,
-            "payload_too_large",
-            "65536 bytes",
-            id="broadcast-over",
+            "/broadcast", {"json": {"pad": BIG}}, 413, "payload_too_large", "65536", id="broadcast-over"
         ),
         pytest.param(
-            "/notices",
-            {"json": [{"user_id": "a", "data": {"pad": BIG}}] * 64},
-            413,
-            "payload_too_large",
-            str(DEFAULTS["SSE_NOTIFY_MAX_BATCH_BODY"]),
-            id="batch-over-max-batch-body",
+            "/notices", {"json": TOO_MANY}, 413, "payload_too_large", MAX_BATCH_BODY, id="batch-over"
         ),
+        pytest.param("/notices", {"json": ONE_TOO_BIG}, 413, "payload_too_large", "notice 1", id="item-over"),
         pytest.param(
-            "/notices",
-            {"json": [{"user_id": "a", "data": {}}, {"user_id": "b", "data": {"pad": BIG}}]},
-            413,
-            "payload_too_large",
-            "notice 1",
-            id="batch-item-over-max-body",
-        ),
-        pytest.param(
-            "/notices",
-            {"json": [{"user_id": "!", "data": {"user_id": "alice"}}]},
-            400,
-            "invalid_user_id",
-            "'!'",
-            id="batch-to-the-control-key",
+            "/notices", {"json": [{"user_id": "!", "data": {}}]}, 400, "invalid_user_id", "'!'", id="ctl"
         ),
     ],
 )

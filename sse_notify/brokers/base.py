@@ -302,12 +302,13 @@ class StoreBase(t.Generic[C]):
                 raise BrokerUnavailable(f"cannot open {self.describe()}: {exc}") from exc
             try:
                 return work(connection)
-            except self.unavailable_errors as exc:
-                self._failed(connection)
-                raise BrokerUnavailable(f"{self.describe()} is unreachable: {exc}") from exc
-            except self.failure_errors as exc:
-                self._failed(connection)
-                raise BrokerError(f"{self.describe()}: {exc}") from exc
+            except BaseException as exc:
+                self._failed(connection)  # whatever failed: no transaction is left open
+                if isinstance(exc, self.unavailable_errors):
+                    raise BrokerUnavailable(f"{self.describe()} is unreachable: {exc}") from exc
+                if isinstance(exc, self.failure_errors):
+                    raise BrokerError(f"{self.describe()}: {exc}") from exc
+                raise
 
     # -- publishing ------------------------------------------------------
 

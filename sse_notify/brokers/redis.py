@@ -48,19 +48,8 @@ from ..control import Control, Kind
 from ..errors import BrokerError, ConfigError
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
-from .base import (
-    BROADCAST_KEY,
-    CONTROL_KEY,
-    FeedHandler,
-    Item,
-    Published,
-    Replay,
-    StoreBase,
-    parse_cursor,
-    plan_replay,
-    replay_publish,
-    stored_item,
-)
+from . import base
+from .base import BROADCAST_KEY, CONTROL_KEY, Published, Replay, StoreBase
 
 try:
     import redis
@@ -256,10 +245,10 @@ def _entry_notice(entry: t.Any, key: str) -> Notice:
     return Notice(seq, None if key == BROADCAST_KEY else key, _text(values[b"c"]), _text(values[b"d"]))
 
 
-def _entry_item(entry: t.Any) -> Item | None:
+def _entry_item(entry: t.Any) -> base.Item | None:
     """A notice or control record from an entry of the catch-up stream (its ``u`` field names the key)."""
     seq, values = _entry_fields(entry)
-    return stored_item(seq, _text(values[b"u"]), _text(values[b"c"]), _text(values[b"d"]))
+    return base.stored_item(seq, _text(values[b"u"]), _text(values[b"c"]), _text(values[b"d"]))
 
 
 class RedisBroker(StoreBase[t.Any]):
@@ -358,7 +347,9 @@ class RedisBroker(StoreBase[t.Any]):
 
         seqs = self._run(work)
         if once is not None and seqs and _text(seqs[0]) == "replayed":
-            return replay_publish(once[0], once[1], (_text(seqs[1]), int(seqs[2]), _text(seqs[3])), items)
+            return base.replay_publish(
+                once[0], once[1], (_text(seqs[1]), int(seqs[2]), _text(seqs[3])), items
+            )
         notices = [
             Notice(int(seq), user_id, created_at, data)
             for seq, (user_id, data) in zip(seqs, items, strict=True)
@@ -395,10 +386,10 @@ class RedisBroker(StoreBase[t.Any]):
 
     def replay(self, user_id: str, last_event_id: str) -> Replay:
         """The user's notices and the broadcasts after the client's cursor (one atomic read)."""
-        cursor = parse_cursor(last_event_id)
+        cursor = base.parse_cursor(last_event_id)
         args = [self.prefix, user_id, "" if cursor is None else str(cursor)]
         floor, head, mine, everyone = self._run(lambda client: self._scripts["replay"](args=args))
-        start, reset = plan_replay(last_event_id, int(floor), int(head))
+        start, reset = base.plan_replay(last_event_id, int(floor), int(head))
         notices = [_entry_notice(e, user_id) for e in mine] + [
             _entry_notice(e, BROADCAST_KEY) for e in everyone
         ]
@@ -519,7 +510,7 @@ class RedisBroker(StoreBase[t.Any]):
         """Store a control record in the catch-up stream (never replayed), then announce it."""
         self._publish([(CONTROL_KEY, record.to_json())], None)
 
-    def _start_feed(self, handler: FeedHandler) -> None:
+    def _start_feed(self, handler: base.FeedHandler) -> None:
         """Start this process's feed: one pub/sub connection, every new item in order."""
         # Every item after this call is delivered: start from the head now. If Redis is
         # down, the feed reads it once Redis is back, so a process whose first stream
@@ -604,7 +595,7 @@ class RedisBroker(StoreBase[t.Any]):
                 if rows and int(rows[0][0]) > last + 1:
                     last = self._catch_up(client, last)
                 fresh = [
-                    stored_item(int(seq), key, created, data)
+                    base.stored_item(int(seq), key, created, data)
                     for seq, key, created, data in rows
                     if int(seq) > last
                 ]

@@ -34,9 +34,9 @@ import threading
 import time
 import typing as t
 
-from ..concurrency import Task, spawn, start_thread, thread_lock
+from ..concurrency import Batcher, Task, spawn, start_thread, thread_lock
 from ..control import Control
-from ..errors import BrokerError
+from ..errors import BrokerError, BrokerUnavailable, IdempotencyKeyReused
 from ..inbox import InboxState
 from ..notices import Notice, dumps, utc_iso_ago, utc_now_iso
 from .base import (
@@ -102,6 +102,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
 
 _FEED_BATCH = 1000
 
+_KEY_FOUND = "SELECT fingerprint, first, created_at FROM idempotency WHERE key = ? AND expires > ?"
+
+#: A publish request: its ``(user_id, data_json)`` items, and its ``(key, fingerprint, ttl)`` if any.
+_Request = tuple[t.Sequence[tuple[str | None, str]], tuple[str, str, float] | None]
+
 #: Seconds between the WAL checkpoints of a process that has a feed.
 CHECKPOINT_INTERVAL = 0.1
 #: WAL pages after which a commit checkpoints by itself (SQLite's default is 1000).
@@ -154,6 +159,8 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
         self._feed_lock = threading.Lock()
         self._feed_cursor = 0
         self._feed_task: Task | None = None
+        #: Publishes of this worker that arrive together share one transaction (gevent only).
+        self._commits: Batcher[_Request, Published] = Batcher(self._commit)
         # Released to stop the checkpoint thread, and by it when it has closed its connection.
         self._checkpoints_stop = thread_lock()
         self._checkpoints_done = thread_lock()
@@ -212,42 +219,75 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
     ) -> Published:
         if not items:
             return Published([], False)
-        created_at = utc_now_iso()
-        rows = [(BROADCAST_KEY if user_id is None else user_id, created_at, data) for user_id, data in items]
+        return self._commits.submit((items, once))
 
-        def work(db: sqlite3.Connection) -> Published:
-            db.execute("BEGIN IMMEDIATE")
-            if once is not None:
-                found = db.execute(
-                    "SELECT fingerprint, first, created_at FROM idempotency WHERE key = ? AND expires > ?",
-                    (once[0], time.time()),
-                ).fetchone()
-                if found is not None:
-                    db.execute("COMMIT")
-                    return replay_publish(once[0], once[1], found, items)
-            # The write lock is ours: the next cursors are the last one issued plus 1, 2, ...
-            # (explicit values raise AUTOINCREMENT's counter, so none is ever reused).
-            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'notices'").fetchone()
-            first = (int(row[0]) if row else 0) + 1
-            db.executemany(
-                "INSERT INTO notices (seq, user_id, created_at, data) VALUES (?, ?, ?, ?)",
-                [(first + i, *row) for i, row in enumerate(rows)],
-            )
-            self._trim_users(db, list(dict.fromkeys(key for key, _, _ in rows)))
-            if once is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
-                    (once[0], once[1], first, created_at, time.time() + once[2]),
-                )
-            db.execute("COMMIT")
-            notices = [Notice(first + i, user, created_at, data) for i, (user, data) in enumerate(items)]
-            return Published(notices, False)
+    def _commit(self, requests: list[_Request]) -> list[Published | BaseException]:
+        """Store the publish requests of one batch in one transaction, then announce them.
 
-        published: Published = self._run(work)
-        if not published.replayed:
-            delivered = self._deliver_here(published.notices)
+        A request that fails alone (a key reused for another request) gets its own error. If
+        the transaction fails, each request of a batch of several is tried again alone, so that
+        one bad request does not fail the others.
+        """
+        try:
+            results = self._run(lambda db: self._store(db, requests))
+        except BrokerUnavailable as exc:
+            return [exc] * len(requests)
+        except BrokerError as exc:
+            if len(requests) == 1:
+                return [exc]
+            return [result for request in requests for result in self._commit([request])]
+        stored = [
+            n
+            for result in results
+            if isinstance(result, Published) and not result.replayed
+            for n in result.notices
+        ]
+        if stored:
+            delivered = self._deliver_here(stored)
             self._wake.wake_all(skip_own=delivered)
-        return published
+        return results
+
+    def _store(self, db: sqlite3.Connection, requests: list[_Request]) -> list[Published | BaseException]:
+        """Write the requests' notices (and keys) in one transaction."""
+        created_at = utc_now_iso()
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        # The write lock is ours: the next cursors are the last one issued plus 1, 2, ...
+        # (explicit values raise AUTOINCREMENT's counter, so none is ever reused).
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'notices'").fetchone()
+        seq = int(row[0]) if row else 0
+        results: list[Published | BaseException] = []
+        rows: list[tuple[int, str, str, str]] = []
+        keys: dict[str, tuple[str, int, str, float]] = {}
+        for items, once in requests:
+            if once is not None:
+                key, fingerprint, ttl = once
+                earlier = keys.get(key)  # the same key twice in one batch: the first one stores
+                found = earlier[:3] if earlier else db.execute(_KEY_FOUND, (key, now)).fetchone()
+                if found is not None:
+                    try:
+                        results.append(replay_publish(key, fingerprint, found, items))
+                    except IdempotencyKeyReused as exc:
+                        results.append(exc)
+                    continue
+                keys[key] = (fingerprint, seq + 1, created_at, now + ttl)
+            notices = [Notice(seq + i, user, created_at, data) for i, (user, data) in enumerate(items, 1)]
+            rows += [
+                (n.id, BROADCAST_KEY if n.user_id is None else n.user_id, created_at, n.data_json)
+                for n in notices
+            ]
+            seq += len(notices)
+            results.append(Published(notices, False))
+        if rows:
+            db.executemany("INSERT INTO notices (seq, user_id, created_at, data) VALUES (?, ?, ?, ?)", rows)
+            self._trim_users(db, list(dict.fromkeys(key for _, key, _, _ in rows)))
+        if keys:
+            db.executemany(
+                "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                [(key, *record) for key, record in keys.items()],
+            )
+        db.execute("COMMIT")
+        return results
 
     def publish_control(self, record: Control) -> None:
         """Store a control record among the notices (never replayed), then announce it."""
