@@ -65,8 +65,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'sse_notify.client needs httpx, which is an optional extra: pip install "sse-notify[client]"'
     ) from exc
 
-from . import errors
-from .errors import SSENotifyError
+from .errors import ClientError, NotFound, ServerUnavailable, Unauthorized
+from .errors import ClientIdempotencyKeyReused as IdempotencyKeyReused
+from .errors import ClientRateLimited as RateLimited
 from .notices import IDEMPOTENCY_KEY, Notice, checked_idempotency_key, dumps, loads
 from .presence import Presence
 
@@ -112,68 +113,6 @@ JSONObject = t.Mapping[str, t.Any]
 def new_idempotency_key() -> str:
     """A fresh random idempotency key (32 hex digits), as the client makes one per publish."""
     return uuid.uuid4().hex
-
-
-class ClientError(SSENotifyError):
-    """A request was refused, or failed after every attempt.
-
-    ``str(error)`` says which request, the status, the server's error code and detail.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        error: str | None = None,
-        detail: str = "",
-        attempts: int = 1,
-        idempotency_key: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        #: The HTTP status of the last answer, or ``None`` when there was no answer.
-        self.status = status
-        #: The server's machine-readable error code (``"bad_request"``, ``"store_unavailable"``...),
-        #: or ``None`` when there was no answer or it was not the server's JSON.
-        self.error = error
-        #: What is wrong: the server's ``detail``, or a description of the transport error.
-        self.detail = detail
-        #: How many requests were sent.
-        self.attempts = attempts
-        #: The ``Idempotency-Key`` every attempt sent (publish calls only): pass it again to
-        #: retry later without risking a duplicate.
-        self.idempotency_key = idempotency_key
-
-
-class Unauthorized(ClientError):
-    """``401`` or ``403``: the publish key is missing, wrong, or not allowed this."""
-
-
-class NotFound(ClientError):
-    """``404``: no such route, or a notice that is not in the user's inbox."""
-
-
-class IdempotencyKeyReused(ClientError, errors.IdempotencyKeyReused):
-    """``422``: the idempotency key was already used for a different request.
-
-    Also a :class:`sse_notify.errors.IdempotencyKeyReused`, what the server raises in-process.
-    """
-
-
-class RateLimited(ClientError):
-    """``429`` on every attempt: the publish key is over its rate limit."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: t.Any) -> None:
-        super().__init__(message, **kwargs)
-        #: Seconds the server asked to wait (its ``Retry-After``), if it said.
-        self.retry_after = retry_after
-
-
-class ServerUnavailable(ClientError):
-    """A ``5xx`` answer, or no answer at all, after every attempt; nothing may have been stored.
-
-    When there was no answer, ``status`` is ``None`` and the transport error is ``__cause__``.
-    """
 
 
 _ERRORS_BY_STATUS: dict[int, type[ClientError]] = {

@@ -28,6 +28,15 @@
 
     - :class:`Forbidden` — good credentials, but not for this (answered 403)
 
+  - :class:`ClientError` — what :class:`sse_notify.client.Client` raises: a request was refused,
+    or failed after every attempt (``sse_notify.client`` names them without ``Client``)
+
+    - :class:`Unauthorized` — ``401`` or ``403``
+    - :class:`NotFound` — ``404``
+    - :class:`ClientIdempotencyKeyReused` — ``422`` (also an :class:`IdempotencyKeyReused`)
+    - :class:`ClientRateLimited` — ``429`` on every attempt
+    - :class:`ServerUnavailable` — ``5xx``, or no answer at all, after every attempt
+
 Every error that an HTTP endpoint answers carries its answer: :attr:`http_status` and the
 machine-readable :attr:`error_code` of the JSON body (``{"error": ..., "detail": ...}``).
 The blueprint maps them in one place (``views.py``).
@@ -35,11 +44,16 @@ The blueprint maps them in one place (``views.py``).
 
 from __future__ import annotations
 
+import typing as t
+
 __all__ = [
     "AuthError",
     "BrokerClosed",
     "BrokerError",
     "BrokerUnavailable",
+    "ClientError",
+    "ClientIdempotencyKeyReused",
+    "ClientRateLimited",
     "ConfigError",
     "Forbidden",
     "IdempotencyKeyReused",
@@ -47,12 +61,15 @@ __all__ = [
     "InvalidRequest",
     "InvalidToken",
     "InvalidUserId",
+    "NotFound",
     "NoticeNotFound",
     "PayloadTooLarge",
     "RateLimited",
     "SSENotifyError",
+    "ServerUnavailable",
     "TokenExpired",
     "Unauthenticated",
+    "Unauthorized",
 ]
 
 
@@ -178,3 +195,69 @@ class Forbidden(AuthError):
 
     http_status = 403
     error_code = "forbidden"
+
+
+# -- what the HTTP client raises (sse_notify.client) ------------------------------------------
+
+
+class ClientError(SSENotifyError):
+    """A request of :class:`sse_notify.client.Client` was refused, or failed after every attempt.
+
+    ``str(error)`` says which request, the status, the server's error code and detail.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        detail: str = "",
+        attempts: int = 1,
+        idempotency_key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        #: The HTTP status of the last answer, or ``None`` when there was no answer.
+        self.status = status
+        #: The server's machine-readable error code (``"bad_request"``, ``"store_unavailable"``...),
+        #: or ``None`` when there was no answer or it was not the server's JSON.
+        self.error = error
+        #: What is wrong: the server's ``detail``, or a description of the transport error.
+        self.detail = detail
+        #: How many requests were sent.
+        self.attempts = attempts
+        #: The ``Idempotency-Key`` every attempt sent (publish calls only): pass it again to
+        #: retry later without risking a duplicate.
+        self.idempotency_key = idempotency_key
+
+
+class Unauthorized(ClientError):
+    """``401`` or ``403``: the publish key is missing, wrong, or not allowed this."""
+
+
+class NotFound(ClientError):
+    """``404``: no such route, or a notice that is not in the user's inbox."""
+
+
+class ClientIdempotencyKeyReused(ClientError, IdempotencyKeyReused):
+    """``422``: the idempotency key was already used for a different request.
+
+    Also an :class:`IdempotencyKeyReused`, what the server raises in-process.
+    ``sse_notify.client.IdempotencyKeyReused``.
+    """
+
+
+class ClientRateLimited(ClientError):
+    """``429`` on every attempt: the publish key is over its rate limit (``client.RateLimited``)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: t.Any) -> None:
+        super().__init__(message, **kwargs)
+        #: Seconds the server asked to wait (its ``Retry-After``), if it said.
+        self.retry_after = retry_after
+
+
+class ServerUnavailable(ClientError):
+    """A ``5xx`` answer, or no answer at all, after every attempt; nothing may have been stored.
+
+    When there was no answer, ``status`` is ``None`` and the transport error is ``__cause__``.
+    """

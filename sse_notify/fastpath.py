@@ -80,7 +80,7 @@ def fast_streams(app: Flask, wsgi_app: WSGIApp) -> WSGIApp:
     endpoint = "sse_notify.connection"
 
     def open_fast(environ: dict[str, t.Any], start_response: t.Any) -> StreamResponse | None:
-        request = app.request_class(environ)
+        request = app.request_class(environ, populate_request=False)  # no cycle through the environ
         rule, args = app.create_url_adapter(request).match(return_rule=True)  # type: ignore[union-attr]
         if rule.endpoint != endpoint:
             return None

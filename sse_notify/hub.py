@@ -19,7 +19,6 @@ import time
 import typing as t
 
 from . import telemetry
-from .concurrency import new_event
 from .control import Control, Kind
 from .events import encode_event
 from .notices import Notice, dumps
@@ -92,7 +91,7 @@ class Hub:
         live: at :meth:`hand_over`, or with ``stream.expire_at``). ``resumed``: the
         client sent a ``Last-Event-ID`` (counted and logged).
         """
-        stream = QueuedStream(user_id, self.max_pending, new_event())
+        stream = QueuedStream(user_id, self.max_pending)
         if self.stopping:
             stream.close("shutdown")
             return stream
@@ -117,9 +116,13 @@ class Hub:
         self.streams.discard(stream)
         self.streams.add(live)
         mine = self.users[stream.user_id]
-        self.users[stream.user_id] = {(live if s is stream else s): None for s in mine}
+        if len(mine) == 1:  # the usual case: in place (no dict made for every stream)
+            mine.clear()
+            mine[live] = None
+        else:  # in its place among the user's streams, oldest first
+            self.users[stream.user_id] = {(live if s is stream else s): None for s in mine}
         live.expire_at(stream.expires_at)
-        stream.expires_at = None
+        stream.expires_at = live.expires_at = None  # the timer holds the time
         return live
 
     def disconnect(self, stream: Stream) -> None:

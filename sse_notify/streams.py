@@ -28,7 +28,7 @@ import random
 import time
 import typing as t
 
-from .concurrency import Event, Handle, call_later, gevent_active, watch_fd
+from .concurrency import Event, Handle, call_later, gevent_active, new_event, watch_fd
 from .events import comment, encode_event
 from .notices import Notice, dumps
 
@@ -189,9 +189,10 @@ class QueuedStream(Stream):
 
     __slots__ = ("_beat", "_event", "_frames", "_greenlet")
 
-    def __init__(self, user_id: str, max_pending: int, event: Event) -> None:
+    def __init__(self, user_id: str, max_pending: int) -> None:
         super().__init__(user_id, max_pending)
-        self._event = event
+        # Made by the first take() that waits: a stream handed over at once never needs one.
+        self._event: Event | None = None
         self._frames: list[tuple[int, bytes]] = []
         self._beat = False
         self._greenlet: t.Any = None
@@ -203,7 +204,8 @@ class QueuedStream(Stream):
     def _write(self, seq: int, frame: bytes) -> None:
         self.pending += len(frame)
         self._frames.append((seq, frame))
-        self._event.set()
+        if self._event is not None:
+            self._event.set()
 
     def heartbeat(self) -> None:
         """Ask the stream's greenlet to send a heartbeat, if nothing was written since the last call."""
@@ -212,7 +214,8 @@ class QueuedStream(Stream):
             return
         if not self.closed and not self._frames:
             self._beat = True
-            self._event.set()
+            if self._event is not None:
+                self._event.set()
 
     def take(self, timeout: float | None = None) -> bytes | None:
         """Wait up to ``timeout`` (``None``: for ever) for frames; return them, ``None`` once closed.
@@ -222,11 +225,16 @@ class QueuedStream(Stream):
         does not wait at all (gevent's ``Event.wait(0)`` would still go round
         the event loop: about 9 % of opening a stream, measured with py-spy).
         """
-        if timeout != 0 and not self._frames and not self._beat and not self.closed:
-            self._event.wait(timeout)
+        event = self._event
+        if timeout != 0:
+            if event is None:  # before the checks below: a put after them sets it
+                event = self._event = new_event()
+            if not self._frames and not self._beat and not self.closed:
+                event.wait(timeout)
         if self.closed:
             return None
-        self._event.clear()
+        if event is not None:
+            event.clear()
         frames, self._frames, self.pending = self._frames, [], 0
         cursor = self.cursor
         data = b"".join([frame for seq, frame in frames if seq > cursor or not seq])
@@ -241,7 +249,8 @@ class QueuedStream(Stream):
 
     def _end(self) -> None:
         self._frames.clear()
-        self._event.set()  # the greenlet wakes, sends the closing frame and returns
+        if self._event is not None:
+            self._event.set()  # the greenlet wakes, sends the closing frame and returns
 
     def abort(self) -> None:
         """Kill the stream's greenlet, stuck in a write, with ``ECONNRESET`` (the server drops the socket)."""
@@ -263,7 +272,8 @@ class SocketStream(Stream):
         self.fd = fd
         self.framing = framing
         self._hub = hub
-        self._out = bytearray()  # framed bytes the socket has not taken yet
+        #: Framed bytes the socket has not taken yet (``None``: none, the usual case).
+        self._out: bytearray | None = None
         self._writing: Handle | None = None
         self._reading: Handle | None = watch_fd(fd, write=False, func=self._on_readable)
 
@@ -289,9 +299,10 @@ class SocketStream(Stream):
     def _send(self, data: bytes) -> None:
         wire = self.framing.wrap(data)
         self.quiet = False
-        if self._out:
-            self._out += wire
-            self.pending = len(self._out)
+        out = self._out
+        if out:
+            out += wire
+            self.pending = len(out)
             return
         try:
             written = os.write(self.fd, wire)
@@ -301,24 +312,28 @@ class SocketStream(Stream):
             self.close("disconnected")
             return
         if written < len(wire):
-            self._out += memoryview(wire)[written:]
-            self.pending = len(self._out)
+            out = self._out = bytearray(memoryview(wire)[written:])
+            self.pending = len(out)
             self.writing_since = time.monotonic()
             self._writing = watch_fd(self.fd, write=True, func=self._on_writable)
 
     def _on_writable(self) -> None:
+        out = self._out
+        if not out:
+            return
         try:
-            written = os.write(self.fd, self._out)
+            written = os.write(self.fd, out)
         except BlockingIOError:
             return
         except OSError:
             self.close("disconnected")
             return
-        del self._out[:written]
-        self.pending = len(self._out)
-        if self._out:
+        del out[:written]
+        self.pending = len(out)
+        if out:
             self.writing_since = time.monotonic()  # it reads, however slowly
         else:
+            self._out = None
             self.writing_since = 0.0
             if self._writing is not None:
                 self._writing.close()
@@ -342,7 +357,7 @@ class SocketStream(Stream):
             if watcher is not None:
                 watcher.close()
         self._reading = self._writing = None
-        out, self._out = self._out, bytearray()
+        out, self._out = self._out or bytearray(), None
         self.writing_since = 0.0
         hub = self._hub
         if self.close_reason != "disconnected":

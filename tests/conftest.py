@@ -10,6 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
+from sse_notify.service import get_state
+
 from .browser import VIEWPORT, launch_chromium
 from .support import PUBLISH_KEY, RedisServer, Server, standalone_app
 
@@ -100,3 +102,16 @@ def _context(browser: Browser) -> t.Iterator[BrowserContext]:
     context = browser.new_context(viewport=VIEWPORT)
     yield context
     context.close()
+
+
+@pytest.fixture(name="reader_app", scope="module")
+def _reader_app() -> Flask:
+    """One app for the token matrix (every refused stream leaves nothing behind)."""
+    return standalone_app()
+
+
+@pytest.fixture(name="reader")
+def _reader(reader_app: Flask) -> t.Iterator[FlaskClient]:
+    """A test client with no credentials at all (a browser's EventSource)."""
+    yield reader_app.test_client()
+    assert get_state(reader_app).hub.stats()["streams"] == 0, "a stream was left open"

@@ -6,6 +6,7 @@ The SSE client of the tests is ``sse_client.py``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -298,3 +301,44 @@ class RedisServer:
             return [c for c in client.client_list() if int(c["id"]) != me]
         finally:
             client.close()
+
+
+# -- request-level checks (the test client) ------------------------------------
+
+
+def embed(instance: Path, **config: t.Any) -> Flask:
+    """``SSENotify(app)`` in a bare Flask app whose instance folder is ``instance`` (not the repository's)."""
+    from sse_notify import SSENotify
+
+    app = host_app(instance, **config)
+    SSENotify(app)
+    return app
+
+
+def head(app: Flask) -> int:
+    """The store's newest cursor (0: nothing was ever stored)."""
+    from sse_notify.service import get_state
+
+    return get_state(app).broker.head()
+
+
+def assert_json_error(response: TestResponse | httpx.Response, status: int, error: str) -> dict[str, str]:
+    """``response`` is ``status`` with exactly ``{"error": error, "detail": "..."}``; returns the body."""
+    # (Never read the body before the status matched: a 200 stream would not end.)
+    assert response.status_code == status, (response.status_code, response.headers.get("Content-Type"))
+    assert response.headers["Content-Type"] == "application/json"
+    body = t.cast(
+        dict[str, str],
+        json.loads(response.content if isinstance(response, httpx.Response) else response.data),
+    )
+    assert set(body) == {"error", "detail"}, body
+    assert body["error"] == error, body
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    return body
+
+
+def open_stream(client: FlaskClient, path: str, **kw: t.Any) -> tuple[TestResponse, t.Iterator[bytes]]:
+    """GET a stream without buffering: the response and an iterator over its chunks."""
+    response = client.get(path, buffered=False, **kw)
+    return response, iter(response.response)

@@ -86,6 +86,8 @@ def _probe(path: Path) -> dict[str, list[str]]:
     ("filename", "public"),
     [
         pytest.param("events.py", {"comment", "encode_event", "split_lines"}, id="events"),
+        pytest.param("errors.py", {"SSENotifyError", "InvalidUserId", "ClientError"}, id="errors"),
+        pytest.param("control.py", {"Control", "Kind"}, id="control"),
         pytest.param("notices.py", {"Notice", "dumps", "is_valid_user_id"}, id="notices"),
         pytest.param("inbox.py", {"InboxState", "StateChange", "list_page", "snapshot"}, id="inbox"),
         pytest.param("presence.py", {"Presence", "PresenceStore"}, id="presence"),
@@ -93,7 +95,7 @@ def _probe(path: Path) -> dict[str, list[str]]:
     ],
 )
 def test_pure_module_imports_nothing_forbidden(filename: str, public: set[str]) -> None:
-    """A pure module (events, notices, inbox, presence, client) loads no flask, werkzeug, gevent, redis.
+    """A pure module (events, errors, control, notices, inbox, presence, client) loads no flask or gevent.
 
     ``import sse_notify.events`` would run ``sse_notify/__init__.py`` first, which imports Flask,
     so a plain ``sys.modules`` diff around that import proves nothing. Instead a fresh interpreter

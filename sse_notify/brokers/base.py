@@ -12,6 +12,11 @@ drift apart. :class:`StoreBase` holds what they would otherwise each write again
   :class:`~sse_notify.errors.BrokerClosed`;
 - the **one feed per process**: :meth:`Broker.subscribe` is taken once per process, and
   a forked child may take its own;
+- **safe forks**: ``os.fork`` waits until no thread of this process is inside a store call
+  (or a backend's own OS thread inside its C library: :attr:`StoreBase._gate`), and the child
+  gets fresh locks and per-process state (:meth:`StoreBase._forked`). Without it, a child
+  forked while the feed thread was in SQLite inherits SQLite's lock held forever and hangs in
+  its first ``sqlite3.connect``; under gevent the hooks only reset the child's state;
 - the **guarded feed callback**: the feed hands notices and :class:`~sse_notify.control.Control`
   records to the :class:`FeedHandler` in store order, and a failing handler is logged,
   never stops the feed;
@@ -33,8 +38,10 @@ import logging
 import os
 import threading
 import typing as t
+import weakref
 from dataclasses import dataclass
 
+from ..concurrency import gevent_active, thread_lock
 from ..control import Control
 from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, IdempotencyKeyReused
 from ..inbox import InboxStore
@@ -242,11 +249,33 @@ class StoreBase(t.Generic[C]):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._calls: t.ContextManager[t.Any] = self._lock if self.serialized else contextlib.nullcontext()
+        #: Held by a backend's own OS thread around its calls into a C library (fork waits for it).
+        self._gate = thread_lock()
         self._conn: C | None = None
         self._conn_pid = -1
         self._closed = False
         self._feed_pid = -1
         self._handler: FeedHandler | None = None
+        _stores.add(self)
+
+    # -- forks -------------------------------------------------------------
+
+    def _hold_for_fork(self) -> None:
+        # Under gevent no other greenlet can be inside a C call now; real threads can.
+        if not gevent_active():
+            self._lock.acquire()
+        self._gate.acquire()
+
+    def _release_after_fork(self) -> None:
+        self._gate.release()
+        if not gevent_active():
+            self._lock.release()
+
+    def _forked(self) -> None:
+        """In a forked child: fresh locks, and nothing of the parent's feed (a backend adds its own state)."""
+        self._lock = threading.RLock()
+        self._calls = self._lock if self.serialized else contextlib.nullcontext()
+        self._gate = thread_lock()
 
     # -- what a backend implements ---------------------------------------
 
@@ -398,3 +427,32 @@ class StoreBase(t.Generic[C]):
             connection, self._conn = self._conn, None
             if connection is not None and self._conn_pid == os.getpid():
                 self._disconnect(connection)
+
+
+#: Every store of this process, for the fork hooks.
+_stores: weakref.WeakSet[StoreBase[t.Any]] = weakref.WeakSet()
+_held: list[StoreBase[t.Any]] = []
+
+
+def _before_fork() -> None:
+    _held[:] = list(_stores)
+    for store in _held:
+        store._hold_for_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for store in _held:
+        store._release_after_fork()
+    _held.clear()
+
+
+def _after_fork_in_child() -> None:
+    for store in _held:
+        store._forked()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )

@@ -284,6 +284,11 @@ class RedisBroker(StoreBase[t.Any]):
         self._feed_task: Task | None = None
         self._pubsub: t.Any = None
 
+    def _forked(self) -> None:
+        super()._forked()
+        # The parent's pub/sub connection is the parent's: not closed here, not read.
+        self._feed_task, self._pubsub = None, None
+
     def describe(self) -> str:
         """``Redis at host:port``."""
         parts = urlsplit(self.url)

@@ -165,6 +165,14 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
         self._checkpoints_stop = thread_lock()
         self._checkpoints_done = thread_lock()
 
+    def _forked(self) -> None:
+        super()._forked()
+        self._feed_lock = threading.Lock()
+        self._feed_task = None
+        self._commits = Batcher(self._commit)
+        self._checkpoints_stop = thread_lock()
+        self._checkpoints_done = thread_lock()
+
     def describe(self) -> str:
         """``SQLite store /path``."""
         return f"SQLite store {self.path}"
@@ -557,15 +565,18 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
     def _checkpoints(self) -> None:
         """Copy the WAL into the database file now and then (an OS thread; see the module doc)."""
         try:
-            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            with self._gate:
+                db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
             try:
                 while not self._checkpoints_stop.acquire(timeout=CHECKPOINT_INTERVAL):
                     try:
-                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        with self._gate:
+                            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     except sqlite3.Error as exc:
                         log.warning("WAL checkpoint failed, retrying: %s", exc)
             finally:
-                db.close()
+                with self._gate:
+                    db.close()
         except sqlite3.Error as exc:
             log.warning("no checkpoint thread (commits checkpoint by themselves): %s", exc)
         finally:

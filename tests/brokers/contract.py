@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+import traceback
 import typing as t
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -723,6 +724,8 @@ class BrokerContract:
                 got = feed.wait_through(sent)
                 os.write(write, json.dumps([n.id for n in got]).encode())
                 code = 0
+            except BaseException:
+                os.write(write, traceback.format_exc().encode())
             finally:
                 os._exit(code)
         os.close(write)
@@ -732,6 +735,40 @@ class BrokerContract:
         assert os.waitstatus_to_exitcode(status) == 0, reported
         assert json.loads(reported)  # the child's own feed delivered its notice
         broker.ping()  # and the parent's connection still works
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (gunicorn's workers are forked)")
+    def test_a_fork_while_the_feed_is_busy_never_hangs_the_child(self, broker: Broker) -> None:
+        """A child forked while the parent's feed and publishers are inside store calls can use the store."""
+        broker.subscribe(Feed())
+        stop = threading.Event()
+
+        def publish() -> None:
+            while not stop.is_set():
+                broker.publish("alice", payload(1))
+
+        publisher = threading.Thread(target=publish, daemon=True)
+        publisher.start()
+        try:
+            for _ in range(10):
+                pid = os.fork()
+                if pid == 0:  # the child: one call of its own, then leave at once
+                    code = 1
+                    try:
+                        broker.head()
+                        code = 0
+                    finally:
+                        os._exit(code)
+                deadline = time.monotonic() + 20
+                while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if done[0] == 0:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    pytest.fail("the forked child hung in its first store call")
+                assert os.waitstatus_to_exitcode(done[1]) == 0
+        finally:
+            stop.set()
+            publisher.join(10)
 
 
 class DurableContract(BrokerContract):
