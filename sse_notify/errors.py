@@ -242,8 +242,8 @@ class NotFound(ClientError):
 class ClientIdempotencyKeyReused(ClientError, IdempotencyKeyReused):
     """``422``: the idempotency key was already used for a different request.
 
-    Also an :class:`IdempotencyKeyReused`, what the server raises in-process.
-    ``sse_notify.client.IdempotencyKeyReused``.
+    Also an :class:`IdempotencyKeyReused`, what the server raises in-process
+    (``client.IdempotencyKeyReused``).
     """
 
 

@@ -169,9 +169,7 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
         super()._forked()
         self._feed_lock = threading.Lock()
         self._feed_task = None
-        self._commits = Batcher(self._commit)
-        self._checkpoints_stop = thread_lock()
-        self._checkpoints_done = thread_lock()
+        self._commits = Batcher(self._commit)  # (the checkpoint thread's locks are made at subscribe)
 
     def describe(self) -> str:
         """``SQLite store /path``."""
