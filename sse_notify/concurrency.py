@@ -21,6 +21,7 @@ __all__ = [
     "call_later",
     "gevent_active",
     "new_event",
+    "pid",
     "spawn",
     "spawn_later",
     "start_thread",
@@ -30,6 +31,25 @@ __all__ = [
 
 
 _patched = False
+
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def pid() -> int:
+    """This process's id, kept up to date across forks.
+
+    ``os.getpid`` is a system call each time (glibc caches nothing); stores and the
+    node compare it on every call to notice a fork, so this is read from a variable.
+    """
+    return _pid
 
 
 def gevent_active() -> bool:
@@ -198,8 +218,8 @@ class Batcher(t.Generic[Q, R]):
         import gevent
         import gevent.event
 
-        if self._pid != os.getpid():  # a forked child starts with no round of its parent's
-            self._queue, self._leader, self._pid = [], False, os.getpid()
+        if self._pid != pid():  # a forked child starts with no round of its parent's
+            self._queue, self._leader, self._pid = [], False, pid()
         waiter = gevent.event.AsyncResult()
         self._queue.append((request, waiter))
         if not self._leader:

@@ -81,12 +81,15 @@ timeout = 30
 def post_worker_init(worker: t.Any) -> None:
     """In each worker, once its app is loaded: SIGTERM closes every stream, tokens stay out of logs.
 
-    A config of your own that defines ``post_worker_init`` too should call this one.
+    The metrics are imported here too (this worker's multiprocess files), not inside its
+    first request. A config of your own that defines ``post_worker_init`` too should call
+    this one.
     """
-    from . import redact, shutdown
+    from . import redact, shutdown, telemetry
 
     redact.install()
     shutdown.install()
+    telemetry.prepare()
 
 
 def child_exit(server: t.Any, worker: t.Any) -> None:

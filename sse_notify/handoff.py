@@ -6,8 +6,8 @@ environ and the response objects: ~20 KiB each), and every delivery wakes that
 greenlet (an event, a switch, gunicorn's ``write``), one stream at a time. A
 py-spy profile of one worker broadcasting to 10,000 streams put ~70 % of its
 time in those wake-ups (docs/BENCHMARKS.md). Once a stream is live (headers
-and replay sent), :meth:`SocketHandoff.detach` takes a duplicate of the
-socket's file descriptor and lets gunicorn finish the request without writing
+and replay sent), :meth:`SocketHandoff.detach` takes the socket's file
+descriptor from gevent's socket object and lets gunicorn finish the request without writing
 anything more; the hub then writes each frame to each socket with one
 non-blocking ``os.write`` from its fan-out loop, as Nchan does in C, and an
 event-loop watcher finishes partial writes and notices a client that leaves.
@@ -34,6 +34,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
+import time
 import typing as t
 
 from .concurrency import gevent_active
@@ -56,6 +58,11 @@ START_RESPONSE_KEY = "sse_notify.start_response"
 #: The attributes of gunicorn's ``Response`` the handoff reads or sets.
 DETAILS = (
     "sock",
+    "req",
+    "status",
+    "version",
+    "upgrade",
+    "should_close",
     "cfg",
     "headers",
     "headers_sent",
@@ -150,9 +157,7 @@ class SocketHandoff:
         response = getattr(start_response, "__self__", None)
         if response is None or not _is_gunicorn_response(response):
             return None
-        missing = [name for name in DETAILS if not hasattr(response, name)]
-        if missing:
-            _unsupported(missing)
+        if not _has_details(response):
             return None
         if not _is_plain_http(response):
             return None
@@ -171,7 +176,7 @@ class SocketHandoff:
         response = self.response
         if response.headers_sent or response.response_length is not None:
             raise RuntimeError("send_head is only for a response whose head is not out yet")
-        lines = response.default_headers()
+        lines = _default_head(response)
         lines.extend(f"{name}: {value}\r\n" for name, value in response.headers)
         head = ("".join(lines) + "\r\n").encode("latin-1")
         self.framing = CHUNKED if response.chunked else RAW
@@ -188,28 +193,85 @@ class SocketHandoff:
         return True
 
     def detach(self) -> int:
-        """A non-blocking duplicate of the socket's descriptor, now the caller's to write and close.
+        """The socket's (non-blocking) descriptor, now the caller's to write and close.
 
-        gunicorn then ends the request writing nothing more (no last chunk)
-        and closes its own descriptor; the connection lives on through ours.
+        gevent's socket lets go of it (``socket.detach``: its watchers dropped, the
+        descriptor left open), and gunicorn ends the request writing nothing more (no
+        last chunk); its ``close`` of the detached socket does nothing. (A duplicate of
+        the descriptor would do too, but costs a ``dup`` and gevent's deferred close of
+        the original on every stream.)
         """
-        fd = os.dup(self.response.sock.fileno())
+        fd: int = self.response.sock.detach()
         self.response.chunked = False  # so gunicorn's close() writes no terminating chunk
         self.response.force_close()  # and drops its side instead of reading a next request
         return fd
 
 
+_response_class: t.Any = None
+#: The last gunicorn config checked, and whether it serves plain HTTP (one per worker).
+_config_checked: tuple[t.Any, bool] = (None, False)
+
+
+#: gunicorn's first head lines (status, Server, Date, Connection, Transfer-Encoding) by what
+#: they are made of, with the second they were made in (formatting the Date header was a
+#: few per cent of opening a stream: py-spy, ``python -m bench connect``).
+_heads: dict[tuple[t.Any, ...], tuple[int, list[str]]] = {}
+
+
+def _default_head(response: t.Any) -> list[str]:
+    """``response.default_headers()``, made once per second for responses of the same shape.
+
+    The key is everything gunicorn's ``default_headers`` reads (the same in every
+    supported version); its ``Date`` has a resolution of one second.
+    """
+    now = int(time.time())
+    key: tuple[t.Any, ...] = (response.req.version, response.status, response.version)
+    key += (response.upgrade, response.should_close(), response.chunked)
+    made = _heads.get(key)
+    if made is None or made[0] != now:
+        if len(_heads) > 64:  # a few shapes in practice
+            _heads.clear()
+        made = _heads[key] = (now, response.default_headers())
+    return list(made[1])
+
+
+#: Whether gunicorn's ``Response`` has every one of :data:`DETAILS` (checked on its first instance).
+_details_found: bool | None = None
+
+
+def _has_details(response: object) -> bool:
+    global _details_found
+    if _details_found is None:  # every instance of the one class has the same (made by its __init__)
+        missing = [name for name in DETAILS if not hasattr(response, name)]
+        if missing:
+            _unsupported(missing)
+        _details_found = not missing
+    return _details_found
+
+
 def _is_gunicorn_response(response: object) -> bool:
-    try:
-        from gunicorn.http.wsgi import Response  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover - gunicorn is a dependency
-        return False
-    return type(response) is Response  # HTTP/2 and other subclasses frame differently
+    global _response_class
+    if _response_class is None:
+        try:
+            from gunicorn.http.wsgi import Response  # type: ignore[import-untyped]
+        except ImportError:  # pragma: no cover - gunicorn is a dependency
+            return False
+        _response_class = Response
+    return type(response) is _response_class  # HTTP/2 and other subclasses frame differently
+
+
+def _plain_config(cfg: t.Any) -> bool:
+    """Whether gunicorn's config serves plain HTTP/1.x (no TLS, no uwsgi); remembered per config object."""
+    global _config_checked
+    seen, plain = _config_checked
+    if seen is not cfg:  # gunicorn's Config.__getattr__ is slow, and a worker keeps one config
+        plain = getattr(cfg, "protocol", "http") == "http" and not getattr(cfg, "is_ssl", True)
+        _config_checked = (cfg, plain)
+    return plain
 
 
 def _is_plain_http(response: t.Any) -> bool:
-    cfg = response.cfg
-    if getattr(cfg, "protocol", "http") != "http" or getattr(cfg, "is_ssl", True):
+    if not _plain_config(response.cfg):
         return False
     sock = response.sock
     if sock is None or _is_tls(sock):
@@ -223,6 +285,4 @@ def _is_plain_http(response: t.Any) -> bool:
 
 
 def _is_tls(sock: object) -> bool:
-    import ssl
-
     return isinstance(sock, ssl.SSLSocket) or type(sock).__name__ == "SSLSocket"

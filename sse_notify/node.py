@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import resource
 import secrets
 import socket
@@ -23,6 +22,7 @@ import threading
 import typing as t
 
 from . import shutdown, telemetry
+from .concurrency import pid
 from .errors import BrokerError
 from .loops import Heartbeats, Housekeeping, Loop, PresenceWriter
 
@@ -73,39 +73,40 @@ class Node:
     @property
     def started(self) -> bool:
         """Whether this process's node is running."""
-        return self._pid == os.getpid()
+        return self._pid == pid()
 
     @property
     def stopping(self) -> bool:
         """Whether this process is shutting down (no stream may stay open)."""
-        return self._stopped_in == os.getpid()
+        return self._stopped_in == pid()
 
     def ensure_started(self) -> None:
         """Join the hub to the store's feed and start the loops, once per process (after a fork, again).
 
         :raises BrokerError: when the store cannot be reached; the next stream tries again.
         """
-        if self._pid == os.getpid():
+        if self._pid == pid():
             return
         with self._lock:
-            if self._pid == os.getpid():
+            if self._pid == pid():
                 return
             self.hub.reset(_descriptors_for_streams())
+            telemetry.prepare()
             if self.stopping:  # told to stop before its first stream: refuse them all
                 self.hub.stopping = True
-                self._pid = os.getpid()
+                self._pid = pid()
                 return
-            self.presence.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+            self.presence.worker_id = f"{socket.gethostname()}:{pid()}:{secrets.token_hex(3)}"
             self.broker.subscribe(self.hub)  # may raise BrokerError: then retried at the next stream
             with contextlib.suppress(BrokerError):  # else each new stream asks the store, until a notice
                 self.hub.cursor = self.broker.head()
             for loop in self.loops:
                 loop.start()
-            self._pid = os.getpid()
+            self._pid = pid()
 
     def shutdown(self) -> None:
         """End every open stream now and refuse new ones; clients reconnect elsewhere and resume."""
-        self._stopped_in = os.getpid()
+        self._stopped_in = pid()
         self.hub.stopping = True
         for loop in self.loops:
             loop.stop()

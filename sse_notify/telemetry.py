@@ -31,6 +31,7 @@ __all__ = [
     "FLUSH_SECONDS",
     "delivered",
     "evicted",
+    "prepare",
     "published",
     "replayed",
     "store_failed",
@@ -139,6 +140,11 @@ def _m() -> ModuleType:
 
         _metrics = metrics
     return _metrics
+
+
+def prepare() -> None:
+    """Import :mod:`.metrics` now (a node starting in its process), not inside the first stream's request."""
+    _m()
 
 
 def stream_opened(user_id: str, resumed: bool) -> None:

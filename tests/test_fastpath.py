@@ -139,6 +139,24 @@ SETTINGS: dict[str, dict[str, t.Any]] = {
 }
 
 
+def _numbers(n: int) -> dict[str, int]:
+    return {"n": n}
+
+
+def _anything(anything: str) -> dict[str, str]:
+    return {"path": anything}
+
+
+#: What a host may change on the app itself, each beside the defaults (the fast path's routing shortcut).
+CHANGES: dict[str, t.Callable[[Flask], None]] = {
+    "a host rule under the stream path": lambda app: app.add_url_rule(
+        "/connection/<int:n>", "numbers", _numbers
+    ),
+    "a catch-all host rule": lambda app: app.add_url_rule("/<path:anything>", "anything", _anything),
+    "subdomain matching": lambda app: setattr(app, "subdomain_matching", True),
+}
+
+
 class Request(t.NamedTuple):
     """One request of the matrix: ``path`` is under the app's prefix unless it starts with ``!``."""
 
@@ -195,6 +213,9 @@ REQUESTS = [
         headers=(("Origin", "https://app.example"), ("Access-Control-Request-Method", "GET")),
     ),
     Request("cross-origin GET", headers=(("Origin", "https://app.example"),)),
+    Request("a number as the user id", path="/connection/42?token={n42}"),
+    Request("a user id that is not ASCII", path="/connection/%C3%A9l%C3%A8ve?token={alice}"),
+    Request("a WebSocket upgrade", headers=(("Connection", "Upgrade"), ("Upgrade", "websocket"))),
 ]
 
 
@@ -223,11 +244,13 @@ def _first_bytes(client: Client, request: Request, prefix: str, values: dict[str
         response.close()
 
 
-@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("setting", [*SETTINGS, *CHANGES])
 def test_the_fast_path_answers_every_request_as_flask_does(tmp_path: Path, setting: str) -> None:
     """Each request of the matrix gets the same status, headers and body with and without the fast path."""
     app = make_app(tmp_path)
-    app = create_app({**app.config, **SETTINGS[setting]})
+    app = create_app({**app.config, **SETTINGS.get(setting, {})})
+    if setting in CHANGES:
+        CHANGES[setting](app)
     flask_seen = count_flask_dispatches(app)
     fast = Client(app.wsgi_app)
     flask = Client(app.wsgi_app.__wrapped__)  # type: ignore[attr-defined]
@@ -238,6 +261,7 @@ def test_the_fast_path_answers_every_request_as_flask_does(tmp_path: Path, setti
         "alice": alice,
         "alice_quoted": alice.replace(".", "%2E").replace("-", "%2D"),
         "bob": token_for("bob"),
+        "n42": token_for("42"),
         "expired": expired,
         "cookie": app.config["SSE_NOTIFY_TOKEN_COOKIE"],
     }

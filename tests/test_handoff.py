@@ -6,6 +6,7 @@ decoded with h11 and httpx-sse, so both ways must produce the same valid HTTP.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import re
@@ -80,6 +81,26 @@ def test_same_valid_http_either_way(make_server: t.Callable[..., Server], detach
     notices = [e for e in events if e.event == "notice"]
     assert [int(e.id) for e in notices] == sent
     assert [e.event for e in events if e.data and e.event != "notice"] == ["snapshot", "close"]
+
+
+def head_lines(server: Server, version: str) -> list[bytes]:
+    """The head of a new stream's response, its Date checked and taken out."""
+    sock = open_raw(server, "carol", version=version)
+    head = read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")[0]
+    sock.close()
+    lines = head.split(b"\r\n")
+    dates = [line for line in lines if line.lower().startswith(b"date: ")]
+    assert len(dates) == 1
+    sent = email.utils.parsedate_to_datetime(dates[0][6:].decode())
+    assert abs(sent.timestamp() - time.time()) < 5
+    return [line for line in lines if line not in dates]
+
+
+def test_a_handed_over_streams_head_is_gunicorns_own(make_server: t.Callable[..., Server]) -> None:
+    """The head sent for a handed-over stream has the lines gunicorn itself sends, a fresh Date included."""
+    handed, kept = make_server(), make_server(SSE_NOTIFY_DETACH_STREAMS="false")
+    for version in ("1.1", "1.0", "1.1"):  # the second 1.1 head comes from the cache of the first
+        assert head_lines(handed, version) == head_lines(kept, version)
 
 
 def test_http_1_0_stream_is_unframed_and_ends_by_closing(make_server: t.Callable[..., Server]) -> None:
@@ -200,6 +221,7 @@ def test_a_missing_gunicorn_detail_falls_back_with_a_warning(
             delattr(response, missing)
         else:  # a method
             monkeypatch.delattr(Response, missing)
+        monkeypatch.setattr(handoff, "_details_found", None)  # as in a process of that gunicorn
         with caplog.at_level(logging.WARNING, logger="sse_notify.handoff"):
             assert SocketHandoff.for_response(response.start_response, environ) is None
             assert SocketHandoff.for_response(response.start_response, environ) is None

@@ -201,3 +201,62 @@ def test_access_log_never_shows_a_token(make_server: t.Callable[..., Server], tm
     for secret in (token, token.split(".")[-1], "SECRETVALUE", PUBLISH_KEY):
         assert secret not in text, f"{secret!r} in the access log"
         assert secret not in server.log(), f"{secret!r} in gunicorn's log"
+
+
+def _altered_tokens() -> list[str]:
+    """Tokens as issued, each part altered, other secrets, compressed and odd ones."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    from sse_notify.auth import SALT
+
+    good = issue_token(SECRET, "alice", 60)
+    payload, stamp, signature = good.split(".")
+    foreign = URLSafeTimedSerializer("another secret", salt=SALT).dumps({"u": "alice", "t": 60})
+    plain = URLSafeTimedSerializer(SECRET, salt=SALT)
+    compressed = plain.dumps({"u": "a" * 100, "t": 60})  # itsdangerous compresses it ("." first)
+    tokens = [good, foreign, compressed, plain.dumps({"u": "alice", "t": 60}), plain.dumps(["alice"])]
+    tokens += [plain.dumps("not json?"), issue_token(SECRET, "ünïcode", 60)]
+    flip = {"A": "B", "-": "_", "_": "-"}
+    for part in range(3):
+        parts = [payload, stamp, signature]
+        parts[part] = flip.get(parts[part][0], "A") + parts[part][1:]
+        tokens.append(".".join(parts))
+        parts = [payload, stamp, signature]
+        parts[part] = parts[part] + "="
+        tokens.append(".".join(parts))
+        parts = [payload, stamp, signature]
+        parts[part] = parts[part][:-1] + "é"
+        tokens.append(".".join(parts))
+        parts = [payload, stamp, signature]
+        parts[part] = ""
+        tokens.append(".".join(parts))
+    tokens += [
+        good + ".",
+        "." + good,
+        good.replace(".", ".."),
+        f"{payload}.{signature}",
+        "",
+        ".",
+        "..",
+        "a.b.c",
+    ]
+    return tokens
+
+
+@pytest.mark.parametrize("token", _altered_tokens())
+def test_tokens_are_checked_as_itsdangerous_checks_them(token: str) -> None:
+    """Every token gets itsdangerous's own answer: the same payload and time, or the same error."""
+    from itsdangerous import BadData
+
+    from sse_notify.auth import _loads, _serializer
+
+    try:
+        payload, signed_at = _serializer(SECRET).loads(token, return_timestamp=True)
+        expected: t.Any = (payload, signed_at.timestamp())
+    except BadData as exc:
+        expected = type(exc)
+    try:
+        got: t.Any = _loads(SECRET, token)
+    except BadData as exc:
+        got = type(exc)
+    assert got == expected

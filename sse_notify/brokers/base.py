@@ -41,7 +41,7 @@ import typing as t
 import weakref
 from dataclasses import dataclass
 
-from ..concurrency import gevent_active, thread_lock
+from ..concurrency import gevent_active, pid, thread_lock
 from ..control import Control
 from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, IdempotencyKeyReused
 from ..inbox import InboxStore
@@ -310,14 +310,14 @@ class StoreBase(t.Generic[C]):
 
     def _connection(self) -> C:
         connection = self._conn
-        if connection is not None and self._conn_pid == os.getpid():
+        if connection is not None and self._conn_pid == pid():
             return connection
         with self._lock:
-            if self._conn is None or self._conn_pid != os.getpid():
+            if self._conn is None or self._conn_pid != pid():
                 # First use in this process, or a fork inherited the parent's (which must
                 # not be used here: SQLite forbids it, Redis would share sockets).
                 self._conn = self._connect()
-                self._conn_pid = os.getpid()
+                self._conn_pid = pid()
             return self._conn
 
     def _run(self, work: t.Callable[[C], T]) -> T:
@@ -367,9 +367,9 @@ class StoreBase(t.Generic[C]):
     def subscribe(self, handler: FeedHandler) -> None:
         """Start this process's one feed (again in a forked child)."""
         with self._lock:
-            if self._feed_pid == os.getpid():
+            if self._feed_pid == pid():
                 raise RuntimeError("this process already has a feed")
-            self._feed_pid = os.getpid()
+            self._feed_pid = pid()
             self._handler = handler
         try:
             self._start_feed(handler)
@@ -381,7 +381,7 @@ class StoreBase(t.Generic[C]):
     @property
     def _feeding(self) -> bool:
         """Whether this process has a feed."""
-        return self._feed_pid == os.getpid() and self._handler is not None
+        return self._feed_pid == pid() and self._handler is not None
 
     def _deliver(self, items: t.Sequence[Item | None]) -> None:
         """Hand ``items`` to this process's handler in order: runs of notices, and each control record.
@@ -389,7 +389,7 @@ class StoreBase(t.Generic[C]):
         A handler that fails is logged; the feed goes on.
         """
         handler = self._handler
-        if handler is None or self._feed_pid != os.getpid():
+        if handler is None or self._feed_pid != pid():
             return
         run: list[Notice] = []
         for item in items:
@@ -425,7 +425,7 @@ class StoreBase(t.Generic[C]):
             self._stop_feed()
         with self._lock:
             connection, self._conn = self._conn, None
-            if connection is not None and self._conn_pid == os.getpid():
+            if connection is not None and self._conn_pid == pid():
                 self._disconnect(connection)
 
 

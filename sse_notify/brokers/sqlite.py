@@ -34,7 +34,7 @@ import threading
 import time
 import typing as t
 
-from ..concurrency import Batcher, Task, spawn, start_thread, thread_lock
+from ..concurrency import Batcher, Task, pid, spawn, start_thread, thread_lock
 from ..control import Control
 from ..errors import BrokerError, BrokerUnavailable, IdempotencyKeyReused
 from ..inbox import InboxState
@@ -551,7 +551,7 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
         self._wake.listen()
         self._feed_cursor = start
         with self._lock:
-            if self._conn is not None and self._conn_pid == os.getpid():
+            if self._conn is not None and self._conn_pid == pid():
                 self._conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         self._feed_task = spawn(self._feed, name="sse-notify-sqlite-feed")
         self._checkpoints_stop = thread_lock()

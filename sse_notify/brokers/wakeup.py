@@ -36,6 +36,8 @@ import stat
 import tempfile
 import threading
 
+from ..concurrency import pid
+
 __all__ = ["WakeChannel", "private_directory"]
 
 log = logging.getLogger("sse_notify.brokers.wakeup")
@@ -137,9 +139,9 @@ class WakeChannel:
 
     def _check(self) -> str | None:
         """Find the directory (once per process); return the prefix of socket paths in it."""
-        if self._checked == os.getpid():
+        if self._checked == pid():
             return self._prefix
-        self._checked = os.getpid()
+        self._checked = pid()
         directory = self._directory = _directory_for(self.key)
         self._prefix = directory
         if directory is not None and len(directory) + _NAME_ROOM > MAX_SOCKET_PATH:
@@ -156,11 +158,11 @@ class WakeChannel:
 
     def _send_socket(self) -> socket.socket:
         sender = self._sender
-        if sender is not None and self._pid == os.getpid():
+        if sender is not None and self._pid == pid():
             return sender
         with self._lock:  # publishers in several threads share one socket
-            if self._sender is None or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._sender is None or self._pid != pid():
+                self._pid = pid()
                 self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sender.setblocking(False)
             return self._sender
@@ -199,7 +201,7 @@ class WakeChannel:
         if prefix is None:
             self._receiver = receiver  # never woken: wait() only times out
             return
-        path = f"{prefix}/{os.getpid()}-{secrets.token_hex(4)}.sock"
+        path = f"{prefix}/{pid()}-{secrets.token_hex(4)}.sock"
         receiver.bind(path)
         self._receiver, self._path = receiver, path
 
@@ -234,6 +236,6 @@ class WakeChannel:
             with contextlib.suppress(OSError):
                 os.unlink(self._path)
             self._path = None
-        if self._directory_fd >= 0 and self._checked == os.getpid():
+        if self._directory_fd >= 0 and self._checked == pid():
             os.close(self._directory_fd)
             self._directory_fd, self._checked = -1, -1
