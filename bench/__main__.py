@@ -25,6 +25,11 @@ Scenario ``limit`` (:mod:`bench.limit`): one notice per POST (``ab -k -c 32``) a
 per second on one worker, each against the stack's own limit (a minimal Flask JSON endpoint, a
 bare streaming WSGI app) in the same run, alternating, medians.
 
+Scenario ``instructions`` (:mod:`bench.instructions`): instructions per new stream in the
+serving worker, counted by callgrind (the same whatever the machine is doing), for sse_notify
+and the bare streaming app. Without valgrind it is skipped (a failure when
+``SSE_NOTIFY_REQUIRE_ALL=1``).
+
 Load is bounded (``--streams``, ``--notices``, ``--rate``), loopback only, and
 every server started here is stopped by PID.
 """
@@ -53,6 +58,7 @@ from httpx_sse import aconnect_sse
 
 from bench import compare
 from bench.compare import PEER_NAMES
+from bench.instructions import instructions, render_instructions, valgrind_binary
 from bench.limit import ab_binary, limit, render_limit
 from bench.proxy import nginx_binary, proxy
 from bench.report import render, render_proxy
@@ -184,6 +190,8 @@ async def crossworker(streams: int, notices: int, rate: float) -> dict[str, t.An
 
 
 PEER_SCENARIOS = tuple(SCENARIOS)
+#: Every scenario, in the order they run.
+EVERY = ("crossworker", "proxy", "limit", "instructions", *PEER_SCENARIOS)
 
 
 def _clean(value: t.Any) -> t.Any:
@@ -214,15 +222,19 @@ def _crossworker(args: argparse.Namespace, streams: int) -> bool:
     return False
 
 
+def _unavailable(scenario: str, reason: str) -> bool:
+    """Say a scenario cannot run here: a skip, or a failure (True) when ``SSE_NOTIFY_REQUIRE_ALL=1``."""
+    if os.environ.get("SSE_NOTIFY_REQUIRE_ALL") == "1":
+        print(f"FAIL {scenario}: {reason} (SSE_NOTIFY_REQUIRE_ALL=1)", file=sys.stderr)
+        return True
+    print(f"SKIP {scenario}: {reason}", file=sys.stderr)
+    return False
+
+
 def _proxy(notices: int, rate: float, runs: int) -> bool:
     """Run the proxy scenario ``runs`` times, print its JSON line and table; True when it failed."""
     if nginx_binary() is None:
-        reason = "nginx is not installed (apt-get install nginx)"
-        if os.environ.get("SSE_NOTIFY_REQUIRE_ALL") == "1":
-            print(f"FAIL proxy: {reason} (SSE_NOTIFY_REQUIRE_ALL=1)", file=sys.stderr)
-            return True
-        print(f"SKIP proxy: {reason}", file=sys.stderr)
-        return False
+        return _unavailable("proxy", "nginx is not installed (apt-get install nginx)")
     results = [proxy(notices, rate, compare.SSE_NOTIFY_ENV) for _ in range(runs)]
 
     def median(values: list[t.Any]) -> t.Any:
@@ -250,23 +262,32 @@ def _proxy(notices: int, rate: float, runs: int) -> bool:
     return False
 
 
+def _report(
+    scenario: str, run: t.Callable[[], dict[str, t.Any]], render: t.Callable[[dict[str, t.Any]], str]
+) -> bool:
+    """Run a one-server scenario, print its JSON line and table; True when it failed."""
+    try:
+        report = run()
+    except RuntimeError as exc:
+        print(f"FAIL {scenario}: {exc}", file=sys.stderr)
+        return True
+    print(json.dumps(report), flush=True)
+    print(render(report), flush=True)
+    return False
+
+
 def _limit(runs: int, requests: int, streams: int) -> bool:
     """Run the limit scenario, print its JSON line and table; True when it failed."""
     if ab_binary() is None:
-        reason = "ab is not installed (apt-get install apache2-utils)"
-        if os.environ.get("SSE_NOTIFY_REQUIRE_ALL") == "1":
-            print(f"FAIL limit: {reason} (SSE_NOTIFY_REQUIRE_ALL=1)", file=sys.stderr)
-            return True
-        print(f"SKIP limit: {reason}", file=sys.stderr)
-        return False
-    try:
-        report = limit(runs, requests, streams)
-    except RuntimeError as exc:
-        print(f"FAIL limit: {exc}", file=sys.stderr)
-        return True
-    print(json.dumps(report), flush=True)
-    print(render_limit(report), flush=True)
-    return False
+        return _unavailable("limit", "ab is not installed (apt-get install apache2-utils)")
+    return _report("limit", lambda: limit(runs, requests, streams), render_limit)
+
+
+def _instructions(small: int, large: int) -> bool:
+    """Run the instructions scenario, print its JSON line and table; True when it failed."""
+    if valgrind_binary() is None:
+        return _unavailable("instructions", "valgrind is not installed (apt-get install valgrind)")
+    return _report("instructions", lambda: instructions(small, large), render_instructions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,15 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        help="crossworker (the default), proxy, limit, idle, connect, fanout, unicast, churn; "
-        "'scenarios' for the last five, 'all' for every one",
+        help="crossworker (the default), proxy, limit, instructions, idle, connect, fanout, unicast, "
+        "churn; 'scenarios' for the last five, 'all' for every one",
     )
     parser.add_argument(
         "--smoke",
         action="store_true",
         help="a tiny run of every scenario (or those named) against every peer: proves the harness works",
     )
-    parser.add_argument("--streams", type=int, help="N streams (crossworker: 200, the others: 2000)")
+    parser.add_argument(
+        "--streams", type=int, help="N streams (crossworker: 200, instructions: 1200, the others: 2000)"
+    )
     parser.add_argument("--notices", type=int, default=500, help="crossworker, proxy: notices to publish")
     parser.add_argument("--rate", type=float, default=100.0, help="crossworker, proxy: notices per second")
     parser.add_argument("--requests", type=int, default=20000, help="limit: POSTs per ab run")
@@ -302,12 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "scenarios":
             chosen += PEER_SCENARIOS
         elif name == "all":
-            chosen += ("crossworker", "proxy", "limit", *PEER_SCENARIOS)
+            chosen += EVERY
         else:
             chosen.append(name)
     if not chosen:
-        chosen = ["crossworker", "proxy", "limit", *PEER_SCENARIOS] if args.smoke else ["crossworker"]
-    unknown = set(chosen) - {"crossworker", "proxy", "limit", *PEER_SCENARIOS}
+        chosen = list(EVERY) if args.smoke else ["crossworker"]
+    unknown = set(chosen) - set(EVERY)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -329,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
             failed |= _limit(1, 500, 200)
         else:
             failed |= _limit(args.runs, args.requests, args.streams or 5000)
+    if "instructions" in chosen:
+        large = 60 if args.smoke else (args.streams or 1200)
+        failed |= _instructions(max(1, large // 6), large)
     scenarios = [s for s in PEER_SCENARIOS if s in chosen]
     if scenarios:
         if args.smoke:
