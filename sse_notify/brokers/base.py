@@ -47,6 +47,7 @@ from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, IdempotencyKe
 from ..inbox import InboxStore
 from ..notices import Notice
 from ..presence import PresenceStore
+from ..schedule import SchedulerStore
 
 __all__ = [
     "BROADCAST_KEY",
@@ -166,8 +167,8 @@ def stored_item(seq: int, key: str, created_at: str, data: str) -> Item | None:
     return Notice(seq, None if key == BROADCAST_KEY else key, created_at, data)
 
 
-class Broker(InboxStore, PresenceStore, t.Protocol):
-    """**Protocol:** a notice store with replay, a per-process feed, inbox marks and presence."""
+class Broker(InboxStore, PresenceStore, SchedulerStore, t.Protocol):
+    """**Protocol:** a notice store with replay, a per-process feed, inbox marks, presence and a scheduler."""
 
     #: Whether notices survive a restart of every process.
     durable: bool

@@ -8,6 +8,8 @@ own (its "connection", in :class:`~sse_notify.brokers.base.StoreBase` terms).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 import typing as t
 from collections import defaultdict, deque
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from ..control import Control
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
+from ..schedule import Due, checked_kind
 from .base import BROADCAST_KEY, FeedHandler, Published, Replay, StoreBase, plan_replay, replay_publish
 
 __all__ = ["MemoryBroker"]
@@ -36,6 +39,11 @@ class _Memory:
     keys: dict[str, tuple[str, int, str, float]] = field(default_factory=dict)
     #: Presence: worker -> (monotonic expiry, user -> open streams).
     workers: dict[str, tuple[float, dict[str, int]]] = field(default_factory=dict)
+    #: The scheduler: (kind, key) -> (due or end of its claim's lease, scheduled due, payload, token).
+    entries: dict[tuple[str, str], tuple[float, float, str, int]] = field(default_factory=dict)
+    #: (when, kind, key, token) of every entry, earliest first; stale ones are skipped.
+    timeline: list[tuple[float, str, str, int]] = field(default_factory=list)
+    tokens: t.Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
 
 class MemoryBroker(StoreBase[_Memory]):
@@ -206,6 +214,57 @@ class MemoryBroker(StoreBase[_Memory]):
                 del marks[seq]
 
         self._run(work)
+
+    # -- the scheduler --------------------------------------------------------
+
+    def schedule(self, kind: str, key: str, due: float, payload: str) -> None:
+        """Keep the entry until ``due``, replacing any of this kind and key."""
+        checked_kind(kind)
+
+        def work(memory: _Memory) -> None:
+            token = next(memory.tokens)
+            memory.entries[kind, key] = (due, due, payload, token)
+            heapq.heappush(memory.timeline, (due, kind, key, token))
+
+        self._run(work)
+
+    def unschedule(self, kind: str, key: str) -> bool:
+        """Forget the entry; whether there was one."""
+        return self._run(lambda memory: memory.entries.pop((kind, key), None) is not None)
+
+    def claim_due(self, now: float, limit: int, lease: float) -> list[Due]:
+        """Take up to ``limit`` due entries for ``lease`` seconds, the earliest first."""
+
+        def work(memory: _Memory) -> list[Due]:
+            taken: list[Due] = []
+            timeline = memory.timeline
+            while timeline and timeline[0][0] <= now and len(taken) < limit:
+                _, kind, key, token = heapq.heappop(timeline)
+                entry = memory.entries.get((kind, key))
+                if entry is None or entry[3] != token:
+                    continue  # forgotten, or scheduled or claimed again since
+                claim = next(memory.tokens)
+                memory.entries[kind, key] = (now + lease, entry[1], entry[2], claim)
+                heapq.heappush(timeline, (now + lease, kind, key, claim))
+                taken.append(Due(kind, key, entry[1], entry[2], claim))
+            return taken
+
+        return self._run(work)
+
+    def finish(self, claimed: t.Sequence[Due]) -> None:
+        """Forget the entries these claims took, where they are still theirs."""
+
+        def work(memory: _Memory) -> None:
+            for due in claimed:
+                entry = memory.entries.get((due.kind, due.key))
+                if entry is not None and entry[3] == due.token:
+                    del memory.entries[due.kind, due.key]
+
+        self._run(work)
+
+    def scheduled(self, kind: str) -> int:
+        """How many entries of ``kind`` wait."""
+        return self._run(lambda memory: sum(1 for k, _ in memory.entries if k == kind))
 
     # -- presence -----------------------------------------------------------
 

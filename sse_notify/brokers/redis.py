@@ -20,6 +20,10 @@ Layout (every key under one prefix, ``sse_notify:`` by default):
 ``{p}workers``         sorted set: live workers (presence), scored by expiry
 ``{p}presence:{w}``    hash: worker ``w``'s open streams per user, expiring
                        with the worker
+``{p}sched``           sorted set: the scheduler's entries (``<kind>\0<key>``),
+                       scored by when they fall due or their claim's lease ends
+``{p}sched:{kind}``    hash: per key, ``<token>\t<due>\t<payload>``
+``{p}sched:tokens``    the counter that makes each schedule and claim's token
 =====================  ========================================================
 
 **Atomic publish.** One Lua script stores a batch (INCR, XADD, trimming, floors)
@@ -48,6 +52,7 @@ from ..control import Control, Kind
 from ..errors import BrokerError, ConfigError
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
+from ..schedule import Due, checked_kind
 from . import base
 from .base import BROADCAST_KEY, CONTROL_KEY, Published, Replay, StoreBase
 
@@ -223,6 +228,61 @@ return counts
 """
 
 
+# The scheduler: {p}sched scores "<kind>\0<key>" by when it is due (or its claim's lease
+# ends); {p}sched:{kind} holds each key's "<token>\t<scheduled due>\t<payload>".
+_SCHEDULE = """
+local p, kind, key, due, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local token = redis.call('INCR', p .. 'sched:tokens')
+redis.call('ZADD', p .. 'sched', due, kind .. '\0' .. key)
+redis.call('HSET', p .. 'sched:' .. kind, key, token .. '\t' .. due .. '\t' .. payload)
+"""
+
+_UNSCHEDULE = """
+local p, kind, key = ARGV[1], ARGV[2], ARGV[3]
+redis.call('ZREM', p .. 'sched', kind .. '\0' .. key)
+return redis.call('HDEL', p .. 'sched:' .. kind, key)
+"""
+
+_CLAIM_DUE = """
+local p, now, limit, lease_end = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local members = redis.call('ZRANGEBYSCORE', p .. 'sched', '-inf', now, 'LIMIT', 0, limit)
+local out = {}
+for _, member in ipairs(members) do
+  local cut = string.find(member, '\0', 1, true)
+  local kind, key = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
+  local value = redis.call('HGET', p .. 'sched:' .. kind, key)
+  if value then
+    local t1 = string.find(value, '\t', 1, true)
+    local t2 = string.find(value, '\t', t1 + 1, true)
+    local due, payload = string.sub(value, t1 + 1, t2 - 1), string.sub(value, t2 + 1)
+    local token = redis.call('INCR', p .. 'sched:tokens')
+    redis.call('HSET', p .. 'sched:' .. kind, key, token .. '\t' .. due .. '\t' .. payload)
+    redis.call('ZADD', p .. 'sched', lease_end, member)
+    out[#out + 1] = kind
+    out[#out + 1] = key
+    out[#out + 1] = due
+    out[#out + 1] = payload
+    out[#out + 1] = token
+  else
+    redis.call('ZREM', p .. 'sched', member)
+  end
+end
+return out
+"""
+
+_FINISH = """
+local p = ARGV[1]
+for i = 2, #ARGV, 3 do
+  local kind, key, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local value = redis.call('HGET', p .. 'sched:' .. kind, key)
+  if value and string.sub(value, 1, #token + 1) == token .. '\t' then
+    redis.call('HDEL', p .. 'sched:' .. kind, key)
+    redis.call('ZREM', p .. 'sched', kind .. '\0' .. key)
+  end
+end
+"""
+
+
 def _seq(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(text.split("-", 1)[0])
@@ -313,6 +373,10 @@ class RedisBroker(StoreBase[t.Any]):
             "read_through": client.register_script(_READ_THROUGH),
             "presence_update": client.register_script(_PRESENCE_UPDATE),
             "presence_counts": client.register_script(_PRESENCE_COUNTS),
+            "schedule": client.register_script(_SCHEDULE),
+            "unschedule": client.register_script(_UNSCHEDULE),
+            "claim_due": client.register_script(_CLAIM_DUE),
+            "finish": client.register_script(_FINISH),
         }
         return client
 
@@ -508,6 +572,48 @@ class RedisBroker(StoreBase[t.Any]):
             return {}
         counts = self._run(lambda client: self._scripts["presence_counts"](args=[self.prefix, *users]))
         return {user_id: int(n) for user_id, n in zip(users, counts, strict=True) if int(n) > 0}
+
+    # -- the scheduler (one script each: atomic across workers and hosts) ---
+
+    def schedule(self, kind: str, key: str, due: float, payload: str) -> None:
+        """Keep the entry until ``due``, replacing any of this kind and key."""
+        checked_kind(kind)
+        args = [self.prefix, kind, key, repr(float(due)), payload]
+        self._run(lambda client: self._scripts["schedule"](args=args))
+
+    def unschedule(self, kind: str, key: str) -> bool:
+        """Forget the entry; whether there was one."""
+        checked_kind(kind)
+        return bool(self._run(lambda client: self._scripts["unschedule"](args=[self.prefix, kind, key])))
+
+    def claim_due(self, now: float, limit: int, lease: float) -> list[Due]:
+        """Take up to ``limit`` due entries for ``lease`` seconds, the earliest first."""
+        args = [self.prefix, repr(float(now)), int(limit), repr(float(now + lease))]
+        found = self._run(lambda client: self._scripts["claim_due"](args=args))
+        return [
+            Due(
+                _text(found[i]),
+                _text(found[i + 1]),
+                float(found[i + 2]),
+                _text(found[i + 3]),
+                int(found[i + 4]),
+            )
+            for i in range(0, len(found), 5)
+        ]
+
+    def finish(self, claimed: t.Sequence[Due]) -> None:
+        """Forget the entries these claims took, where they are still theirs."""
+        if not claimed:
+            return
+        args: list[t.Any] = [self.prefix]
+        for due in claimed:
+            args += [due.kind, due.key, str(due.token)]
+        self._run(lambda client: self._scripts["finish"](args=args))
+
+    def scheduled(self, kind: str) -> int:
+        """How many entries of ``kind`` wait."""
+        checked_kind(kind)
+        return int(self._run(lambda client: client.hlen(f"{self.prefix}sched:{kind}")))
 
     # -- the feed ---------------------------------------------------------
 

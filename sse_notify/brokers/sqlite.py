@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -39,6 +40,7 @@ from ..control import Control
 from ..errors import BrokerError, BrokerUnavailable, IdempotencyKeyReused
 from ..inbox import InboxState
 from ..notices import Notice, dumps, utc_iso_ago, utc_now_iso
+from ..schedule import Due, checked_kind
 from .base import (
     BROADCAST_KEY,
     CONTROL_KEY,
@@ -91,6 +93,16 @@ CREATE TABLE IF NOT EXISTS presence_workers (
     worker TEXT PRIMARY KEY,
     expires REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scheduled (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    due REAL NOT NULL,
+    scheduled_for REAL NOT NULL,
+    payload TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scheduled_by_due ON scheduled (due);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -521,6 +533,62 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
             db.execute("COMMIT")
 
         self._run(work)
+
+    # -- the scheduler (``due`` is when it falls due: as scheduled, or its claim's lease end) --
+
+    def schedule(self, kind: str, key: str, due: float, payload: str) -> None:
+        """Keep the entry until ``due``, replacing any of this kind and key."""
+        checked_kind(kind)
+        row = (kind, key, due, due, payload, secrets.randbits(62))
+        self._run(lambda db: db.execute("INSERT OR REPLACE INTO scheduled VALUES (?, ?, ?, ?, ?, ?)", row))
+
+    def unschedule(self, kind: str, key: str) -> bool:
+        """Forget the entry; whether there was one."""
+        cursor = self._run(
+            lambda db: db.execute("DELETE FROM scheduled WHERE kind = ? AND key = ?", (kind, key))
+        )
+        return bool(cursor.rowcount)
+
+    def claim_due(self, now: float, limit: int, lease: float) -> list[Due]:
+        """Take up to ``limit`` due entries for ``lease`` seconds, the earliest first (one transaction)."""
+
+        def work(db: sqlite3.Connection) -> list[Due]:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute(
+                "SELECT kind, key, scheduled_for, payload FROM scheduled WHERE due <= ? ORDER BY due LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            taken = [Due(kind, key, due, payload, secrets.randbits(62)) for kind, key, due, payload in rows]
+            db.executemany(
+                "UPDATE scheduled SET due = ?, token = ? WHERE kind = ? AND key = ?",
+                [(now + lease, d.token, d.kind, d.key) for d in taken],
+            )
+            db.execute("COMMIT")
+            return taken
+
+        return self._run(work)
+
+    def finish(self, claimed: t.Sequence[Due]) -> None:
+        """Forget the entries these claims took, where they are still theirs."""
+        if not claimed:
+            return
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "DELETE FROM scheduled WHERE kind = ? AND key = ? AND token = ?",
+                [(d.kind, d.key, d.token) for d in claimed],
+            )
+            db.execute("COMMIT")
+
+        self._run(work)
+
+    def scheduled(self, kind: str) -> int:
+        """How many entries of ``kind`` wait."""
+        row = self._run(
+            lambda db: db.execute("SELECT count(*) FROM scheduled WHERE kind = ?", (kind,)).fetchone()
+        )
+        return int(row[0])
 
     def presence_leave(self, worker: str) -> None:
         """Forget the worker and its rows."""

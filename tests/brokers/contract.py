@@ -45,6 +45,26 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+def run_together(work: Callable[[int], None], count: int, timeout: float = DEADLINE) -> None:
+    """Run ``work(0)`` ... ``work(count - 1)`` in threads at once; fail with the first error any raised."""
+    errors: list[BaseException] = []
+
+    def guarded(index: int) -> None:
+        try:
+            work(index)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread did not finish in time"
+    if errors:
+        raise errors[0]
+
+
 class Feed:
     """A feed handler that records its batches and control records, and lets a test wait for them."""
 
@@ -313,25 +333,81 @@ class BrokerContract:
         """Concurrent calls with one key (from one or several processes' brokers) store one notice."""
         brokers_ = [make_broker(), make_broker()] if self.shared else [make_broker()]
         results: list[t.Any] = []
-        errors: list[BaseException] = []
 
         def work(index: int) -> None:
-            try:
-                results.append(
-                    brokers_[index % len(brokers_)].publish_once([("alice", payload(7))], "race", "fp", 60)
-                )
-            except BaseException as exc:
-                errors.append(exc)
+            results.append(
+                brokers_[index % len(brokers_)].publish_once([("alice", payload(7))], "race", "fp", 60)
+            )
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(DEADLINE)
-        assert not errors
+        run_together(work, 6)
         assert sorted(r.replayed for r in results) == [False] + [True] * 5
         assert len({r.notices[0].id for r in results}) == 1
         assert len(brokers_[0].replay("alice", "0").notices) == 1
+
+    # -- the scheduler ---------------------------------------------------
+
+    def test_scheduler_claims_what_is_due_once_per_lease(self, broker: Broker) -> None:
+        """An entry is claimed once due, by one claim per lease; unfinished, it falls due again."""
+        broker.schedule("notice", "a", 100.0, payload(1))
+        assert broker.claim_due(99.5, 10, 30) == []
+        (first,) = broker.claim_due(100.0, 10, 30)
+        assert (first.kind, first.key, first.due, json.loads(first.payload)) == (
+            "notice",
+            "a",
+            100.0,
+            {"n": 1},
+        )
+        assert broker.claim_due(129.0, 10, 30) == []  # leased to the first claim
+        (second,) = broker.claim_due(130.0, 10, 30)  # the lease ran out: due again
+        assert (second.key, second.due, second.payload) == ("a", 100.0, first.payload)
+        assert second.token != first.token
+        broker.finish([first])  # that claim's lease ran out: the entry is not its to forget
+        assert broker.scheduled("notice") == 1
+        broker.finish([second])
+        assert broker.scheduled("notice") == 0
+        assert broker.claim_due(10_000.0, 10, 30) == []
+
+    def test_scheduler_claims_the_earliest_first_up_to_the_limit(self, broker: Broker) -> None:
+        """Claims take due entries in due order, at most ``limit`` at a time, of every kind."""
+        for due in (5.0, 3.0, 9.0, 1.0, 7.0, 50.0):
+            broker.schedule("snooze" if due == 3.0 else "notice", f"k{int(due)}", due, payload(int(due)))
+        assert [d.due for d in broker.claim_due(10.0, 3, 60)] == [1.0, 3.0, 5.0]
+        later = broker.claim_due(10.0, 3, 60)
+        assert [(d.kind, d.key) for d in later] == [("notice", "k7"), ("notice", "k9")]
+        assert (broker.scheduled("notice"), broker.scheduled("snooze"), broker.scheduled("other")) == (
+            5,
+            1,
+            0,
+        )
+
+    def test_scheduling_a_key_again_replaces_its_entry(self, broker: Broker) -> None:
+        """A key scheduled again gets the new time and payload; an earlier claim cannot forget it."""
+        broker.schedule("notice", "a", 100.0, payload(1))
+        (claimed,) = broker.claim_due(100.0, 10, 30)
+        broker.schedule("notice", "a", 200.0, payload(2))
+        broker.finish([claimed])
+        assert broker.claim_due(150.0, 10, 30) == []
+        (again,) = broker.claim_due(200.0, 10, 30)
+        assert (again.due, json.loads(again.payload)) == (200.0, {"n": 2})
+        assert broker.unschedule("notice", "a") is True
+        assert broker.unschedule("notice", "a") is False
+        assert broker.claim_due(10_000.0, 10, 30) == []
+        with pytest.raises(ValueError, match="kind"):
+            broker.schedule("no:colons", "a", 1.0, payload(1))
+
+    def test_scheduler_claims_are_exclusive_under_concurrency(self, make_broker: MakeBroker) -> None:
+        """Workers claiming at once (one or several processes' brokers) take each due entry exactly once."""
+        brokers_ = [make_broker(), make_broker()] if self.shared else [make_broker()]
+        for i in range(120):
+            brokers_[0].schedule("notice", f"n{i}", float(i % 7), payload(i))
+        claimed: list[str] = []
+
+        def work(index: int) -> None:
+            while found := brokers_[index % len(brokers_)].claim_due(10.0, 7, 60):
+                claimed.extend(d.key for d in found)
+
+        run_together(work, 4)
+        assert sorted(claimed) == sorted(f"n{i}" for i in range(120))
 
     # -- replay -----------------------------------------------------------
 
@@ -601,25 +677,16 @@ class BrokerContract:
         publishers = [make_broker(), make_broker()] if self.shared else [subscriber]
         threads, per_thread = 4, 25
         published: list[Notice] = []
-        errors: list[BaseException] = []
         lock = threading.Lock()
 
         def work(index: int) -> None:
             publisher = publishers[index % len(publishers)]
-            try:
-                for k in range(per_thread):
-                    notice = publisher.publish(f"user{index}", payload(k))
-                    with lock:
-                        published.append(notice)
-            except BaseException as exc:
-                errors.append(exc)
+            for k in range(per_thread):
+                notice = publisher.publish(f"user{index}", payload(k))
+                with lock:
+                    published.append(notice)
 
-        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(DEADLINE * 4)
-        assert not errors
+        run_together(work, threads, timeout=DEADLINE * 4)
         assert len(published) == threads * per_thread
 
         sentinel = subscriber.publish("alice", payload(-1))
@@ -804,6 +871,19 @@ class DurableContract(BrokerContract):
         assert second.replay("alice", "0") == Replay([], head, "expired")
         assert second.replay("alice", str(head)) == Replay([], head, None)
         assert second.publish("alice", payload(9)).id == head + 1
+
+    def test_scheduled_entries_are_durable_and_shared(self, make_broker: MakeBroker) -> None:
+        """Entries (claimed ones included) survive closing every broker; a claim's lease still holds."""
+        first = make_broker()
+        first.schedule("notice", "a", 100.0, payload(1))
+        first.schedule("notice", "b", 100.0, payload(2))
+        (claimed,) = first.claim_due(100.0, 1, 30)
+        first.close()
+        again = make_broker()
+        assert again.scheduled("notice") == 2
+        (other,) = again.claim_due(101.0, 10, 60)
+        assert other.key != claimed.key
+        assert [d.key for d in again.claim_due(131.0, 10, 30)] == [claimed.key]
 
 
 class InboxDurableContract(DurableContract):
