@@ -82,7 +82,8 @@ def post_worker_init(worker: t.Any) -> None:
     """In each worker, once its app is loaded: SIGTERM closes every stream, tokens stay out of logs.
 
     The metrics are imported here too (this worker's multiprocess files), not inside its
-    first request. A config of your own that defines ``post_worker_init`` too should call
+    first request, and every app's scheduler starts (what falls due is done even while no
+    stream is open). A config of your own that defines ``post_worker_init`` too should call
     this one.
     """
     from . import redact, shutdown, telemetry
@@ -90,6 +91,8 @@ def post_worker_init(worker: t.Any) -> None:
     redact.install()
     shutdown.install()
     telemetry.prepare()
+    for node in shutdown.nodes():
+        node.start_due_work()
 
 
 def child_exit(server: t.Any, worker: t.Any) -> None:

@@ -4,6 +4,7 @@
 - :class:`Housekeeping`: closes streams whose writes are stuck, and runs the store's
   retention sweep.
 - :class:`PresenceWriter`: writes this worker's stream counts to the store.
+- :class:`DueWork`: claims what fell due in the store's scheduler and does it.
 
 Each is one greenlet (or thread) per process, not a timer per stream. :meth:`Loop.stop`
 ends it at its next step.
@@ -25,8 +26,9 @@ from .presence import LIFETIME_INTERVALS
 if t.TYPE_CHECKING:
     from .brokers import Broker
     from .hub import Hub
+    from .schedule import Due
 
-__all__ = ["Heartbeats", "Housekeeping", "Loop", "PresenceWriter"]
+__all__ = ["DueWork", "Heartbeats", "Housekeeping", "Loop", "PresenceWriter"]
 
 log = logging.getLogger("sse_notify.loops")
 
@@ -193,3 +195,57 @@ class PresenceWriter(Loop):
             self.broker.presence_leave(self.worker_id)
         except BrokerError as exc:
             telemetry.store_failed("presence", exc)
+
+
+class DueWork(Loop):
+    """Every ``interval``, claims what fell due in the store's scheduler and does it (``schedule.py``).
+
+    Every worker runs one, and the store gives each due entry to one claim at a time. An
+    action is given its entry and must be idempotent: one that fails (or a worker killed
+    after it) leaves the entry to fall due again after ``lease`` seconds, when a worker
+    does it again. Entries done are forgotten in one call per round.
+    """
+
+    name = "sse-notify-due"
+
+    #: Entries claimed per round (more wait for the next round, at once).
+    BATCH = 200
+
+    def __init__(self, broker: Broker, interval: float, lease: float) -> None:
+        super().__init__()
+        self.broker = broker
+        self.interval = interval
+        self.lease = lease
+        #: What to do with an entry, by its kind (the service registers them).
+        self.actions: dict[str, t.Callable[[Due], None]] = {}
+
+    def run(self) -> None:
+        """Claim and do what is due, every interval (at once again after a full batch)."""
+        while not self.stopped:
+            try:
+                full = self.step()
+            except BrokerClosed:
+                return  # the store was closed: this process is done with it
+            except BrokerError as exc:
+                telemetry.store_failed("schedule", exc)
+                full = False
+            if not full:
+                time.sleep(self.interval)
+
+    def step(self, now: float | None = None) -> bool:
+        """One round: claim what is due, do it, forget what was done; whether the batch was full."""
+        claimed = self.broker.claim_due(time.time() if now is None else now, self.BATCH, self.lease)
+        done: list[Due] = []
+        for due in claimed:
+            action = self.actions.get(due.kind)
+            if action is None:
+                continue  # a kind of a newer version: its lease ends and a worker that knows it does it
+            try:
+                action(due)
+            except Exception:
+                log.exception("scheduled %s %r failed; tried again in %.0f s", due.kind, due.key, self.lease)
+                continue
+            done.append(due)
+        if done:
+            self.broker.finish(done)
+        return len(claimed) == self.BATCH

@@ -24,7 +24,7 @@ import typing as t
 from . import shutdown, telemetry
 from .concurrency import pid
 from .errors import BrokerError
-from .loops import Heartbeats, Housekeeping, Loop, PresenceWriter
+from .loops import DueWork, Heartbeats, Housekeeping, Loop, PresenceWriter
 
 if t.TYPE_CHECKING:
     from .brokers import Broker
@@ -56,10 +56,16 @@ class Node:
         send_timeout: float = 30.0,
         sweep_interval: float = 60.0,
         presence_interval: float = 1.0,
+        due_interval: float = 0.25,
+        due_lease: float = 30.0,
     ) -> None:
         self.broker = broker
         self.hub = hub
         self.presence = PresenceWriter(hub, broker, presence_interval)
+        #: Does what falls due in the store's scheduler; runs from the worker's start
+        #: (:meth:`start_due_work`), not only once a stream opened.
+        self.due = DueWork(broker, due_interval, due_lease)
+        self._due_pid = -1
         self.loops: list[Loop] = [
             Heartbeats(hub, heartbeat),
             Housekeeping(hub, broker, send_timeout, sweep_interval),
@@ -103,12 +109,26 @@ class Node:
             for loop in self.loops:
                 loop.start()
             self._pid = pid()
+        self.start_due_work()
+
+    def start_due_work(self) -> None:
+        """Start this process's :class:`~sse_notify.loops.DueWork`, once per process (after a fork, again).
+
+        gunicorn's workers start it at once (``sse_notify.gunicorn_conf``'s
+        ``post_worker_init``), so what fell due while no worker ran is done at start;
+        elsewhere the first stream starts it.
+        """
+        with self._lock:
+            if self._due_pid == pid() or self.stopping:
+                return
+            self._due_pid = pid()
+        self.due.start()
 
     def shutdown(self) -> None:
         """End every open stream now and refuse new ones; clients reconnect elsewhere and resume."""
         self._stopped_in = pid()
         self.hub.stopping = True
-        for loop in self.loops:
+        for loop in (*self.loops, self.due):
             loop.stop()
         count = self.hub.close_all("shutdown")
         telemetry.flush()

@@ -10,10 +10,12 @@ the pure modules it calls.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 import typing as t
 from dataclasses import dataclass
 
+import orjson
 from flask import Flask, current_app
 
 from . import telemetry
@@ -28,6 +30,7 @@ from .inbox import InboxFilter, InboxPage, StateChange, change, list_page, read_
 from .node import Node
 from .notices import Notice, checked_idempotency_key, checked_user_id, dumps
 from .presence import Presence
+from .schedule import Due
 from .security import Security
 
 if t.TYPE_CHECKING:
@@ -41,6 +44,8 @@ T = t.TypeVar("T")
 EXTENSION_KEY = "sse_notify"
 #: The most users one presence query may ask about.
 MAX_PRESENCE_USERS = 1000
+#: The scheduler's kind for a notice published when it falls due.
+DUE_NOTICE = "notice"
 
 
 @dataclass
@@ -53,6 +58,9 @@ class State:
     node: Node
     security: Security
     url_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self.node.due.actions[DUE_NOTICE] = self._publish_due
 
     # -- publishing ---------------------------------------------------------
 
@@ -132,6 +140,35 @@ class State:
                 raise PayloadTooLarge(f"{where}data is larger than {limit} bytes", limit)
             checked.append((user_id, text))
         return checked
+
+    def schedule_notice(self, user_id: str | None, data: dict[str, t.Any], due: float) -> str:
+        """Check a notice now and keep it in the store's scheduler until ``due`` (Unix time); its key.
+
+        A worker publishes it once due (within about a quarter of a second), exactly once
+        even if that worker is killed meanwhile (see :meth:`_publish_due`).
+        """
+        ((user, text),) = self._checked([(user_id, data)])
+        key = secrets.token_urlsafe(12)
+        payload = dumps({"u": user, "d": text})
+        self._store(lambda: self.broker.schedule(DUE_NOTICE, key, due, payload))
+        return key
+
+    def _publish_due(self, due: Due) -> None:
+        """Publish a scheduled notice that fell due, once per entry.
+
+        Under an idempotency key of its own (with a character no client key has), kept longer
+        than a claim's lease: a worker that dies after publishing and before the scheduler
+        forgets the entry leaves it to another worker, whose publish finds the key and stores
+        nothing again.
+        """
+        entry = orjson.loads(due.payload)
+        items = [(entry["u"], entry["d"])]
+        key = f"\x1fdue:{due.key}"
+        fingerprint = hashlib.sha256(due.payload.encode()).hexdigest()
+        ttl = max(self.settings.idempotency_ttl, 4 * self.node.due.lease)
+        started = time.perf_counter()
+        done = self._store(lambda: self.broker.publish_once(items, key, fingerprint, ttl))
+        telemetry.published(done.notices, time.perf_counter() - started, replayed=done.replayed)
 
     def notify(self, user_id: str, data: dict[str, t.Any], *, idempotency_key: str | None = None) -> Notice:
         """Store a notice for ``user_id`` and deliver it to every open stream of theirs."""

@@ -25,7 +25,7 @@ from .concurrency import spawn
 if t.TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["install", "register"]
+__all__ = ["install", "nodes", "register"]
 
 #: Every node of this process (an app's; weak, so a discarded app is forgotten).
 _nodes: weakref.WeakSet[Node] = weakref.WeakSet()
@@ -36,6 +36,11 @@ _installed_in = -1
 def register(node: Node) -> None:
     """Have ``node`` shut down on this process's SIGTERM (once :func:`install` ran)."""
     _nodes.add(node)
+
+
+def nodes() -> list[Node]:
+    """Every node of this process (every app's)."""
+    return list(_nodes)
 
 
 def shutdown_all() -> None:
