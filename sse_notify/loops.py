@@ -210,6 +210,8 @@ class DueWork(Loop):
 
     #: Entries claimed per round (more wait for the next round, at once).
     BATCH = 200
+    #: The longest wait between rounds while the store fails (seconds).
+    MAX_BACKOFF = 5.0
 
     def __init__(self, broker: Broker, interval: float, lease: float) -> None:
         super().__init__()
@@ -220,7 +222,12 @@ class DueWork(Loop):
         self.actions: dict[str, t.Callable[[Due], None]] = {}
 
     def run(self) -> None:
-        """Claim and do what is due, every interval (at once again after a full batch)."""
+        """Claim and do what is due, every interval (at once again after a full batch).
+
+        While the store fails, the wait doubles up to :data:`MAX_BACKOFF` seconds (one
+        warning each time, not four a second).
+        """
+        wait = self.interval
         while not self.stopped:
             try:
                 full = self.step()
@@ -228,7 +235,10 @@ class DueWork(Loop):
                 return  # the store was closed: this process is done with it
             except BrokerError as exc:
                 telemetry.store_failed("schedule", exc)
-                full = False
+                time.sleep(wait)
+                wait = min(self.MAX_BACKOFF, wait * 2)
+                continue
+            wait = self.interval
             if not full:
                 time.sleep(self.interval)
 

@@ -553,6 +553,10 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
         """Take up to ``limit`` due entries for ``lease`` seconds, the earliest first (one transaction)."""
 
         def work(db: sqlite3.Connection) -> list[Due]:
+            # Every worker asks several times a second: only take the write lock (which
+            # publishes wait for) when something is due.
+            if db.execute("SELECT 1 FROM scheduled WHERE due <= ? LIMIT 1", (now,)).fetchone() is None:
+                return []
             db.execute("BEGIN IMMEDIATE")
             rows = db.execute(
                 "SELECT kind, key, scheduled_for, payload FROM scheduled WHERE due <= ? ORDER BY due LIMIT ?",
