@@ -157,7 +157,7 @@ def test_shutdown_closes_every_stream_and_refuses_new_ones(node: Node) -> None:
 
 
 def test_idle_streams_do_not_query_the_store(tmp_path: Path) -> None:
-    """50 idle streams cost no queries: only the feed's safety poll and the presence write, per interval."""
+    """50 idle streams cost no queries: only the feed's and the scheduler's polls and the presence write."""
     broker = SQLiteBroker(str(tmp_path / "n.sqlite3"), poll_interval=0.25)
     node = Node(broker, Hub())
     node.ensure_started()
@@ -187,9 +187,16 @@ def test_idle_streams_do_not_query_the_store(tmp_path: Path) -> None:
     broker.close()
     # One feed poll each 0.25 s: about 4 in a second, whatever the number of streams;
     # and one presence write per interval (1 s), that the first streams made.
+    # And the scheduler's poll (DueWork), about 4 a second too, whatever the number of streams.
     presence = [sql for sql in statements if "presence" in sql]
-    others = [sql for sql in statements if "presence" not in sql and sql not in ("BEGIN IMMEDIATE", "COMMIT")]
+    scheduler = [sql for sql in statements if "scheduled" in sql]
+    others = [
+        sql
+        for sql in statements
+        if "presence" not in sql and "scheduled" not in sql and sql not in ("BEGIN IMMEDIATE", "COMMIT")
+    ]
     assert 1 <= len(others) <= 8, others
+    assert 1 <= len(scheduler) <= 8, scheduler
     assert 1 <= sum(sql.startswith("INSERT OR REPLACE INTO presence_workers") for sql in presence) <= 2
 
 
