@@ -65,10 +65,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'sse_notify.client needs httpx, which is an optional extra: pip install "sse-notify[client]"'
     ) from exc
 
+from .delivery import OPTIONS, Receipt, parse_time
 from .errors import ClientError, NotFound, ServerUnavailable, Unauthorized
 from .errors import ClientIdempotencyKeyReused as IdempotencyKeyReused
 from .errors import ClientRateLimited as RateLimited
-from .notices import IDEMPOTENCY_KEY, Notice, checked_idempotency_key, dumps, loads
+from .notices import IDEMPOTENCY_KEY, checked_idempotency_key, dumps, loads
 from .presence import Presence
 
 if t.TYPE_CHECKING:
@@ -174,14 +175,19 @@ def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
     return None, text or response.reason_phrase
 
 
-def _notice(body: t.Any) -> Notice:
-    """A :class:`~sse_notify.notices.Notice` from the server's JSON of a stored notice."""
-    return Notice(
-        id=int(body["id"]),
-        user_id=body["user_id"],
-        created_at=str(body["created_at"]),
-        data_json=dumps(body["data"]),
-    )
+def _query(options: t.Mapping[str, t.Any]) -> dict[str, str] | None:
+    """Delivery options as the query of a single publish (checked by the server)."""
+    query: dict[str, str] = {}
+    for name, value in options.items():
+        if name not in OPTIONS:
+            raise TypeError(f"unknown delivery option {name!r} (options: {', '.join(OPTIONS)})")
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            parse_time(value)  # an aware datetime, or a ValueError here
+            value = value.isoformat()
+        query[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return query or None
 
 
 def _marking(action: str, summary: str) -> t.Callable[[Client, str, int], int]:
@@ -269,8 +275,15 @@ class Client:
 
     # -- publishing -------------------------------------------------------------------------
 
-    def publish(self, user_id: str, data: JSONObject, *, idempotency_key: str | None = None) -> Notice:
-        """Store a notice for one user and deliver it to their open streams.
+    def publish(
+        self,
+        user_id: str,
+        data: JSONObject,
+        *,
+        idempotency_key: str | None = None,
+        **options: t.Any,
+    ) -> Receipt:
+        """Deliver a notice to one user: their open streams and inbox (or schedule, hold, suppress it).
 
         :param user_id: the user (1 to 128 of ``A-Z a-z 0-9 _ . @ : + -``).
         :param data: the notice's JSON object.
@@ -278,45 +291,73 @@ class Client:
             nothing new and return the original notice. Default: a fresh random key, reused
             by every retry of this call. Pass a stable one (a task id) to make retries across
             processes safe too.
-        :returns: the stored notice, as the server answered it (its ``id`` is the cursor).
+        :param options: ``category``, ``critical``, ``send_at`` (an aware ``datetime`` or RFC
+            3339 text) or ``delay`` (seconds), as the server's delivery options.
+        :returns: what happened (``status``), with the stored notice (``notice``, ``id``) or
+            what waits (``scheduled_id``, ``due``).
         :raises ClientError: or a subclass, when the server refuses or cannot be reached.
         :raises ValueError: for an idempotency key the server would refuse.
         """
-        body = self._publish(f"/users/{_segment(user_id)}/notices", data, idempotency_key)
-        return _notice(body)
+        path = f"/users/{_segment(user_id)}/notices"
+        return Receipt.from_fields(self._publish(path, data, idempotency_key, _query(options)))
 
     def publish_many(
         self,
         items: t.Sequence[tuple[str, JSONObject]],
         *,
         idempotency_key: str | None = None,
-    ) -> list[Notice]:
-        """Store several notices in one transaction (all or none) and deliver them.
+        **options: t.Any,
+    ) -> list[Receipt]:
+        """Deliver several notices; those delivered now are stored in one transaction (all or none).
 
         :param items: ``(user_id, data)`` pairs, 1 to 1000 (the server's limit), in order.
         :param idempotency_key: as for :meth:`publish`; it covers the whole list.
-        :returns: the stored notices, in the order of ``items``.
+        :param options: as for :meth:`publish`, for every item.
+        :returns: a receipt per item, in the order of ``items``.
         :raises ClientError: or a subclass, when the server refuses or cannot be reached;
             a ``400`` names the item at fault.
         :raises ValueError: for an idempotency key the server would refuse.
         """
-        batch = [{"user_id": user_id, "data": data} for user_id, data in items]
-        return [_notice(item) for item in self._publish("/notices", batch, idempotency_key)]
+        shared = _query(options) or {}
+        batch = [{"user_id": user_id, "data": data, **shared} for user_id, data in items]
+        return [Receipt.from_fields(item) for item in self._publish("/notices", batch, idempotency_key)]
 
-    def broadcast(self, data: JSONObject, *, idempotency_key: str | None = None) -> Notice:
-        """Store a notice for every user and deliver it to every open stream.
+    def broadcast(self, data: JSONObject, *, idempotency_key: str | None = None, **options: t.Any) -> Receipt:
+        """Deliver a notice to every user's open streams and inbox (each honours its user's mutes).
 
         :param data: the notice's JSON object.
         :param idempotency_key: as for :meth:`publish`.
-        :returns: the stored notice (``user_id`` is ``None``).
+        :param options: as for :meth:`publish`.
+        :returns: what happened; a delivered notice's ``user_id`` is ``None``.
         :raises ClientError: or a subclass, when the server refuses or cannot be reached.
         :raises ValueError: for an idempotency key the server would refuse.
         """
-        return _notice(self._publish("/broadcast", data, idempotency_key))
+        return Receipt.from_fields(self._publish("/broadcast", data, idempotency_key, _query(options)))
 
-    def _publish(self, path: str, body: t.Any, idempotency_key: str | None) -> t.Any:
+    def _publish(
+        self, path: str, body: t.Any, idempotency_key: str | None, params: t.Mapping[str, str] | None = None
+    ) -> t.Any:
         key = new_idempotency_key() if idempotency_key is None else checked_idempotency_key(idempotency_key)
-        return self._request("POST", path, body=body, idempotency_key=key)
+        return self._request("POST", path, body=body, params=params, idempotency_key=key)
+
+    def remove(self, user_id: str, notice_id: int | str) -> None:
+        """Cancel a notice that waits (by its ``scheduled_id``), or remove one from the user's inbox (by id).
+
+        :raises NotFound: when no such notice is the user's.
+        :raises ClientError: with ``status`` 409 for a broadcast (archive it instead).
+        """
+        self._request("DELETE", f"/users/{_segment(user_id)}/notices/{_segment(str(notice_id))}")
+
+    # -- preferences --------------------------------------------------------------------------
+
+    def preferences(self, user_id: str) -> dict[str, t.Any]:
+        """The user's preferences: ``categories``, ``default``, ``quiet_hours``."""
+        return t.cast(dict[str, t.Any], self._request("GET", f"/users/{_segment(user_id)}/preferences"))
+
+    def set_preferences(self, user_id: str, preferences: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """Replace the user's preferences (every open tab of theirs is told); the preferences now."""
+        path = f"/users/{_segment(user_id)}/preferences"
+        return t.cast(dict[str, t.Any], self._request("PUT", path, body=dict(preferences)))
 
     # -- the inbox ---------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ class Kind(enum.Enum):
     STATE = "state"
     #: The feed lost notices it cannot recover live: every stream resumes from its own cursor.
     RESYNC = "resync"
+    #: ``user_id`` changed their preferences: ``data`` is them (``Preferences.to_dict``).
+    PREFERENCES = "preferences"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,12 @@
     - :class:`InvalidNotice` — a publish was refused: data that is not a JSON object, a bad key...
 
       - :class:`InvalidUserId` — a user id outside the rule of :data:`sse_notify.notices.USER_ID_RULE`
+      - :class:`InvalidOption` — a bad delivery option or preference (names which)
       - :class:`PayloadTooLarge` — a body or a notice over its size limit (413)
 
   - :class:`IdempotencyKeyReused` — an ``Idempotency-Key`` sent again with another request (422)
   - :class:`NoticeNotFound` — a notice that is not in the user's inbox (404)
+  - :class:`Conflict` — a request that cannot apply to what it names (409)
   - :class:`RateLimited` — a publish key over its rate limit (429)
   - :class:`AuthError` — a request is not allowed
 
@@ -55,9 +57,11 @@ __all__ = [
     "ClientIdempotencyKeyReused",
     "ClientRateLimited",
     "ConfigError",
+    "Conflict",
     "Forbidden",
     "IdempotencyKeyReused",
     "InvalidNotice",
+    "InvalidOption",
     "InvalidRequest",
     "InvalidToken",
     "InvalidUserId",
@@ -129,6 +133,17 @@ class InvalidUserId(InvalidNotice):
         self.user_id = user_id
 
 
+class InvalidOption(InvalidNotice):
+    """A delivery option (``category``, ``send_at``...) or a preference was refused; names which."""
+
+    error_code = "invalid_option"
+
+    def __init__(self, message: str, option: str) -> None:
+        super().__init__(message)
+        #: The option (or preference field) refused.
+        self.option = option
+
+
 class PayloadTooLarge(InvalidNotice):
     """A request body or a notice's data is over its size limit (413)."""
 
@@ -153,6 +168,13 @@ class NoticeNotFound(SSENotifyError, LookupError):
 
     http_status = 404
     error_code = "not_found"
+
+
+class Conflict(SSENotifyError):
+    """A request that cannot apply to what it names, such as removing a broadcast from one inbox (409)."""
+
+    http_status = 409
+    error_code = "conflict"
 
 
 class RateLimited(SSENotifyError):

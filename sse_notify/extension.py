@@ -18,14 +18,17 @@ from .auth import checked_ttl
 from .brokers import make_broker
 from .cli import register_commands
 from .config import Settings
+from .delivery import Delivery, Receipt
 from .handoff import capture_start_response
 from .hub import Hub
 from .node import Node
-from .notices import Notice
 from .presence import Presence
 from .security import AuthorizeHook, Security, announce
 from .service import EXTENSION_KEY, State, get_state
 from .views import bp
+
+if t.TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "SSENotify",
@@ -116,31 +119,31 @@ class SSENotify:
 
 
 def notify(
-    user_id: str, data: dict[str, t.Any], *, idempotency_key: str | None = None, app: Flask | None = None
-) -> Notice:
-    """Store a notice for ``user_id`` and deliver it to every open stream of theirs.
+    user_id: str, data: dict[str, t.Any], *, app: Flask | None = None, **options: Unpack[Delivery]
+) -> Receipt:
+    """Deliver a notice to ``user_id``'s open streams and inbox, or schedule, hold or suppress it.
 
-    :param idempotency_key: e.g. a job id: a retried call with the same key and
-        data stores nothing new and returns the first notice.
+    :param options: ``category``, ``critical``, ``send_at`` (an aware ``datetime`` or RFC 3339
+        text) or ``delay`` (seconds), ``group``; and ``idempotency_key`` (e.g. a job id: a
+        retried call with the same key and data stores nothing new and returns the first notice).
+    :returns: what happened (:class:`~sse_notify.delivery.Receipt`: ``status``, ``id``...).
     """
-    return get_state(app).notify(user_id, data, idempotency_key=idempotency_key)
+    return get_state(app).notify(user_id, data, **options)
 
 
-def broadcast(
-    data: dict[str, t.Any], *, idempotency_key: str | None = None, app: Flask | None = None
-) -> Notice:
-    """Store a notice for every user and deliver it to every open stream."""
-    return get_state(app).broadcast(data, idempotency_key=idempotency_key)
+def broadcast(data: dict[str, t.Any], *, app: Flask | None = None, **options: Unpack[Delivery]) -> Receipt:
+    """Deliver a notice to every user (each stream honours its user's mutes), or schedule it."""
+    return get_state(app).broadcast(data, **options)
 
 
 def notify_many(
     items: t.Sequence[tuple[str | None, dict[str, t.Any]]],
     *,
-    idempotency_key: str | None = None,
     app: Flask | None = None,
-) -> list[Notice]:
-    """Store several notices in one transaction (all or none), then deliver them."""
-    return get_state(app).publish_many(items, idempotency_key=idempotency_key)
+    **options: Unpack[Delivery],
+) -> list[Receipt]:
+    """Deliver several notices with the same options; those delivered now are one transaction."""
+    return get_state(app).notify_many(items, **options)
 
 
 def issue_token(user_id: str, ttl: float | None = None, *, app: Flask | None = None) -> str:

@@ -20,6 +20,7 @@ import typing as t
 
 from . import telemetry
 from .control import Control, Kind
+from .delivery import Preferences
 from .events import encode_event
 from .notices import Notice, dumps
 from .streams import QueuedStream, SocketStream, Stream, encode_notice
@@ -61,17 +62,23 @@ class Hub:
         self.cursor: int | None = None
         #: Users whose number of streams here changed since :meth:`take_changed` was last called.
         self.changed: set[str] = set()
+        #: The preferences of users with streams here, as the store had them when their first
+        #: stream opened, then as the feed's ``PREFERENCES`` records bring them. Broadcasts skip
+        #: the streams of users who muted their category.
+        self.preferences: dict[str, Preferences] = {}
         self._round = 0
         self._controls: dict[Kind, t.Callable[[Control], None]] = {
             Kind.KICK: self._on_kick,
             Kind.STATE: self._on_state,
             Kind.RESYNC: self._on_resync,
+            Kind.PREFERENCES: self._on_preferences,
         }
 
     def reset(self, capacity: int) -> None:
         """Forget every stream (a forked child starts with none), taking at most ``capacity``."""
         self.users, self.streams, self.evicted_writers = {}, set(), set()
         self.changed = set()
+        self.preferences = {}
         self.cursor = None
         self.stopping = False
         self.capacity = min(self.max_streams, capacity)
@@ -135,6 +142,7 @@ class Hub:
                 mine.pop(stream, None)
                 if not mine:
                     del self.users[stream.user_id]
+                    self.preferences.pop(stream.user_id, None)
             self.changed.add(stream.user_id)
             telemetry.stream_closed(stream.user_id, reason, time.monotonic() - stream.opened)
         stream.close(reason)
@@ -191,6 +199,8 @@ class Hub:
             self.cursor = notice.id
             if notice.user_id is None:
                 targets: list[Stream] = list(self.streams)
+                if notice.meta_json and self.preferences:
+                    targets = self._wanting(notice, targets)
             else:
                 found = self.users.get(notice.user_id)
                 if not found:
@@ -203,6 +213,23 @@ class Hub:
                     self.evict(stream, "slow consumer")
         if handed:
             telemetry.delivered(handed)
+
+    def _wanting(self, notice: Notice, targets: list[Stream]) -> list[Stream]:
+        """The streams of ``targets`` whose users want this broadcast (not a category they muted)."""
+        meta = notice.meta
+        category = meta.get("category")
+        if category is None or meta.get("critical"):
+            return targets
+        preferences = self.preferences
+        return [s for s in targets if s.user_id not in preferences or preferences[s.user_id].wants(category)]
+
+    def wants(self, user_id: str, notice: Notice) -> bool:
+        """Whether ``user_id`` (who has streams here) wants ``notice`` on a stream (a replayed one)."""
+        preferences = self.preferences.get(user_id)
+        if preferences is None or not notice.meta_json or notice.user_id is not None:
+            return True
+        meta = notice.meta
+        return bool(meta.get("critical")) or preferences.wants(meta.get("category"))
 
     def handle_control(self, record: Control) -> None:
         """Act on a control record (one handler per :class:`~sse_notify.control.Kind`)."""
@@ -218,6 +245,17 @@ class Hub:
             # No id: a state change is not replayed (a reconnect gets a snapshot instead),
             # and it is not a notice (seq 0: sent whatever the stream's cursor).
             frame = encode_event(dumps(record.data["data"]), event=str(record.data["event"]))
+            for stream in list(found):
+                if not stream.put(0, frame, self._round):
+                    self.evict(stream, "slow consumer")
+
+    def _on_preferences(self, record: Control) -> None:
+        user_id = record.user_id or ""
+        found = self.users.get(user_id)
+        if found:
+            preferences = Preferences.checked(dict(record.data))
+            self.preferences[user_id] = preferences
+            frame = encode_event(preferences.to_json(), event="preferences")
             for stream in list(found):
                 if not stream.put(0, frame, self._round):
                     self.evict(stream, "slow consumer")

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from .control import Control, Kind
-from .errors import NoticeNotFound
+from .delivery import DEFAULT_PREFERENCES, Preferences
+from .errors import Conflict, NoticeNotFound
 from .notices import Notice
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "change",
     "list_page",
     "read_all",
+    "remove",
     "snapshot",
 ]
 
@@ -92,7 +94,7 @@ class InboxPage:
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
-    """What a mark changed, as pushed to the user's streams (event ``read`` or ``archive``)."""
+    """What a mark changed, as pushed to the user's streams (event ``read``, ``archive`` or ``remove``)."""
 
     user_id: str
     event: str
@@ -104,7 +106,8 @@ class StateChange:
 
     def payload(self) -> dict[str, t.Any]:
         """The ``data`` of the SSE event."""
-        body: dict[str, t.Any] = {"ids": self.ids, "read" if self.event == "read" else "archived": self.value}
+        field = {"read": "read", "archive": "archived", "remove": "removed"}[self.event]
+        body: dict[str, t.Any] = {"ids": self.ids, field: self.value}
         if self.through is not None:
             body["all"] = True
             body["through"] = self.through
@@ -141,6 +144,13 @@ class InboxStore(t.Protocol):
         """Mark every notice up to ``through`` read (explicit marks at or below it are dropped)."""
         ...
 
+    def delete_notices(self, user_id: str, ids: t.Sequence[int]) -> list[int]:
+        """Remove these notices, where they are the user's own (not broadcasts), and their marks.
+
+        They are no longer listed, counted or replayed. Returns the ids removed, in order.
+        """
+        ...
+
 
 class InboxFilter(t.TypedDict, total=False):
     """Which page of an inbox :func:`list_page` answers (each key optional)."""
@@ -163,9 +173,13 @@ def list_page(
     limit: int = 20,
     unread_only: bool = False,
     archived: bool = False,
+    preferences: Preferences = DEFAULT_PREFERENCES,
 ) -> InboxPage:
-    """A page of the user's inbox, newest first: archived notices only, or only those not archived."""
-    ids = store.inbox_ids(user_id)
+    """A page of the user's inbox, newest first: archived notices only, or only those not archived.
+
+    Broadcasts in a category the user muted (``preferences``) are not listed or counted.
+    """
+    ids = _listed(store, user_id, preferences)
     if not ids:  # nothing stored for this user: no state to read (one query per new stream)
         return InboxPage([], 0, None)
     state = store.inbox_state(user_id)
@@ -189,6 +203,25 @@ def list_page(
     return InboxPage(items, state.unread(ids), chosen[-1] if more and chosen else None, ids[0])
 
 
+def _listed(store: InboxStore, user_id: str, preferences: Preferences) -> list[int]:
+    """The ids in the user's inbox, newest first, without the broadcasts they muted."""
+    ids = store.inbox_ids(user_id)
+    return _wanted(store, user_id, ids, preferences) if ids and preferences.mutes else ids
+
+
+def _wanted(store: InboxStore, user_id: str, ids: list[int], preferences: Preferences) -> list[int]:
+    """``ids`` without the broadcasts the user muted (reads every notice: only for users with mutes)."""
+    muted = {
+        n.id
+        for n in store.inbox_notices(user_id, ids)
+        if n.user_id is None
+        and n.meta_json
+        and not n.meta.get("critical")
+        and not preferences.wants(n.meta.get("category"))
+    }
+    return [seq for seq in ids if seq not in muted] if muted else ids
+
+
 def change(
     store: InboxStore,
     user_id: str,
@@ -196,9 +229,10 @@ def change(
     *,
     read: bool | None = None,
     archived: bool | None = None,
+    preferences: Preferences = DEFAULT_PREFERENCES,
 ) -> StateChange:
     """Mark notices of the user; :class:`NoticeNotFound` if one is not in their inbox."""
-    present = set(store.inbox_ids(user_id))
+    present = set(_listed(store, user_id, preferences))
     for seq in ids:
         if seq not in present:
             raise NoticeNotFound(f"notice {seq} is not in {user_id}'s inbox (never sent to them, or expired)")
@@ -209,9 +243,29 @@ def change(
     return StateChange(user_id, "archive", list(ids), bool(archived), unread)
 
 
-def read_all(store: InboxStore, user_id: str) -> StateChange:
+def remove(store: InboxStore, user_id: str, ids: t.Sequence[int], preferences: Preferences) -> StateChange:
+    """Remove notices from the user's inbox (their own: a broadcast is only archived for them).
+
+    :raises NoticeNotFound: if one is not in the inbox.
+    :raises Conflict: for a broadcast (it stays in every other user's inbox).
+    """
+    present = set(_listed(store, user_id, preferences))
+    for seq in ids:
+        if seq not in present:
+            raise NoticeNotFound(f"notice {seq} is not in {user_id}'s inbox (never sent to them, or expired)")
+    for notice in store.inbox_notices(user_id, ids):
+        if notice.user_id is None:
+            raise Conflict(
+                f"notice {notice.id} is a broadcast: it cannot be removed from one inbox (archive it instead)"
+            )
+    removed = store.delete_notices(user_id, ids)
+    unread = store.inbox_state(user_id).unread(present - set(removed))
+    return StateChange(user_id, "remove", removed, True, unread)
+
+
+def read_all(store: InboxStore, user_id: str, preferences: Preferences = DEFAULT_PREFERENCES) -> StateChange:
     """Mark everything in the user's inbox read."""
-    ids = store.inbox_ids(user_id)
+    ids = _listed(store, user_id, preferences)
     through = ids[0] if ids else 0
     if through:
         store.mark_read_through(user_id, through)
@@ -219,13 +273,20 @@ def read_all(store: InboxStore, user_id: str) -> StateChange:
     return StateChange(user_id, "read", [], True, unread, through=through)
 
 
-def snapshot(store: InboxStore, user_id: str, size: int) -> str:
-    """The ``snapshot`` event's data: ``{"unread": n, "cursor": id, "notices": [...]}``.
+def snapshot(
+    store: InboxStore, user_id: str, size: int, preferences: Preferences = DEFAULT_PREFERENCES
+) -> str:
+    """The ``snapshot`` event's data: ``{"unread": n, "cursor": id, "notices": [...], "preferences": {...}}``.
 
     ``notices`` are the newest ``size`` not archived; ``cursor`` is the newest id
     in the inbox when it was taken (0: none), so a client knows that a replayed
     notice at or below it is already counted, listed or not.
     """
-    page = list_page(store, user_id, limit=size)
+    page = list_page(store, user_id, limit=size, preferences=preferences)
     notices = [item.fields() for item in page.items]
-    return orjson.dumps({"unread": page.unread, "cursor": page.newest, "notices": notices}).decode()
+    body = {"unread": page.unread, "cursor": page.newest, "notices": notices}
+    body["preferences"] = _DEFAULT_FIELDS if preferences is DEFAULT_PREFERENCES else preferences.to_dict()
+    return orjson.dumps(body).decode()
+
+
+_DEFAULT_FIELDS = DEFAULT_PREFERENCES.to_dict()

@@ -63,6 +63,12 @@ EVICTIONS = Counter(
     ["reason"],
 )
 PUBLISHED = Counter("sse_notify_notices_published", "Notices stored, by kind (user or broadcast).", ["kind"])
+WITHHELD = Counter(
+    "sse_notify_notices_withheld",
+    "Notices not delivered when published or when due: scheduled (send_at, delay), held "
+    "(the user's quiet hours), suppressed (a category the user muted).",
+    ["status"],
+)
 DELIVERED = Counter("sse_notify_notices_delivered", "Notice events handed to live streams.")
 REPLAYED = Counter("sse_notify_notices_replayed", "Notice events sent from the store to resuming streams.")
 PUBLISH_SECONDS = Histogram(
@@ -80,6 +86,8 @@ STORE_ERRORS = Counter(
 # Every label value known in advance starts at 0, so that rate() and increase() see the first one.
 for _kind in ("user", "broadcast"):
     PUBLISHED.labels(_kind)
+for _status in ("scheduled", "held", "suppressed"):
+    WITHHELD.labels(_status)
 for _operation in ("publish", "replay", "snapshot", "head", "subscribe", "presence", "sweep", "ping"):
     STORE_ERRORS.labels(_operation)
 for _reason in ("slow_consumer", "send_timeout", "replaced", "overloaded", "kicked", "resync"):

@@ -24,6 +24,7 @@ from .errors import InvalidRequest, InvalidUserId
 
 __all__ = [
     "BROADCAST",
+    "HEADER_MARK",
     "IDEMPOTENCY_KEY",
     "IDEMPOTENCY_KEY_RULE",
     "USER_ID_PATTERN",
@@ -34,6 +35,7 @@ __all__ = [
     "dumps",
     "is_valid_user_id",
     "loads",
+    "stored_text",
     "utc_iso",
     "utc_iso_ago",
     "utc_now_iso",
@@ -144,19 +146,55 @@ def utc_iso_ago(seconds: float) -> str:
     return utc_iso(datetime.now(timezone.utc) - timedelta(seconds=seconds))
 
 
+#: Starts (and ends) a stored notice's delivery header: never the first character of JSON data.
+HEADER_MARK = "\x1e"
+
+
+def stored_text(data_json: str, meta_json: str = "") -> str:
+    """What a store keeps for a notice: its data, after its delivery header if it has one.
+
+    A notice with delivery fields (``category``, ``group``...) is kept as
+    ``\x1e<meta JSON>\x1e<data JSON>``: JSON text never holds a raw ``\x1e``, and data
+    always starts with ``{``, so the one text column (stream field) every store already has
+    carries both, and a notice without options is stored exactly as before.
+    """
+    return f"{HEADER_MARK}{meta_json}{HEADER_MARK}{data_json}" if meta_json else data_json
+
+
 @dataclass(frozen=True, slots=True)
 class Notice:
     """A stored notice.
 
     ``id`` is the store's cursor: it grows with every notice (whatever the user),
     so "everything after cursor N" is well defined for resume. ``data_json`` is
-    the publisher's JSON object, kept as text so it is encoded once.
+    the publisher's JSON object, kept as text so it is encoded once. ``meta_json``
+    holds its delivery fields (``category``, ``critical``, ``group``...) as a JSON
+    object, or ``""`` for none; they sit beside ``data`` in the notice's JSON.
     """
 
     id: int
     user_id: str | None
     created_at: str
     data_json: str
+    meta_json: str = ""
+
+    @classmethod
+    def stored(cls, id: int, user_id: str | None, created_at: str, text: str) -> Notice:
+        """The notice a store keeps as ``text`` (see :func:`stored_text`)."""
+        if type(text) is not str or text[:1] != HEADER_MARK:  # (a store refuses what is not text)
+            return cls(id, user_id, created_at, text)
+        end = text.index(HEADER_MARK, 1)
+        return cls(id, user_id, created_at, text[end + 1 :], text[1:end])
+
+    @property
+    def text(self) -> str:
+        """What a store keeps for this notice (:func:`stored_text`)."""
+        return stored_text(self.data_json, self.meta_json)
+
+    @property
+    def meta(self) -> dict[str, t.Any]:
+        """Its delivery fields (empty for none)."""
+        return orjson.loads(self.meta_json) if self.meta_json else {}
 
     @property
     def is_broadcast(self) -> bool:
@@ -171,12 +209,15 @@ class Notice:
 
     def fields(self) -> dict[str, t.Any]:
         """The notice's JSON object for ``orjson.dumps``, its stored data embedded as it is."""
-        return {
+        fields = {
             "id": self.id,
             "user_id": self.user_id,
             "created_at": self.created_at,
             "data": orjson.Fragment(self.data_json),
         }
+        if self.meta_json:
+            fields.update(self.meta)
+        return fields
 
     def to_json(self) -> str:
         """The notice as one line of JSON: the ``data:`` of its SSE event and the 201 body."""
@@ -189,4 +230,5 @@ class Notice:
             "user_id": self.user_id,
             "created_at": self.created_at,
             "data": self.data,
+            **self.meta,
         }

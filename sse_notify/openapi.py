@@ -11,6 +11,7 @@ import typing as t
 
 from .auth import MAX_TOKEN_TTL
 from .config import Settings
+from .delivery import CHANNELS, MAX_CATEGORIES, MAX_DELAY
 from .notices import IDEMPOTENCY_KEY, USER_ID_PATTERN, USER_ID_RULE
 
 __all__ = ["document"]
@@ -18,6 +19,31 @@ __all__ = ["document"]
 Schema = dict[str, t.Any]
 
 JSON = "application/json"
+
+
+#: The delivery options (``delivery.OPTIONS``): their schema in a batch item, and what they do.
+_OPTIONS: dict[str, tuple[Schema, str]] = {
+    "category": (
+        {"type": "string", "pattern": f"^{USER_ID_PATTERN.pattern}$"},
+        f"The notice's category ({USER_ID_RULE}); a user may mute it.",
+    ),
+    "critical": (
+        {"type": ["boolean", "string"]},
+        "`true`: ignores the user's mutes and quiet hours.",
+    ),
+    "send_at": (
+        {"type": "string", "format": "date-time"},
+        "Deliver at this RFC 3339 time (with its offset), not before; a past time is now.",
+    ),
+    "delay": (
+        {"type": ["number", "string"], "minimum": 0, "maximum": MAX_DELAY},
+        f"Deliver this many seconds from now (at most {MAX_DELAY}); not with `send_at`.",
+    ),
+    "group": (
+        {"type": "string", "pattern": f"^{USER_ID_PATTERN.pattern}$"},
+        "Notices to one user with the same group key fold into one inbox entry while it is unread.",
+    ),
+}
 
 
 def _anchored(pattern: str) -> str:
@@ -82,6 +108,60 @@ def _responses(*names: str) -> dict[str, Schema]:
     return {name: _ref("responses", name) for name in names}
 
 
+def _delivery_fields() -> dict[str, Schema]:
+    """The delivery options a notice keeps, as its JSON shows them (each only when set)."""
+    return {
+        "category": {"type": "string", "description": "Its category (preferences mute categories)."},
+        "critical": {"const": True, "description": "It ignores mutes and quiet hours."},
+        "group": {"type": "object", "description": "Its group: `key`."},
+    }
+
+
+def _preferences() -> Schema:
+    channels = {
+        "type": "object",
+        "properties": {channel: {"type": "boolean"} for channel in CHANNELS},
+        "additionalProperties": False,
+        "description": "Per channel, whether the user wants it there (a channel not named: yes).",
+    }
+    clock = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
+    return {
+        "type": "object",
+        "properties": {
+            "categories": {
+                "type": "object",
+                "maxProperties": MAX_CATEGORIES,
+                "propertyNames": {"pattern": _anchored(USER_ID_PATTERN.pattern)},
+                "additionalProperties": channels,
+                "description": 'Per category, its channels, e.g. `{"marketing": {"in_app": false}}`.',
+            },
+            "default": {**channels, "description": "The channels of categories not listed."},
+            "quiet_hours": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "start": clock,
+                            "end": clock,
+                            "timezone": {
+                                "type": "string",
+                                "description": "An IANA zone, e.g. `Europe/Berlin`.",
+                            },
+                        },
+                        "required": ["start", "end", "timezone"],
+                        "additionalProperties": False,
+                        "description": "A daily window (it may cross midnight; start and end differ) in "
+                        "the user's zone, in which non-critical notices wait until it ends.",
+                    },
+                ]
+            },
+        },
+        "additionalProperties": False,
+        "description": "A user's preferences. A `PUT` replaces them whole; a field left out is its default.",
+    }
+
+
 def _schemas() -> dict[str, Schema]:
     user_id = {
         "type": "string",
@@ -98,7 +178,15 @@ def _schemas() -> dict[str, Schema]:
         },
         data={"type": "object", "description": "The publisher's JSON object."},
     )
-    notice["description"] = "A stored notice: the 201 body of a publish and the `data` of a `notice` event."
+    notice["properties"].update(_delivery_fields())
+    notice["properties"]["scheduled_id"] = {
+        "type": "string",
+        "description": "For a notice that was scheduled or held: the `scheduled_id` its publish answered.",
+    }
+    notice["description"] = (
+        "A stored notice: the `data` of a `notice` event, and (with `status`) of a publish's answer. "
+        "Its delivery options, when it was published with some, sit beside `data`."
+    )
     event: dict[str, Schema] = {
         "data": {"type": "string", "description": "One line of JSON."},
         "id": {"type": "string", "description": "The cursor to resume from (`Last-Event-ID`)."},
@@ -166,7 +254,67 @@ def _schemas() -> dict[str, Schema]:
             "type": "object",
             "description": "Any JSON object, at most `SSE_NOTIFY_MAX_BODY` bytes.",
         },
-        "BatchItem": _obj(user_id=_schema("UserId"), data=_schema("NoticeData")),
+        "BatchItem": {
+            "type": "object",
+            "properties": {
+                "user_id": _schema("UserId"),
+                "data": _schema("NoticeData"),
+                **{name: {**schema, "description": text} for name, (schema, text) in _OPTIONS.items()},
+            },
+            "required": ["user_id", "data"],
+            "additionalProperties": False,
+        },
+        "Receipt": {
+            "description": "What a publish did for one recipient: `status` says.",
+            "oneOf": [
+                {
+                    **notice,
+                    "properties": {**notice["properties"], "status": {"const": "delivered"}},
+                    "required": [*notice["required"], "status"],
+                    "description": "Stored, and sent to every open stream of the user (or everyone's).",
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "status": {"enum": ["scheduled", "held"]},
+                        "user_id": notice["properties"]["user_id"],
+                        "scheduled_id": {
+                            "type": "string",
+                            "description": "Cancel it with `DELETE /users/{user_id}/notices/{scheduled_id}`.",
+                        },
+                        "due_at": {"type": "string", "format": "date-time", "description": "When it is due."},
+                        "reason": {"const": "quiet_hours", "description": "Held: the user's quiet hours."},
+                        "data": {"type": "object"},
+                        **_delivery_fields(),
+                    },
+                    "required": ["status", "user_id", "scheduled_id", "due_at", "data"],
+                    "additionalProperties": False,
+                    "description": "Kept until `due_at` (`send_at`/`delay`, or the end of quiet hours), "
+                    "then delivered.",
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "status": {"const": "suppressed"},
+                        "user_id": notice["properties"]["user_id"],
+                        "reason": {"const": "category_muted"},
+                        "data": {"type": "object"},
+                        **_delivery_fields(),
+                    },
+                    "required": ["status", "user_id", "reason", "data"],
+                    "additionalProperties": False,
+                    "description": "Not stored: the user muted its category.",
+                },
+            ],
+        },
+        "Preferences": _preferences(),
+        "Removed": {
+            "oneOf": [
+                _obj(id={"type": "integer", "minimum": 1}, removed={"const": True}, unread=unread),
+                _obj(id={"type": "string"}, cancelled={"const": True}),
+            ],
+            "description": "A notice taken out of the inbox (`removed`), or cancelled before it was due.",
+        },
         "Token": _obj(
             user_id=_schema("UserId"),
             token={"type": "string", "minLength": 1},
@@ -233,7 +381,18 @@ def _schemas() -> dict[str, Schema]:
                             "at or below it is already counted.",
                         },
                         notices={"type": "array", "items": _schema("InboxNotice")},
+                        preferences=_schema("Preferences"),
                     ),
+                ),
+                sse(
+                    "preferences",
+                    "The user's preferences changed (in any tab, or by a backend); no `id`.",
+                    _schema("Preferences"),
+                ),
+                sse(
+                    "remove",
+                    "Notices were removed from the inbox; no `id`.",
+                    _obj(ids=ids, removed={"const": True}, unread=unread),
                 ),
                 sse(
                     "read",
@@ -270,7 +429,7 @@ def _shared_responses(settings: Settings) -> dict[str, Schema]:
             "Bad request: a user id that breaks the rule (`invalid_user_id`, on every route), a body "
             "that is not valid JSON, data that is not a JSON object, a malformed batch (the detail "
             "names the item)",
-            ["bad_request", "invalid_notice", "invalid_user_id"],
+            ["bad_request", "invalid_notice", "invalid_user_id", "invalid_option"],
         ),
         "401": _error(
             "No credentials, or bad ones", ["unauthorized", "invalid_token", "token_expired"], headers=www
@@ -281,6 +440,9 @@ def _shared_responses(settings: Settings) -> dict[str, Schema]:
         "404": _error(
             "No such route (a user id with `/` in it, for one), or a notice not in the user's inbox",
             ["not_found"],
+        ),
+        "409": _error(
+            "The notice is a broadcast: it cannot be removed from one user's inbox (archive it)", ["conflict"]
         ),
         "413": _error(
             f"The body, or a notice's data, is over `SSE_NOTIFY_MAX_BODY` ({settings.max_body} bytes here; "
@@ -398,10 +560,20 @@ def _paths(settings: Settings) -> dict[str, Schema]:
         }
     }
     created_or_replayed = _json(
-        "Stored and delivered (or, with `Idempotent-Replayed`, stored earlier).",
-        _schema("Notice"),
+        "Stored and delivered, or kept until due (`status`); with `Idempotent-Replayed`, stored earlier.",
+        _schema("Receipt"),
         headers=replayed,
     )
+    suppressed = _json("Nothing stored: the user muted the notice's category (`status`).", _schema("Receipt"))
+    options = [
+        {
+            "name": name,
+            "in": "query",
+            "description": f"{text} A bad value is a 400 (`invalid_option`) that names it.",
+            "schema": schema if name not in {"delay", "critical"} else {"type": "string"},
+        }
+        for name, (schema, text) in _OPTIONS.items()
+    ]
     stream_headers = {
         "Cache-Control": _header("`no-cache`.", {"const": "no-cache"}),
         "X-Accel-Buffering": _header("`no`: tells nginx not to buffer.", {"const": "no"}),
@@ -507,11 +679,17 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 "publish",
                 "Send a notice to one user",
                 {
+                    "200": suppressed,
                     "201": created_or_replayed,
                     **_responses("400", *auth_errors, "404", "413", "415", "422", "500", "503"),
                 },
+                description=(
+                    "The user's preferences apply: a notice in a category they muted is not stored (200), "
+                    "one sent in their quiet hours is held until the hours end; `critical=true` ignores "
+                    "both. With `send_at` or `delay` it is kept until then."
+                ),
                 security=publisher,
-                parameters=[user, idempotency_key],
+                parameters=[user, idempotency_key, *options],
                 body=notice_body,
             ),
         },
@@ -523,19 +701,27 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                     "201": created_or_replayed,
                     **_responses("400", *auth_errors, "413", "415", "422", "500", "503"),
                 },
+                description=(
+                    "Each user's mutes apply to it on their streams, in replay and in their inbox; quiet "
+                    "hours do not hold broadcasts. `group` is refused (400)."
+                ),
                 security=publisher,
-                parameters=[idempotency_key],
+                parameters=[idempotency_key, *[p for p in options if p["name"] != "group"]],
                 body=notice_body,
             )
         },
         "/notices": {
             "post": _operation(
                 "publishBatch",
-                "Send several notices in one transaction (all or none)",
+                "Send several notices; those delivered now in one transaction (all or none)",
                 {
+                    "200": _json(
+                        "Nothing stored: every notice suppressed.",
+                        {"type": "array", "items": _schema("Receipt")},
+                    ),
                     "201": _json(
-                        "Stored and delivered, in order.",
-                        {"type": "array", "items": _schema("Notice")},
+                        "What happened to each notice (`status`), in order.",
+                        {"type": "array", "items": _schema("Receipt")},
                         headers=replayed,
                     ),
                     **_responses("400", *auth_errors, "413", "415", "422", "500", "503"),
@@ -579,6 +765,56 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 ("archive", "Archive a notice"),
                 ("unarchive", "Take a notice out of the archive"),
             )
+        },
+        "/users/{user_id}/notices/{notice_id}": {
+            "delete": _operation(
+                "removeNotice",
+                "Cancel a notice that is not yet due, or remove one from the inbox",
+                {
+                    "200": _json("Cancelled, or removed.", _schema("Removed")),
+                    **_responses("400", "401", "403", "404", "409", "500", "503"),
+                },
+                description=(
+                    "By the `scheduled_id` a scheduled or held notice was given: cancelled while it waits, "
+                    "removed from the inbox once delivered. By a notice's id: removed from the inbox (and "
+                    "from replay); open streams get a `remove` event. A broadcast cannot be removed from "
+                    "one inbox (409): archive it."
+                ),
+                security=reader,
+                parameters=[
+                    user,
+                    {
+                        "name": "notice_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "A notice's id, or a `scheduled_id`.",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+                    },
+                ],
+                tag="inbox",
+            )
+        },
+        "/users/{user_id}/preferences": {
+            "get": on_user(
+                ("getPreferences", "The user's preferences"),
+                ("200", "The preferences (the defaults if none were set).", "Preferences"),
+                ("400", "401", "403", "500", "503"),
+                security=reader,
+                tag="preferences",
+            ),
+            "put": _operation(
+                "setPreferences",
+                "Replace the user's preferences",
+                {
+                    "200": _json("The preferences now.", _schema("Preferences")),
+                    **_responses("400", "401", "403", "413", "415", "500", "503"),
+                },
+                description="Every open stream of the user gets a `preferences` event at once.",
+                security=reader,
+                parameters=[user],
+                body=_json("The preferences.", _schema("Preferences"), required=True),
+                tag="preferences",
+            ),
         },
         "/users/{user_id}/notices/read-all": {
             "post": on_user(
@@ -676,6 +912,10 @@ def document(settings: Settings, prefix: str = "") -> dict[str, t.Any]:
             {
                 "name": "inbox",
                 "description": "A user's notices with read state (their token or a publish key).",
+            },
+            {
+                "name": "preferences",
+                "description": "What a user gets, and when (their token or a publish key).",
             },
             {"name": "meta", "description": "Health, this document, the demo page."},
         ],

@@ -63,6 +63,10 @@ class SchedulerStore(t.Protocol):
         """Forget the entry of this kind and key, claimed or not; whether there was one."""
         ...
 
+    def pending(self, kind: str, key: str) -> str | None:
+        """The payload of the entry of this kind and key while it waits (claimed or not), else ``None``."""
+        ...
+
     def claim_due(self, now: float, limit: int, lease: float) -> list[Due]:
         """Take up to ``limit`` entries due at ``now``, the earliest due first, for ``lease`` seconds.
 

@@ -24,11 +24,25 @@ from .brokers import Broker
 from .brokers.base import Published
 from .config import Settings
 from .control import Control, Kind
-from .errors import BrokerError, InvalidNotice, InvalidRequest, PayloadTooLarge
+from .delivery import (
+    DEFAULT_PREFERENCES,
+    DELIVERED,
+    HELD,
+    NO_OPTIONS,
+    OPTIONS,
+    SCHEDULED,
+    SUPPRESSED,
+    Delivery,
+    Options,
+    Preferences,
+    Receipt,
+    checked_options,
+)
+from .errors import BrokerError, InvalidNotice, InvalidOption, InvalidRequest, NoticeNotFound, PayloadTooLarge
 from .hub import Hub
-from .inbox import InboxFilter, InboxPage, StateChange, change, list_page, read_all
+from .inbox import InboxFilter, InboxPage, StateChange, change, list_page, read_all, remove
 from .node import Node
-from .notices import Notice, checked_idempotency_key, checked_user_id, dumps
+from .notices import Notice, checked_idempotency_key, checked_user_id, dumps, stored_text
 from .presence import Presence
 from .schedule import Due
 from .security import Security
@@ -64,10 +78,82 @@ class State:
 
     # -- publishing ---------------------------------------------------------
 
+    def deliver(
+        self,
+        items: t.Sequence[tuple[str | None, t.Any, Options]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> tuple[list[Receipt], bool]:
+        """Check notices and their options, then deliver, schedule, hold or suppress each.
+
+        Each recipient's preferences decide (:meth:`Preferences.decide`): a notice in a category
+        they muted is suppressed, one sent during their quiet hours is held until the hours end
+        (broadcasts only honour mutes, on each stream, see ``Hub``). What is delivered now is
+        stored in one transaction; what waits goes to the store's scheduler. Everything is
+        checked before anything is stored.
+
+        :returns: a :class:`Receipt` per item, in order, and whether an earlier publish under
+            ``idempotency_key`` had stored the notices delivered now.
+        :raises InvalidNotice: for a bad user id, data or option; then nothing is stored.
+        """
+        checked = self._checked([(user_id, data) for user_id, data, _ in items])
+        for index, (user_id, _, options) in enumerate(items):
+            if options.group is not None and user_id is None:
+                where = f"notice {index}: " if len(items) > 1 else ""
+                raise InvalidOption(f"{where}group needs a user_id (a broadcast is not grouped)", "group")
+        now = time.time()
+        wanted = [u for (u, _, o) in items if u is not None and o.due is None and not o.critical]
+        preferences: dict[str, Preferences] = {}
+        if wanted:  # (a store failure here is the publish's)
+            texts = self._store(lambda: self.broker.preferences(list(dict.fromkeys(wanted))))
+            preferences = {user_id: Preferences.from_json(text) for user_id, text in texts.items()}
+        decided: list[tuple[str, str | None, float | None]] = []
+        for user_id, _, options in items:
+            if options.due is not None:
+                decided.append((SCHEDULED, None, options.due))
+            elif user_id is None:
+                decided.append((DELIVERED, None, None))
+            else:
+                decided.append(preferences.get(user_id, DEFAULT_PREFERENCES).decide(options, now))
+        metas = [options.meta_json() for _, _, options in items]
+        now_items = [
+            (user_id, stored_text(text, meta))
+            for (user_id, text), meta, (status, _, _) in zip(checked, metas, decided, strict=True)
+            if status == DELIVERED
+        ]
+        notices: list[Notice] = []
+        replayed = False
+        if idempotency_key is not None:
+            checked_idempotency_key(idempotency_key)
+        if now_items:
+            if idempotency_key is None:
+                notices = self._publish_now(now_items)
+            else:
+                fingerprint = self._fingerprint(items, metas)
+                notices, replayed = self._publish_now_once(now_items, idempotency_key, fingerprint)
+        receipts: list[Receipt] = []
+        stored = iter(notices)
+        for index, ((user_id, text), meta, (status, reason, due)) in enumerate(
+            zip(checked, metas, decided, strict=True)
+        ):
+            if status == DELIVERED:
+                receipts.append(Receipt(status, user_id, next(stored)))
+            elif status == SUPPRESSED:
+                telemetry.withheld(status, user_id, reason)
+                receipts.append(Receipt(status, user_id, reason=reason, data_json=text, meta_json=meta))
+            else:
+                key = self._scheduled_id(idempotency_key, index)
+                self._wait(key, user_id, text, meta, t.cast(float, due))
+                telemetry.withheld(status, user_id, reason)
+                receipts.append(Receipt(status, user_id, None, key, due, reason, text, meta))
+        return receipts, replayed
+
     def publish_many(
         self, items: t.Sequence[tuple[str | None, t.Any]], *, idempotency_key: str | None = None
     ) -> list[Notice]:
-        """Check, store and announce notices (``user_id=None``: broadcast).
+        """Check, store and announce notices (``user_id=None``: broadcast), without options.
+
+        Unlike :meth:`deliver`, preferences do not apply: every notice is stored and announced.
 
         :param idempotency_key: store these notices once: the same key with the
             same notices within ``SSE_NOTIFY_IDEMPOTENCY_TTL`` returns the notices
@@ -78,10 +164,7 @@ class State:
         """
         if idempotency_key is not None:
             return self.publish_once(items, idempotency_key).notices
-        started = time.perf_counter()
-        notices = self._store(lambda: self.broker.publish_many(self._checked(items)))
-        telemetry.published(notices, time.perf_counter() - started)
-        return notices
+        return self._publish_now(self._checked(items))
 
     def publish_once(self, items: t.Sequence[tuple[str | None, t.Any]], idempotency_key: str) -> Published:
         """Store notices once per ``idempotency_key``; ``replayed`` says whether they were stored before.
@@ -90,22 +173,37 @@ class State:
         :raises InvalidRequest: for a key that is not 1-200 printable ASCII characters.
         """
         checked_idempotency_key(idempotency_key)
-        started = time.perf_counter()
         checked = self._checked(items)
+        fingerprint = self._fingerprint([(u, d, NO_OPTIONS) for u, d in items], [""] * len(items))
+        return self._publish_now_once(checked, idempotency_key, fingerprint)
+
+    def _publish_now(self, items: list[tuple[str | None, str]]) -> list[Notice]:
+        started = time.perf_counter()
+        notices = self._store(lambda: self.broker.publish_many(items))
+        telemetry.published(notices, time.perf_counter() - started)
+        return notices
+
+    def _publish_now_once(self, items: list[tuple[str | None, str]], key: str, fingerprint: str) -> Published:
+        started = time.perf_counter()
+        ttl = self.settings.idempotency_ttl
+        done = self._store(lambda: self.broker.publish_once(items, key, fingerprint, ttl))
+        telemetry.published(done.notices, time.perf_counter() - started, replayed=done.replayed)
+        return done
+
+    @staticmethod
+    def _fingerprint(items: t.Sequence[tuple[str | None, t.Any, Options]], metas: t.Sequence[str]) -> str:
+        """What identifies a publish request: its users, data and options (not their due times)."""
         digest = hashlib.sha256()
-        for (user_id, text), (_, value) in zip(checked, items, strict=True):
+        for (user_id, value, options), meta in zip(items, metas, strict=True):
             # Sorted keys: a retry that builds the same data in another order is the same request.
             try:
                 data = dumps(value, sort_keys=True).encode()
             except TypeError:  # keys of several types (from Python, never from JSON) do not sort
-                data = text.encode()
+                data = dumps(value).encode()
+            if meta or options.due is not None:
+                data += b"\0%b\0%d" % (meta.encode(), options.due is not None)
             digest.update(b"%b\0%d\0%b" % (b"*" if user_id is None else user_id.encode(), len(data), data))
-        ttl = self.settings.idempotency_ttl
-        done = self._store(
-            lambda: self.broker.publish_once(checked, idempotency_key, digest.hexdigest(), ttl)
-        )
-        telemetry.published(done.notices, time.perf_counter() - started, replayed=done.replayed)
-        return done
+        return digest.hexdigest()
 
     @staticmethod
     def _store(work: t.Callable[[], T]) -> T:
@@ -141,28 +239,47 @@ class State:
             checked.append((user_id, text))
         return checked
 
-    def schedule_notice(self, user_id: str | None, data: dict[str, t.Any], due: float) -> str:
-        """Check a notice now and keep it in the store's scheduler until ``due`` (Unix time); its key.
+    @staticmethod
+    def _scheduled_id(idempotency_key: str | None, index: int) -> str:
+        """A new id for a notice that waits; made from the request's key, so a retry replaces it."""
+        if idempotency_key is None:
+            return "s" + secrets.token_hex(12)
+        return "s" + hashlib.sha256(b"%b\0%d" % (idempotency_key.encode(), index)).hexdigest()[:24]
 
-        A worker publishes it once due (within about a quarter of a second), exactly once
-        even if that worker is killed meanwhile (see :meth:`_publish_due`).
-        """
-        ((user, text),) = self._checked([(user_id, data)])
-        key = secrets.token_urlsafe(12)
-        payload = dumps({"u": user, "d": text})
+    def _wait(self, key: str, user_id: str | None, text: str, meta: str, due: float) -> None:
+        """Keep a checked notice in the store's scheduler until ``due`` (scheduled, or held)."""
+        payload = dumps({"u": user_id, "d": text, "m": meta})
         self._store(lambda: self.broker.schedule(DUE_NOTICE, key, due, payload))
-        return key
 
     def _publish_due(self, due: Due) -> None:
-        """Publish a scheduled notice that fell due, once per entry.
+        """Deliver a notice that waited (scheduled, or held for quiet hours), once per entry.
 
-        Under an idempotency key of its own (with a character no client key has), kept longer
-        than a claim's lease: a worker that dies after publishing and before the scheduler
-        forgets the entry leaves it to another worker, whose publish finds the key and stores
-        nothing again.
+        The user's preferences decide again, as they are now: a category muted meanwhile is
+        suppressed, and quiet hours that began meanwhile hold it again (a new due time for the
+        same entry, which the claim's ``finish`` does not forget). The publish runs under an
+        idempotency key of its own (with a character no client key has), kept longer than a
+        claim's lease: a worker that dies after publishing and before the scheduler forgets
+        the entry leaves it to another worker, whose publish finds the key and stores nothing
+        again. The notice carries its ``scheduled_id``, so it can be found (and removed) by it.
         """
         entry = orjson.loads(due.payload)
-        items = [(entry["u"], entry["d"])]
+        user_id, text, meta = entry["u"], entry["d"], entry.get("m", "")
+        fields = orjson.loads(meta) if meta else {}
+        if user_id is not None and not fields.get("critical"):
+            options = Options(category=fields.get("category"))
+            # At its due time at the earliest: a worker whose clock is a little behind does not
+            # hold again a notice that fell due at the end of quiet hours.
+            now = max(time.time(), due.due)
+            status, reason, until = self.preference(user_id).decide(options, now)
+            if status != DELIVERED:
+                telemetry.withheld(status, user_id, reason)
+            if status == SUPPRESSED:
+                return
+            if status == HELD:
+                self._wait(due.key, user_id, text, meta, t.cast(float, until))
+                return
+        fields["scheduled_id"] = due.key
+        items = [(user_id, stored_text(text, dumps(fields)))]
         key = f"\x1fdue:{due.key}"
         fingerprint = hashlib.sha256(due.payload.encode()).hexdigest()
         ttl = max(self.settings.idempotency_ttl, 4 * self.node.due.lease)
@@ -170,13 +287,36 @@ class State:
         done = self._store(lambda: self.broker.publish_once(items, key, fingerprint, ttl))
         telemetry.published(done.notices, time.perf_counter() - started, replayed=done.replayed)
 
-    def notify(self, user_id: str, data: dict[str, t.Any], *, idempotency_key: str | None = None) -> Notice:
-        """Store a notice for ``user_id`` and deliver it to every open stream of theirs."""
-        return self.publish_many([(user_id, data)], idempotency_key=idempotency_key)[0]
+    def cancel(self, user_id: str, scheduled_id: str) -> bool:
+        """Cancel ``user_id``'s notice that waits under ``scheduled_id``; whether one waited."""
+        checked_user_id(user_id)
+        payload = self._store(lambda: self.broker.pending(DUE_NOTICE, scheduled_id))
+        if payload is None or orjson.loads(payload)["u"] != user_id:
+            return False
+        return bool(self._store(lambda: self.broker.unschedule(DUE_NOTICE, scheduled_id)))
 
-    def broadcast(self, data: dict[str, t.Any], *, idempotency_key: str | None = None) -> Notice:
-        """Store a notice for every user and deliver it to every open stream."""
-        return self.publish_many([(None, data)], idempotency_key=idempotency_key)[0]
+    def notify(self, user_id: str, data: dict[str, t.Any], **options: Unpack[Delivery]) -> Receipt:
+        """Deliver a notice to ``user_id``'s open streams and inbox (or schedule, hold or suppress it).
+
+        :param options: ``category``, ``critical``, ``send_at`` (an aware ``datetime`` or RFC
+            3339 text), ``delay`` (seconds), ``group``; and ``idempotency_key``.
+        """
+        return self.notify_many([(user_id, data)], **options)[0]
+
+    def broadcast(self, data: dict[str, t.Any], **options: Unpack[Delivery]) -> Receipt:
+        """Deliver a notice to every user (each stream honours its user's mutes), or schedule it."""
+        return self.notify_many([(None, data)], **options)[0]
+
+    def notify_many(
+        self, items: t.Sequence[tuple[str | None, t.Any]], **options: Unpack[Delivery]
+    ) -> list[Receipt]:
+        """:meth:`deliver` several notices with the same options; what is delivered now is one transaction."""
+        unknown = set(options) - set(OPTIONS) - {"idempotency_key"}
+        if unknown:
+            raise TypeError(f"unknown delivery option {sorted(unknown)[0]!r} (options: {', '.join(OPTIONS)})")
+        key = options.pop("idempotency_key", None)
+        checked = checked_options(options, now=time.time())
+        return self.deliver([(u, d, checked) for u, d in items], idempotency_key=key)[0]
 
     # -- streams --------------------------------------------------------------
 
@@ -215,7 +355,8 @@ class State:
 
     def inbox(self, user_id: str, **page: Unpack[InboxFilter]) -> InboxPage:
         """A page of ``user_id``'s inbox, newest first, with the unread count (see :func:`list_page`)."""
-        return list_page(self.broker, checked_user_id(user_id), **page)
+        checked_user_id(user_id)
+        return list_page(self.broker, user_id, preferences=self.preference(user_id), **page)
 
     def mark(
         self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None
@@ -224,13 +365,81 @@ class State:
 
         :raises ~sse_notify.errors.NoticeNotFound: if one is not in the user's inbox.
         """
+        checked_user_id(user_id)
+        preferences = self.preference(user_id)
         return self._announce(
-            change(self.broker, checked_user_id(user_id), ids, read=read, archived=archived)
+            change(self.broker, user_id, ids, read=read, archived=archived, preferences=preferences)
         )
 
     def mark_all_read(self, user_id: str) -> StateChange:
         """Mark everything in the inbox read; every open stream of the user is told."""
-        return self._announce(read_all(self.broker, checked_user_id(user_id)))
+        checked_user_id(user_id)
+        return self._announce(read_all(self.broker, user_id, self.preference(user_id)))
+
+    def remove(self, user_id: str, notice_id: int | str) -> StateChange | None:
+        """Remove a notice of ``user_id``: cancel it while it waits, or take it out of their inbox.
+
+        :param notice_id: its id (a stored notice), or the ``scheduled_id`` a scheduled or held
+            notice was given (before it is due, or after: then the notice it became).
+        :returns: the inbox change every open stream of the user is told, or ``None`` for a
+            notice cancelled before it was due.
+        :raises ~sse_notify.errors.NoticeNotFound: if no such notice is theirs.
+        :raises ~sse_notify.errors.Conflict: for a broadcast (archive it instead).
+        """
+        checked_user_id(user_id)
+        if isinstance(notice_id, str):
+            if self.cancel(user_id, notice_id):
+                return None
+            found = self._published_as(user_id, notice_id)
+            if found is None:
+                raise NoticeNotFound(f"no notice {notice_id!r} waits for {user_id} or is in their inbox")
+            notice_id = found
+        return self._announce(remove(self.broker, user_id, [notice_id], self.preference(user_id)))
+
+    def _published_as(self, user_id: str, scheduled_id: str) -> int | None:
+        """The id of the notice of ``user_id``'s inbox that was scheduled as ``scheduled_id``."""
+        ids = self.broker.inbox_ids(user_id)
+        for notice in self.broker.inbox_notices(user_id, ids):
+            if (
+                notice.user_id == user_id
+                and notice.meta_json
+                and notice.meta.get("scheduled_id") == scheduled_id
+            ):
+                return notice.id
+        return None
+
+    # -- preferences ----------------------------------------------------------
+
+    def preference(self, user_id: str) -> Preferences:
+        """``user_id``'s preferences (the defaults if they set none)."""
+        return self.preferences_many([user_id]).get(user_id, DEFAULT_PREFERENCES)
+
+    def preferences_many(self, user_ids: t.Sequence[str]) -> dict[str, Preferences]:
+        """The preferences of those of ``user_ids`` who set some (one store query)."""
+        try:
+            texts = self.broker.preferences(list(dict.fromkeys(user_ids)))
+        except BrokerError as exc:
+            telemetry.store_failed("preferences", exc)
+            raise
+        return {user_id: Preferences.from_json(text) for user_id, text in texts.items()}
+
+    def set_preferences(self, user_id: str, preferences: Preferences | t.Mapping[str, t.Any]) -> Preferences:
+        """Replace ``user_id``'s preferences; every open stream of theirs gets a ``preferences`` event.
+
+        :param preferences: a :class:`Preferences`, or a body as ``PUT /users/<id>/preferences``
+            takes it (checked).
+        :raises ~sse_notify.errors.InvalidOption: naming the field that is wrong.
+        """
+        checked_user_id(user_id)
+        if not isinstance(preferences, Preferences):
+            preferences = Preferences.checked(dict(preferences))
+        try:
+            self.broker.set_preferences(user_id, preferences.to_json())
+        except BrokerError as exc:
+            telemetry.store_failed("preferences", exc)
+            raise
+        self.broker.publish_control(Control(Kind.PREFERENCES, user_id, preferences.to_dict()))
+        return preferences
 
     def _announce(self, state_change: StateChange) -> StateChange:
         # Through the store, like a notice, so streams on every worker and host get it.

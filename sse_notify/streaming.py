@@ -22,6 +22,7 @@ import time
 import typing as t
 
 from . import telemetry
+from .delivery import DEFAULT_PREFERENCES, Preferences
 from .errors import BrokerError
 from .events import comment, encode_event
 from .handoff import START_RESPONSE_KEY, SocketHandoff
@@ -144,15 +145,23 @@ def event_stream(
             preamble = comment("connected") + encode_event(id=stream.cursor, retry=hub.retry)
         else:
             preamble = comment("connected") + encode_event(retry=hub.retry)
-        if snapshot:
-            # Read after the stream joined the hub: a notice published meanwhile
-            # is in the snapshot, arrives live, or both (the client keeps one).
-            try:
-                preamble += encode_event(inbox_snapshot(broker, user_id, snapshot), event="snapshot")
-            except BrokerError as exc:
-                telemetry.store_failed("snapshot", exc)
-                yield closing_frame("store unavailable", hub.retry)
-                return
+        try:
+            # Read after the stream joined the hub, so a change of preferences meanwhile
+            # comes live and is not overwritten by this read (see Hub.preferences).
+            preferences = hub.preferences.get(user_id)
+            if preferences is None:
+                preferences = Preferences.from_json(broker.preferences([user_id]).get(user_id))
+                if preferences is not DEFAULT_PREFERENCES:
+                    preferences = hub.preferences.setdefault(user_id, preferences)
+            if snapshot:
+                # A notice published meanwhile is in the snapshot, arrives live, or both
+                # (the client keeps one).
+                body = inbox_snapshot(broker, user_id, snapshot, preferences)
+                preamble += encode_event(body, event="snapshot")
+        except BrokerError as exc:
+            telemetry.store_failed("snapshot", exc)
+            yield closing_frame("store unavailable", hub.retry)
+            return
         # First bytes at once: headers go out, EventSource fires "open", proxies stop waiting.
         if handoff is not None:
             handoff.send_head(preamble)  # the head and the preamble in one write
@@ -173,6 +182,9 @@ def event_stream(
             size = sent = 0
             for notice in replay.notices:
                 if notice.id <= stream.cursor:
+                    continue
+                if notice.meta_json and not hub.wants(user_id, notice):
+                    stream.cursor = notice.id
                     continue
                 sent += 1
                 frame = encode_notice(notice)

@@ -255,6 +255,19 @@ def published(notices: t.Sequence[Notice], seconds: float, *, replayed: bool = F
         )
 
 
+def withheld(status: str, user_id: str | None, reason: str | None = None) -> None:
+    """A notice for ``user_id`` was not delivered now: ``scheduled``, ``held`` or ``suppressed``."""
+    _tally.add(_m().WITHHELD.labels(status))
+    if publish_log.isEnabledFor(_INFO):
+        publish_log.info(
+            "%s a notice for %s%s",
+            status,
+            user_id or "everyone",
+            f" ({reason})" if reason else "",
+            extra={"event": "withheld", "status": status, "user_id": user_id, "reason": reason},
+        )
+
+
 def store_failed(operation: str, error: BaseException) -> None:
     """A store operation failed (the caller answers or retries)."""
     _tally.add(_m().STORE_ERRORS.labels(operation))

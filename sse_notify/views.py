@@ -13,8 +13,18 @@ from flask import Blueprint, Response, abort, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 
 from . import telemetry
-from .errors import BrokerError, InvalidNotice, InvalidUserId, PayloadTooLarge, RateLimited, SSENotifyError
-from .notices import checked_idempotency_key, checked_user_id, loads
+from .delivery import OPTIONS, SUPPRESSED, Options, checked_options
+from .errors import (
+    BrokerError,
+    InvalidNotice,
+    InvalidOption,
+    InvalidUserId,
+    NoticeNotFound,
+    PayloadTooLarge,
+    RateLimited,
+    SSENotifyError,
+)
+from .notices import checked_user_id, loads
 from .service import State, get_state
 from .streaming import open_stream
 
@@ -112,15 +122,32 @@ def _json_body(limit: int) -> t.Any:
         raise BadRequest("body is not accepted: JSON nested too deeply") from None
 
 
-def _publish(state: State, items: list[tuple[str | None, t.Any]], single: bool) -> Response:
-    """Store the notices (once per ``Idempotency-Key``, when the request has one); 201 with them."""
+def _options(values: t.Mapping[str, t.Any], where: str = "") -> Options:
+    """The delivery options among ``values`` (a query, or a batch item), checked."""
+    return checked_options(values, now=time.time(), where=where)
+
+
+def _query_options() -> Options:
+    """The delivery options of a single publish or a broadcast: its query parameters (no others)."""
+    for name in request.args:
+        if name not in OPTIONS:
+            raise InvalidOption(f"unknown option {name!r} (options: {', '.join(OPTIONS)})", name)
+        if len(request.args.getlist(name)) > 1:
+            raise InvalidOption(f"{name} is given more than once", name)
+    return _options(request.args)
+
+
+def _publish(state: State, items: list[tuple[str | None, t.Any, Options]], single: bool) -> Response:
+    """Deliver the notices (once per ``Idempotency-Key``, when the request has one).
+
+    201 with a receipt per notice (the stored notice, or what waits), or 200 when nothing
+    was stored (every notice suppressed by its user's preferences).
+    """
     key = request.headers.get("Idempotency-Key")
-    if key is None:
-        notices, replayed = state.publish_many(items), False
-    else:
-        notices, replayed = state.publish_once(items, checked_idempotency_key(key))
-    body = orjson.dumps(notices[0].fields() if single else [n.fields() for n in notices])
-    response = Response(body, status=201, content_type="application/json")
+    receipts, replayed = state.deliver(items, idempotency_key=key)
+    body = orjson.dumps(receipts[0].fields() if single else [r.fields() for r in receipts])
+    stored = any(r.status != SUPPRESSED for r in receipts)
+    response = Response(body, status=201 if stored else 200, content_type="application/json")
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -167,7 +194,8 @@ def publish(user_id: str) -> Response:
     """Store a notice for one user, deliver it, answer 201 with it."""
     checked_user_id(user_id)
     state = get_state()
-    return _publish(state, [(user_id, _json_body(state.settings.max_body))], single=True)
+    options = _query_options()
+    return _publish(state, [(user_id, _json_body(state.settings.max_body), options)], single=True)
 
 
 @bp.post("/broadcast")
@@ -175,26 +203,32 @@ def publish(user_id: str) -> Response:
 def publish_broadcast() -> Response:
     """Store a notice for every user, deliver it, answer 201 with it."""
     state = get_state()
-    return _publish(state, [(None, _json_body(state.settings.max_body))], single=True)
+    options = _query_options()
+    return _publish(state, [(None, _json_body(state.settings.max_body), options)], single=True)
 
 
 @bp.post("/notices")
 @publisher
 def publish_batch() -> Response:
-    """Store a list of ``{"user_id", "data"}`` in one transaction; 201 with the list."""
+    """Deliver a list of ``{"user_id", "data", options...}``; what is delivered now is one transaction."""
     state = get_state()
     body = _json_body(state.settings.max_batch_body)
     if not isinstance(body, list) or not body:
         raise InvalidNotice('body must be a non-empty JSON list of {"user_id": ..., "data": {...}}')
-    items: list[tuple[str | None, t.Any]] = []
+    items: list[tuple[str | None, t.Any, Options]] = []
     for index, item in enumerate(body):
-        if not isinstance(item, dict) or set(item) != {"user_id", "data"}:
-            raise InvalidNotice(f'notice {index}: must be an object with exactly "user_id" and "data"')
+        where = f"notice {index}: "
+        if not isinstance(item, dict) or not {"user_id", "data"} <= set(item):
+            raise InvalidNotice(f'{where}must be an object with "user_id" and "data" (and options)')
+        unknown = set(item) - {"user_id", "data", *OPTIONS}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidOption(f"{where}unknown key {name!r} (options: {', '.join(OPTIONS)})", name)
         if not isinstance(item["user_id"], str):
             raise InvalidUserId(
-                f"notice {index}: user_id must be a string (use /broadcast for everyone)", item["user_id"]
+                f"{where}user_id must be a string (use /broadcast for everyone)", item["user_id"]
             )
-        items.append((item["user_id"], item["data"]))
+        items.append((item["user_id"], item["data"], _options(item, where)))
     return _publish(state, items, single=False)
 
 
@@ -258,6 +292,36 @@ for _action in _MARKS:  # one route each, as the OpenAPI document lists them
         methods=["POST"],
         defaults={"action": _action},
     )
+
+
+@bp.delete("/users/<user_id>/notices/<notice_id>")
+def remove(user_id: str, notice_id: str) -> Response:
+    """Cancel a notice that waits (by its ``scheduled_id``), or remove one from the inbox (by id)."""
+    _inbox_reader(user_id)
+    target: int | str = int(notice_id) if notice_id.isascii() and notice_id.isdigit() else notice_id
+    if isinstance(target, int) and not 1 <= target < 2**63:
+        raise NoticeNotFound(f"notice {notice_id} is not in {user_id}'s inbox")
+    done = get_state().remove(user_id, target)
+    if done is None:
+        return jsonify(id=notice_id, cancelled=True)
+    return jsonify(id=done.ids[0], removed=True, unread=done.unread)
+
+
+@bp.route("/users/<user_id>/preferences", methods=["GET", "PUT"])
+def preferences(user_id: str) -> Response:
+    """The user's preferences (``GET``), or replace them (``PUT``): categories, default, quiet hours."""
+    _inbox_reader(user_id)
+    state = get_state()
+    if request.method == "PUT":
+        return jsonify(state.set_preferences(user_id, _json_object(state.settings.max_body)).to_dict())
+    return jsonify(state.preference(user_id).to_dict())
+
+
+def _json_object(limit: int) -> dict[str, t.Any]:
+    body = _json_body(limit)
+    if not isinstance(body, dict):
+        raise InvalidOption(f"preferences must be a JSON object, got {type(body).__name__}", "preferences")
+    return body
 
 
 @bp.post("/users/<user_id>/notices/read-all")

@@ -237,20 +237,25 @@ class Server:
         return f"{self.url}/connection/{user_id}?token={token_for(user_id)}{'&' + query if query else ''}"
 
     def publish(self, user_id: str, data: dict[str, t.Any]) -> dict[str, t.Any]:
-        """Publish to one user; return the stored notice (asserting 201)."""
-        response = self.post(f"/users/{user_id}/notices", data)
-        assert response.status_code == 201, response.text
-        return t.cast(dict[str, t.Any], response.json())
+        """Publish to one user; return the stored notice (asserting 201 and ``"status": "delivered"``)."""
+        return delivered(self.post(f"/users/{user_id}/notices", data))
 
     def broadcast(self, data: dict[str, t.Any]) -> dict[str, t.Any]:
-        """Publish to everyone; return the stored notice (asserting 201)."""
-        response = self.post("/broadcast", data)
-        assert response.status_code == 201, response.text
-        return t.cast(dict[str, t.Any], response.json())
+        """Publish to everyone; return the stored notice (asserting 201 and ``"status": "delivered"``)."""
+        return delivered(self.post("/broadcast", data))
 
     def health(self) -> dict[str, t.Any]:
         """The /healthz body."""
         return t.cast(dict[str, t.Any], httpx.get(self.url + self.health_path, timeout=5).json())
+
+
+def delivered(response: httpx.Response) -> t.Any:
+    """The notice (or list) a publish answered 201, as streams get it: each receipt said ``delivered``."""
+    assert response.status_code == 201, response.text
+    body = response.json()
+    for receipt in body if isinstance(body, list) else [body]:
+        assert receipt.pop("status") == "delivered", receipt
+    return body
 
 
 @dataclass

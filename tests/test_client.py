@@ -30,6 +30,7 @@ from sse_notify.client import (
     ServerUnavailable,
     Unauthorized,
 )
+from sse_notify.delivery import Receipt
 from sse_notify.notices import Notice
 from sse_notify.presence import Presence
 
@@ -172,13 +173,14 @@ def test_publish_calls_reach_the_stream_and_return_the_stored_notices(live_serve
         one = client.publish("alice", {"title": "Hello", "n": 1})
         many = client.publish_many([("alice", {"n": 2}), ("bob", {"n": 3}), ("alice", {"n": 4})])
         everyone = client.broadcast({"title": "maintenance at 22:00"})
-    assert isinstance(one, Notice)
-    assert (one.user_id, one.data) == ("alice", {"title": "Hello", "n": 1})
+    assert {r.status for r in (one, *many, everyone)} == {"delivered"}
+    stored = [t.cast(Notice, r.notice) for r in (one, *many, everyone)]
+    assert (stored[0].user_id, stored[0].data) == ("alice", {"title": "Hello", "n": 1})
     expected = [("alice", {"n": 2}), ("bob", {"n": 3}), ("alice", {"n": 4})]
-    assert [(n.user_id, n.data) for n in many] == expected
-    assert everyone.is_broadcast
-    assert one.id < many[0].id < many[1].id < many[2].id < everyone.id
-    assert received(alice, 4) == [n.to_dict() for n in (one, many[0], many[2], everyone)]
+    assert [(n.user_id, n.data) for n in stored[1:4]] == expected
+    assert stored[4].is_broadcast
+    assert [n.id for n in stored] == sorted({n.id for n in stored})
+    assert received(alice, 4) == [stored[i].to_dict() for i in (0, 1, 3, 4)]
     alice.nothing(0.3)
     alice.close()
 
@@ -186,7 +188,7 @@ def test_publish_calls_reach_the_stream_and_return_the_stored_notices(live_serve
 def test_marks_change_the_unread_count(live_server: Server) -> None:
     """mark_read, mark_unread and mark_all_read change the inbox's unread count; a missing notice is 404."""
     with Client(live_server.url, PUBLISH_KEY) as client:
-        sent = [client.publish("carol", {"n": n}) for n in range(3)]
+        sent = [t.cast(Notice, client.publish("carol", {"n": n}).notice) for n in range(3)]
         assert inbox(live_server, "carol")["unread"] == 3
         assert client.mark_read("carol", sent[0].id) == 2
         assert inbox(live_server, "carol")["unread"] == 2
@@ -206,7 +208,8 @@ def test_an_issued_token_opens_a_stream_and_a_kick_closes_it(live_server: Server
         assert time.time() + 50 < token.expires_at <= time.time() + 61
         sub = Subscriber(f"{live_server.url}/connection/erin?token={token.token}")
         assert sub.opened.wait(10), "the issued token did not open a stream"
-        sent = client.publish("erin", {"n": 1})
+        sent = client.publish("erin", {"n": 1}).notice
+        assert sent is not None
         assert received(sub, 1) == [sent.to_dict()]
         client.kick("erin")
     assert json.loads(sub.next("close").data) == {"reason": "kicked"}
@@ -232,7 +235,7 @@ def test_user_ids_travel_as_one_path_segment(live_server: Server) -> None:
     """User ids with ``@ : + .``, even ``..`` and ``.``, reach that user and no other route."""
     with Client(live_server.url, PUBLISH_KEY) as client:
         for user_id in ("a@b.example", "x:y+z", "..", "."):
-            notice = client.publish(user_id, {"to": user_id})
+            notice = t.cast(Notice, client.publish(user_id, {"to": user_id}).notice)
             assert (notice.user_id, notice.data) == (user_id, {"to": user_id})
             assert client.mark_read(user_id, notice.id) == 0
 
@@ -319,7 +322,7 @@ def test_a_publish_waits_for_a_server_that_is_still_starting(tmp_path: Path) -> 
     ],
 )
 def test_a_publish_whose_answer_is_lost_is_stored_once(
-    live_server: Server, proxy_to: t.Callable[..., Proxy], call: t.Callable[[Client], list[Notice]]
+    live_server: Server, proxy_to: t.Callable[..., Proxy], call: t.Callable[[Client], list[Receipt]]
 ) -> None:
     """The answer of a stored publish is lost; the retry (same key) stores nothing new and returns it."""
     proxy = proxy_to(live_server, lose=1)
@@ -469,3 +472,30 @@ def test_importing_the_client_without_httpx_says_what_to_install() -> None:
     result = _python("import sys\nsys.modules['httpx'] = None\nimport sse_notify.client")
     assert result.returncode != 0
     assert 'pip install "sse-notify[client]"' in result.stderr
+
+
+def test_options_preferences_and_removal_through_the_client(live_server: Server) -> None:
+    """Delivery options as keywords, receipts back; preferences and removal as the HTTP API has them."""
+    from datetime import datetime, timedelta, timezone
+
+    with Client(live_server.url, PUBLISH_KEY) as client:
+        body = {"categories": {"promo": {"in_app": False}}}
+        assert client.set_preferences("zoe", body)["categories"] == body["categories"]
+        assert client.preferences("zoe")["categories"] == body["categories"]
+        muted = client.publish("zoe", {"n": 1}, category="promo")
+        assert (muted.status, muted.reason, muted.id) == ("suppressed", "category_muted", None)
+        later = client.publish("zoe", {"n": 2}, delay=60, critical=True)
+        assert (later.status, later.data) == ("scheduled", {"n": 2})
+        assert later.due is not None
+        assert abs(later.due - time.time() - 60) < 5
+        client.remove("zoe", t.cast(str, later.scheduled_id))
+        with pytest.raises(NotFound):
+            client.remove("zoe", t.cast(str, later.scheduled_id))
+        at = datetime.now(timezone.utc) + timedelta(minutes=5)
+        assert [r.status for r in client.publish_many([("zoe", {}), ("yan", {})], send_at=at)] == [
+            "scheduled",
+            "scheduled",
+        ]
+        with pytest.raises(TypeError, match="colour"):
+            client.publish("zoe", {}, colour="red")
+    assert inbox(live_server, "zoe")["notices"] == []

@@ -69,7 +69,8 @@ def test_per_user_stream_limit_replaces_the_oldest() -> None:
     assert retry >= 30000
     assert get_state(app).hub.stats()["streams"] == 2
     with app.app_context():
-        sent = notify("alice", {"n": 1})
+        sent = notify("alice", {"n": 1}).notice
+        assert sent is not None
     for _, chunks in live:
         [notice] = named(decode(next(chunks)))
         assert (notice.event, notice.id, json.loads(notice.data)) == ("notice", str(sent.id), sent.to_dict())

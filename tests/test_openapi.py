@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import typing as t
+from datetime import datetime, timezone
 from urllib.parse import unquote
 
 import pytest
@@ -52,6 +53,9 @@ ERRORS: dict[tuple[str, str], set[str]] = {
     ("get", "/sse-notify.js"): set(),
     ("get", "/users/{user_id}/notices"): {"400", "401", "403", "500", "503"},
     ("post", "/users/{user_id}/notices/read-all"): {"400", "401", "403", "500", "503"},
+    ("delete", "/users/{user_id}/notices/{notice_id}"): {"400", "401", "403", "404", "409", "500", "503"},
+    ("get", "/users/{user_id}/preferences"): {"400", "401", "403", "500", "503"},
+    ("put", "/users/{user_id}/preferences"): {"400", "401", "403", "413", "415", "500", "503"},
     **{
         ("post", f"/users/{{user_id}}/notices/{{notice_id}}/{action}"): {
             "400",
@@ -229,7 +233,11 @@ BATCH = "/notices"
 KICK = "/users/{user_id}/kick"
 TOKENS = "/users/{user_id}/tokens"
 STREAM = "/connection/{user_id}"
+REMOVE = "/users/{user_id}/notices/{notice_id}"
+PREFERENCES = "/users/{user_id}/preferences"
 ALICE = {"user_id": "alice"}
+QUIET_BERLIN = {"start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}
+QUIET_MARS = {"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus_Mons"}
 BIG = {"text": "x" * 70_000}  # over SSE_NOTIFY_MAX_BODY (64 KiB)
 DEEP = '{"a": ' + "[" * 1000 + "]" * 1000 + "}"  # 2 KB of valid JSON, nested past Python's recursion limit
 
@@ -299,6 +307,31 @@ SCENARIOS = [
     scenario(
         "reset", STREAM, "GET", 200, publisher=False, path_parameters=ALICE, query={"last_event_id": "x"}
     ),
+    scenario("scheduled", NOTICES, "POST", 201, path_parameters=ALICE, query={"delay": "60"}, body={}),
+    scenario("bad send_at", NOTICES, "POST", 400, path_parameters=ALICE, query={"send_at": "soon"}, body={}),
+    scenario("unknown option", NOTICES, "POST", 400, path_parameters=ALICE, query={"sendat": "1"}, body={}),
+    scenario(
+        "muted", NOTICES, "POST", 200, "muted", path_parameters=ALICE, query={"category": "promo"}, body={}
+    ),
+    scenario("quiet hours", NOTICES, "POST", 201, "quiet", path_parameters=ALICE, body={}),
+    scenario(
+        "options per item",
+        BATCH,
+        "POST",
+        201,
+        "muted",
+        body=[
+            {"user_id": "alice", "data": {}, "category": "promo"},
+            {"user_id": "alice", "data": {}, "delay": 3600},
+            {"user_id": "alice", "data": {}, "category": "promo", "critical": True},
+        ],
+    ),
+    scenario("cancel", REMOVE, "DELETE", 200, "scheduled", path_parameters={**ALICE, "notice_id": "?"}),
+    scenario("remove", REMOVE, "DELETE", 200, "delivered", path_parameters={**ALICE, "notice_id": "?"}),
+    scenario("broadcast", REMOVE, "DELETE", 409, "broadcast", path_parameters={**ALICE, "notice_id": "?"}),
+    scenario("unknown", REMOVE, "DELETE", 404, path_parameters={**ALICE, "notice_id": "s123"}),
+    scenario("bad zone", PREFERENCES, "PUT", 400, path_parameters=ALICE, body={"quiet_hours": QUIET_MARS}),
+    scenario("set", PREFERENCES, "PUT", 200, path_parameters=ALICE, body={"quiet_hours": QUIET_BERLIN}),
 ]
 
 
@@ -314,7 +347,7 @@ def test_each_documented_answer_is_real_and_conforms(
     status: int,
 ) -> None:
     """Answers a fuzzer seldom reaches (404 413 415 429 500 503, replay, reset) are real and documented."""
-    from sse_notify import create_app, notify
+    from sse_notify import broadcast, create_app, notify
     from sse_notify.auth import issue_token
     from sse_notify.errors import BrokerError
 
@@ -334,6 +367,20 @@ def test_each_documented_answer_is_real_and_conforms(
         monkeypatch.setattr(broker, "publish_many", fail)
         monkeypatch.setattr(broker, "publish", fail)
         monkeypatch.setattr(broker, "publish_control", fail)
+    with app.app_context():
+        if setup == "muted":
+            get_state(app).set_preferences("alice", {"categories": {"promo": {"in_app": False}}})
+        if setup == "quiet":  # quiet hours from an hour ago to an hour from now, in UTC
+            now = datetime.now(timezone.utc)
+            hours = {"start": f"{(now.hour - 1) % 24:02}:00", "end": f"{(now.hour + 1) % 24:02}:00"}
+            get_state(app).set_preferences("alice", {"quiet_hours": {**hours, "timezone": "UTC"}})
+        if setup in {"scheduled", "delivered", "broadcast"}:
+            target = {
+                "scheduled": lambda: notify("alice", {}, delay=60).scheduled_id,
+                "delivered": lambda: notify("alice", {}).id,
+                "broadcast": lambda: broadcast({}).id,
+            }[setup]()
+            fields["path_parameters"] = {**fields["path_parameters"], "notice_id": str(target)}
     case = api[path][method].Case(**fields)
     case.headers = dict(case.headers or {})
     if publisher:

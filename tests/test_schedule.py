@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sse_notify.delivery import Options
 from sse_notify.schedule import Due
 from sse_notify.service import DUE_NOTICE, State, get_state
 
@@ -34,8 +35,8 @@ def datas(state: State, user_id: str) -> list[dict[str, t.Any]]:
 
 def test_a_scheduled_notice_is_published_once_when_due(state: State) -> None:
     """Nothing is published before the due time; at it, the notice is, once."""
-    state.schedule_notice("alice", {"n": 1}, due=1000.0)
-    state.schedule_notice(None, {"n": 2}, due=1001.0)
+    state.deliver([("alice", {"n": 1}, Options(due=1000.0))])
+    state.deliver([(None, {"n": 2}, Options(due=1001.0))])
     state.node.due.step(now=999.0)
     assert datas(state, "alice") == []
     state.node.due.step(now=1000.0)
@@ -48,7 +49,7 @@ def test_a_scheduled_notice_is_published_once_when_due(state: State) -> None:
 
 def test_a_worker_killed_after_publishing_leaves_no_second_notice(state: State) -> None:
     """Published but not finished (the worker died): the next claim publishes nothing again."""
-    state.schedule_notice("alice", {"n": 1}, due=1000.0)
+    state.deliver([("alice", {"n": 1}, Options(due=1000.0))])
     (claimed,) = state.broker.claim_due(1000.0, 10, state.node.due.lease)
     state.node.due.actions[DUE_NOTICE](claimed)  # published; then the worker is gone
     state.node.due.step(now=1000.0 + state.node.due.lease)  # the lease ran out: another worker
@@ -86,9 +87,9 @@ def test_a_bad_notice_is_refused_when_scheduled(state: State) -> None:
     from sse_notify.errors import InvalidNotice
 
     with pytest.raises(InvalidNotice):
-        state.schedule_notice("bad user id", {"n": 1}, due=1000.0)
+        state.deliver([("bad user id", {"n": 1}, Options(due=1000.0))])
     with pytest.raises(InvalidNotice):
-        state.schedule_notice("alice", ["not", "an", "object"], due=1000.0)  # type: ignore[arg-type]
+        state.deliver([("alice", ["not", "an", "object"], Options(due=1000.0))])
     assert state.broker.scheduled(DUE_NOTICE) == 0
 
 
@@ -103,7 +104,7 @@ def test_four_workers_publish_each_due_notice_once_with_no_stream_open(
     try:
         due = time.time() + 0.5
         for n in range(40):
-            state.schedule_notice("alice", {"n": n}, due=due + n * 0.01)
+            state.deliver([("alice", {"n": n}, Options(due=due + n * 0.01))])
         got = wait_for(lambda: len(datas(state, "alice")) >= 40 and datas(state, "alice"), 10, "40 notices")
         time.sleep(1)  # room for a second publish of any of them, which must not come
         assert datas(state, "alice") == [{"n": n} for n in range(40)] == got
@@ -121,7 +122,7 @@ def test_what_fell_due_while_no_server_ran_is_published_at_start(
     app = standalone_app(f"sqlite:///{store}")
     state = get_state(app)
     try:
-        state.schedule_notice("alice", {"n": 1}, due=time.time() - 60)
+        state.deliver([("alice", {"n": 1}, Options(due=time.time() - 60))])
         make_server(store=str(store))
         wait_for(lambda: datas(state, "alice") == [{"n": 1}], 10, "the overdue notice")
     finally:

@@ -146,7 +146,8 @@ def test_python_api(app: Flask) -> None:
 def test_stream_replays_then_ends_on_shutdown(client: FlaskClient, app: Flask) -> None:
     """The test client reads a stream: first comment and retry, replayed notices, then the shutdown close."""
     with app.app_context():
-        sent = notify("alice", {"n": 1})
+        sent = notify("alice", {"n": 1}).notice
+        assert sent is not None
     response = client.get(
         f"/connection/alice?token={token_for('alice')}", headers={"Last-Event-ID": "0"}, buffered=False
     )

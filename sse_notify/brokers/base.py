@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from ..concurrency import gevent_active, pid, thread_lock
 from ..control import Control
+from ..delivery import PreferenceStore
 from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, IdempotencyKeyReused
 from ..inbox import InboxStore
 from ..notices import Notice
@@ -125,7 +126,7 @@ def replay_publish(
             f"Idempotency-Key {key!r} was already used for a different request; use a new key for new notices"
         )
     return Published(
-        [Notice(first + i, user_id, created_at, data) for i, (user_id, data) in enumerate(items)], True
+        [Notice.stored(first + i, user_id, created_at, data) for i, (user_id, data) in enumerate(items)], True
     )
 
 
@@ -164,11 +165,12 @@ def stored_item(seq: int, key: str, created_at: str, data: str) -> Item | None:
         except ValueError as exc:
             log.warning("skipping control record %d: %s", seq, exc)
             return None
-    return Notice(seq, None if key == BROADCAST_KEY else key, created_at, data)
+    return Notice.stored(seq, None if key == BROADCAST_KEY else key, created_at, data)
 
 
-class Broker(InboxStore, PresenceStore, SchedulerStore, t.Protocol):
-    """**Protocol:** a notice store with replay, a per-process feed, inbox marks, presence and a scheduler."""
+class Broker(InboxStore, PresenceStore, SchedulerStore, PreferenceStore, t.Protocol):
+    """**Protocol:** a notice store with replay, a per-process feed, inbox marks, presence, a scheduler
+    and preferences."""
 
     #: Whether notices survive a restart of every process.
     durable: bool
@@ -176,7 +178,8 @@ class Broker(InboxStore, PresenceStore, SchedulerStore, t.Protocol):
     def publish(self, user_id: str | None, data_json: str) -> Notice:
         """Store one notice (``user_id=None``: a broadcast), then announce it.
 
-        :param data_json: a JSON object as compact text (see ``notices.dumps``).
+        :param data_json: a JSON object as compact text (see ``notices.dumps``), after its
+            delivery header if it has one (``notices.stored_text``).
         :raises BrokerError: if it could not be stored; then nothing is announced.
         """
         ...

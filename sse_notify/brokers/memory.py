@@ -44,6 +44,8 @@ class _Memory:
     #: (when, kind, key, token) of every entry, earliest first; stale ones are skipped.
     timeline: list[tuple[float, str, str, int]] = field(default_factory=list)
     tokens: t.Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    #: Users' preferences, as JSON.
+    preferences: dict[str, str] = field(default_factory=dict)
 
 
 class MemoryBroker(StoreBase[_Memory]):
@@ -103,7 +105,7 @@ class MemoryBroker(StoreBase[_Memory]):
             if not items:
                 return Published([], False)
             notices = [
-                Notice(memory.seq + offset, user_id, created_at, data)
+                Notice.stored(memory.seq + offset, user_id, created_at, data)
                 for offset, (user_id, data) in enumerate(items, start=1)
             ]
             memory.seq += len(notices)
@@ -215,6 +217,36 @@ class MemoryBroker(StoreBase[_Memory]):
 
         self._run(work)
 
+    def delete_notices(self, user_id: str, ids: t.Sequence[int]) -> list[int]:
+        """Remove these notices of the user's own (not broadcasts); the ids removed."""
+
+        def work(memory: _Memory) -> list[int]:
+            wanted = {seq for seq in ids if getattr(memory.by_id.get(seq), "user_id", None) == user_id}
+            if wanted:
+                log = memory.logs[user_id]
+                kept = [n for n in log if n.id not in wanted]
+                log.clear()
+                log.extend(kept)
+                for seq in wanted:
+                    del memory.by_id[seq]
+                    memory.read.get(user_id, {}).pop(seq, None)
+                    memory.archived.get(user_id, set()).discard(seq)
+            return sorted(wanted)
+
+        return self._run(work)
+
+    # -- preferences ------------------------------------------------------------
+
+    def preferences(self, user_ids: t.Sequence[str]) -> dict[str, str]:
+        """The stored preferences of those of these users who set some."""
+        return self._run(
+            lambda memory: {u: memory.preferences[u] for u in user_ids if u in memory.preferences}
+        )
+
+    def set_preferences(self, user_id: str, text: str) -> None:
+        """Replace the user's preferences."""
+        self._run(lambda memory: memory.preferences.__setitem__(user_id, text))
+
     # -- the scheduler --------------------------------------------------------
 
     def schedule(self, kind: str, key: str, due: float, payload: str) -> None:
@@ -231,6 +263,11 @@ class MemoryBroker(StoreBase[_Memory]):
     def unschedule(self, kind: str, key: str) -> bool:
         """Forget the entry; whether there was one."""
         return self._run(lambda memory: memory.entries.pop((kind, key), None) is not None)
+
+    def pending(self, kind: str, key: str) -> str | None:
+        """The payload of the entry of this kind and key, if it waits (claimed or not)."""
+        entry = self._run(lambda memory: memory.entries.get((kind, key)))
+        return None if entry is None else entry[2]
 
     def claim_due(self, now: float, limit: int, lease: float) -> list[Due]:
         """Take up to ``limit`` due entries for ``lease`` seconds, the earliest first."""

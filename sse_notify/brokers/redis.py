@@ -15,6 +15,7 @@ Layout (every key under one prefix, ``sse_notify:`` by default):
 ``{p}marks:{user}``    hash: a user's inbox marks, field ``<cursor>``, value
                        ``r``/``u`` (read, unread) and ``a`` (archived)
 ``{p}through``         hash: per user, the read-all cursor
+``{p}prefs``           hash: per user, their preferences (JSON)
 ``{p}idem:{key}``      hash: an idempotency key's request fingerprint, first
                        cursor and time, expiring after the key's lifetime
 ``{p}workers``         sorted set: live workers (presence), scored by expiry
@@ -181,6 +182,18 @@ end
 redis.call('PEXPIRE', marks, ttl)
 """
 
+_DELETE = """
+local log, marks = KEYS[1], KEYS[2]
+local out = {}
+for i = 1, #ARGV do
+  if redis.call('XDEL', log, ARGV[i] .. '-0') == 1 then
+    redis.call('HDEL', marks, ARGV[i])
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
+"""
+
 _READ_THROUGH = """
 local marks, through, user, seq = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local cur = tonumber(redis.call('HGET', through, user) or '0')
@@ -302,7 +315,7 @@ def _entry_fields(entry: t.Any) -> tuple[int, dict[bytes, t.Any]]:
 def _entry_notice(entry: t.Any, key: str) -> Notice:
     """A notice from an entry of ``key``'s stream."""
     seq, values = _entry_fields(entry)
-    return Notice(seq, None if key == BROADCAST_KEY else key, _text(values[b"c"]), _text(values[b"d"]))
+    return Notice.stored(seq, None if key == BROADCAST_KEY else key, _text(values[b"c"]), _text(values[b"d"]))
 
 
 def _entry_item(entry: t.Any) -> base.Item | None:
@@ -371,6 +384,7 @@ class RedisBroker(StoreBase[t.Any]):
             "sweep": client.register_script(_SWEEP),
             "mark": client.register_script(_MARK),
             "read_through": client.register_script(_READ_THROUGH),
+            "delete": client.register_script(_DELETE),
             "presence_update": client.register_script(_PRESENCE_UPDATE),
             "presence_counts": client.register_script(_PRESENCE_COUNTS),
             "schedule": client.register_script(_SCHEDULE),
@@ -420,7 +434,7 @@ class RedisBroker(StoreBase[t.Any]):
                 once[0], once[1], (_text(seqs[1]), int(seqs[2]), _text(seqs[3])), items
             )
         notices = [
-            Notice(int(seq), user_id, created_at, data)
+            Notice.stored(int(seq), user_id, created_at, data)
             for seq, (user_id, data) in zip(seqs, items, strict=True)
         ]
         return Published(notices, False)
@@ -544,6 +558,28 @@ class RedisBroker(StoreBase[t.Any]):
         keys = [f"{self.prefix}marks:{user_id}", f"{self.prefix}through"]
         self._run(lambda client: self._scripts["read_through"](keys=keys, args=[user_id, through]))
 
+    def delete_notices(self, user_id: str, ids: t.Sequence[int]) -> list[int]:
+        """Remove these notices of the user's own (not broadcasts), with their marks (one script)."""
+        if not ids:
+            return []
+        keys = [f"{self.prefix}log:{user_id}", f"{self.prefix}marks:{user_id}"]
+        removed = self._run(lambda client: self._scripts["delete"](keys=keys, args=[int(i) for i in ids]))
+        return sorted(int(seq) for seq in removed)
+
+    # -- preferences --------------------------------------------------------
+
+    def preferences(self, user_ids: t.Sequence[str]) -> dict[str, str]:
+        """The stored preferences of those of these users who set some (one HMGET)."""
+        if not user_ids:
+            return {}
+        users = list(dict.fromkeys(user_ids))
+        found = self._run(lambda client: client.hmget(f"{self.prefix}prefs", users))
+        return {user: _text(text) for user, text in zip(users, found, strict=True) if text is not None}
+
+    def set_preferences(self, user_id: str, text: str) -> None:
+        """Replace the user's preferences."""
+        self._run(lambda client: client.hset(f"{self.prefix}prefs", user_id, text))
+
     # -- presence -----------------------------------------------------------
 
     def presence_update(self, worker: str, counts: t.Mapping[str, int], ttl: float) -> None:
@@ -585,6 +621,12 @@ class RedisBroker(StoreBase[t.Any]):
         """Forget the entry; whether there was one."""
         checked_kind(kind)
         return bool(self._run(lambda client: self._scripts["unschedule"](args=[self.prefix, kind, key])))
+
+    def pending(self, kind: str, key: str) -> str | None:
+        """The payload of the entry of this kind and key, if it waits (claimed or not)."""
+        checked_kind(kind)
+        value = self._run(lambda client: client.hget(f"{self.prefix}sched:{kind}", key))
+        return None if value is None else _text(value).split("\t", 2)[2]
 
     def claim_due(self, now: float, limit: int, lease: float) -> list[Due]:
         """Take up to ``limit`` due entries for ``lease`` seconds, the earliest first."""

@@ -103,6 +103,10 @@ CREATE TABLE IF NOT EXISTS scheduled (
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS scheduled_by_due ON scheduled (due);
+CREATE TABLE IF NOT EXISTS preferences (
+    user_id TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -132,7 +136,7 @@ FROM (SELECT value AS key FROM json_each(?))
 
 def _row_notice(row: tuple[int, str, str, str]) -> Notice:
     seq, user_id, created_at, data = row
-    return Notice(seq, None if user_id == BROADCAST_KEY else user_id, created_at, data)
+    return Notice.stored(seq, None if user_id == BROADCAST_KEY else user_id, created_at, data)
 
 
 def _row_item(row: tuple[int, str, str, str]) -> Item | None:
@@ -289,10 +293,11 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
                         results.append(exc)
                     continue
                 keys[key] = (fingerprint, seq + 1, created_at, now + ttl)
-            notices = [Notice(seq + i, user, created_at, data) for i, (user, data) in enumerate(items, 1)]
+            notices = [
+                Notice.stored(seq + i, user, created_at, data) for i, (user, data) in enumerate(items, 1)
+            ]
             rows += [
-                (n.id, BROADCAST_KEY if n.user_id is None else n.user_id, created_at, n.data_json)
-                for n in notices
+                (n.id, BROADCAST_KEY if n.user_id is None else n.user_id, created_at, n.text) for n in notices
             ]
             seq += len(notices)
             results.append(Published(notices, False))
@@ -328,9 +333,7 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
             if stored[0].id != self._feed_cursor + 1:
                 return False
             self._feed_cursor = stored[-1].id
-            self._deliver(
-                [stored_item(n.id, t.cast(str, n.user_id), n.created_at, n.data_json) for n in stored]
-            )
+            self._deliver([stored_item(n.id, t.cast(str, n.user_id), n.created_at, n.text) for n in stored])
             return True
         finally:
             self._feed_lock.release()
@@ -505,7 +508,48 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
 
         self._run(work)
 
-    # -- the feed ---------------------------------------------------------
+    def delete_notices(self, user_id: str, ids: t.Sequence[int]) -> list[int]:
+        """Remove these notices of the user's own (not broadcasts), with their marks; the ids removed."""
+
+        def work(db: sqlite3.Connection) -> list[int]:
+            db.execute("BEGIN IMMEDIATE")
+            found = db.execute(
+                "SELECT seq FROM notices WHERE user_id = ? AND seq IN (SELECT value FROM json_each(?))",
+                (user_id, dumps(list(ids))),
+            ).fetchall()
+            removed = dumps([seq for (seq,) in found])
+            for table in ("notices", "inbox_marks"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE user_id = ? AND seq IN (SELECT value FROM json_each(?))",
+                    (user_id, removed),
+                )
+            db.execute("COMMIT")
+            return sorted(seq for (seq,) in found)
+
+        return self._run(work)
+
+    # -- preferences --------------------------------------------------------
+
+    def preferences(self, user_ids: t.Sequence[str]) -> dict[str, str]:
+        """The stored preferences of those of these users who set some (one query)."""
+        if len(user_ids) == 1:  # the usual case, without json_each
+            rows = self._run(
+                lambda db: db.execute(
+                    "SELECT user_id, body FROM preferences WHERE user_id = ?", (user_ids[0],)
+                ).fetchall()
+            )
+        else:
+            rows = self._run(
+                lambda db: db.execute(
+                    "SELECT user_id, body FROM preferences WHERE user_id IN (SELECT value FROM json_each(?))",
+                    (dumps(list(user_ids)),),
+                ).fetchall()
+            )
+        return dict(rows)
+
+    def set_preferences(self, user_id: str, text: str) -> None:
+        """Replace the user's preferences."""
+        self._run(lambda db: db.execute("INSERT OR REPLACE INTO preferences VALUES (?, ?)", (user_id, text)))
 
     # -- presence -----------------------------------------------------------
 
@@ -548,6 +592,15 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
             lambda db: db.execute("DELETE FROM scheduled WHERE kind = ? AND key = ?", (kind, key))
         )
         return bool(cursor.rowcount)
+
+    def pending(self, kind: str, key: str) -> str | None:
+        """The payload of the entry of this kind and key, if it waits (claimed or not)."""
+        row = self._run(
+            lambda db: db.execute(
+                "SELECT payload FROM scheduled WHERE kind = ? AND key = ?", (kind, key)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
 
     def claim_due(self, now: float, limit: int, lease: float) -> list[Due]:
         """Take up to ``limit`` due entries for ``lease`` seconds, the earliest first (one transaction)."""

@@ -28,7 +28,7 @@ from sse_notify.brokers import Broker, Replay
 from sse_notify.control import Control, Kind
 from sse_notify.errors import BrokerClosed, BrokerError, IdempotencyKeyReused, NoticeNotFound
 from sse_notify.inbox import change, list_page, read_all, snapshot
-from sse_notify.notices import Notice, dumps
+from sse_notify.notices import Notice, dumps, stored_text
 
 #: The longest a test waits for something that should take milliseconds.
 DEADLINE = 5.0
@@ -395,6 +395,20 @@ class BrokerContract:
         with pytest.raises(ValueError, match="kind"):
             broker.schedule("no:colons", "a", 1.0, payload(1))
 
+    def test_pending_shows_an_entry_while_it_waits(self, broker: Broker) -> None:
+        """pending gives an entry's payload, claimed or not, until it is finished or unscheduled."""
+        assert broker.pending("notice", "a") is None
+        broker.schedule("notice", "a", 100.0, payload(1))
+        broker.schedule("other", "a", 100.0, payload(2))
+        assert json.loads(broker.pending("notice", "a") or "") == {"n": 1}
+        (claimed,) = [d for d in broker.claim_due(100.0, 10, 30) if d.kind == "notice"]
+        assert json.loads(broker.pending("notice", "a") or "") == {"n": 1}
+        broker.finish([claimed])
+        assert broker.pending("notice", "a") is None
+        assert json.loads(broker.pending("other", "a") or "") == {"n": 2}
+        broker.unschedule("other", "a")
+        assert broker.pending("other", "a") is None
+
     def test_scheduler_claims_are_exclusive_under_concurrency(self, make_broker: MakeBroker) -> None:
         """Workers claiming at once (one or several processes' brokers) take each due entry exactly once."""
         brokers_ = [make_broker(), make_broker()] if self.shared else [make_broker()]
@@ -615,6 +629,53 @@ class BrokerContract:
         assert list_page(broker, "alice").unread == 2
         assert first.id not in broker.inbox_state("alice").archived
 
+    def test_delete_removes_own_notices_from_inbox_replay_and_marks(self, broker: Broker) -> None:
+        """delete_notices removes the user's own notices (never a broadcast or another's) for good."""
+        mine = [broker.publish("alice", payload(i)) for i in range(3)]
+        everyone = broker.publish(None, payload(9))
+        bobs = broker.publish("bob", payload(8))
+        change(broker, "alice", [mine[1].id], read=True)
+        removed = broker.delete_notices("alice", [mine[1].id, everyone.id, bobs.id, 999_999])
+        assert removed == [mine[1].id]
+        assert broker.inbox_ids("alice") == [everyone.id, mine[2].id, mine[0].id]
+        assert [n.id for n in broker.replay("alice", "0").notices] == [mine[0].id, mine[2].id, everyone.id]
+        assert mine[1].id not in broker.inbox_state("alice").read
+        assert broker.inbox_ids("bob") == [bobs.id, everyone.id]
+        assert broker.delete_notices("alice", [mine[1].id]) == []
+
+    def test_delivery_fields_travel_with_the_notice(self, broker: Broker) -> None:
+        """A notice's delivery header is kept apart from its data: publish, feed, replay and inbox agree."""
+        feed = Feed()
+        broker.subscribe(feed)
+        text = stored_text(payload(1), dumps({"category": "promo", "critical": True}))
+        sent = broker.publish("alice", text)
+        assert (sent.data_json, sent.meta) == (payload(1), {"category": "promo", "critical": True})
+        (live,) = feed.wait_count(1)
+        (replayed,) = broker.replay("alice", "0").notices
+        (listed,) = broker.inbox_notices("alice", [sent.id])
+        assert sent == live == replayed == listed
+        assert json.loads(sent.to_json()) == {
+            "id": sent.id,
+            "user_id": "alice",
+            "created_at": sent.created_at,
+            "data": {"n": 1},
+            "category": "promo",
+            "critical": True,
+        }
+
+    def test_preferences_are_kept_per_user(self, broker: Broker) -> None:
+        """set_preferences replaces a user's text; preferences answers only those who set some."""
+        assert broker.preferences(["alice", "bob"]) == {}
+        broker.set_preferences("alice", '{"default":{"in_app":false}}')
+        broker.set_preferences("bob", '{"default":{}}')
+        broker.set_preferences("alice", '{"default":{}}')
+        assert broker.preferences(["alice", "bob", "carol"]) == {
+            "alice": '{"default":{}}',
+            "bob": '{"default":{}}',
+        }
+        assert broker.preferences(["bob"]) == {"bob": '{"default":{}}'}
+        assert broker.preferences([]) == {}
+
     def test_snapshot_has_the_unread_count_and_newest_notices(self, broker: Broker) -> None:
         """The snapshot is the unread count and the newest notices (not archived), with their flags."""
         notices = [broker.publish("alice", payload(i)) for i in range(4)]
@@ -622,7 +683,12 @@ class BrokerContract:
         change(broker, "alice", [notices[2].id], read=True)
         body = json.loads(snapshot(broker, "alice", 2))
         assert (body["unread"], body["cursor"]) == (2, notices[3].id)  # the archived newest counts
-        assert json.loads(snapshot(broker, "nobody", 2)) == {"unread": 0, "cursor": 0, "notices": []}
+        assert json.loads(snapshot(broker, "nobody", 2)) == {
+            "unread": 0,
+            "cursor": 0,
+            "notices": [],
+            "preferences": {"categories": {}, "default": {}, "quiet_hours": None},
+        }
         assert [(n["id"], n["read"], n["archived"], n["data"]) for n in body["notices"]] == [
             (notices[2].id, True, False, {"n": 2}),
             (notices[1].id, False, False, {"n": 1}),

@@ -1,0 +1,488 @@
+"""What, when and how often: delivery options, preferences, quiet hours, scheduling over HTTP, removal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import typing as t
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from sse_notify.delivery import (
+    DEFAULT_PREFERENCES,
+    MAX_DELAY,
+    Options,
+    Preferences,
+    QuietHours,
+    checked_options,
+    parse_time,
+)
+from sse_notify.errors import InvalidOption
+from sse_notify.service import DUE_NOTICE, get_state
+
+from .sse_client import subscribe
+from .support import AUTH, RedisServer, Server, assert_json_error, delivered, token_for, wait_for
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+def utc(text: str) -> float:
+    """Unix time of an ISO time."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+# -- options -------------------------------------------------------------------
+
+
+def test_options_read_the_same_from_a_query_json_and_python() -> None:
+    """Strings (a query), JSON values and Python values give the same options."""
+    query = {"category": "promo", "critical": "true", "delay": "90"}
+    body = {"category": "promo", "critical": True, "delay": 90}
+    expected = Options("promo", True, NOW + 90)
+    assert checked_options(query, now=NOW) == checked_options(body, now=NOW) == expected
+    at = datetime.fromtimestamp(NOW + 60, timezone.utc)
+    for send_at in (at, at.isoformat(), "2027-01-15T09:01:00+01:00", "2027-01-15t08:01:00.000z"):
+        assert checked_options({"send_at": send_at}, now=NOW).due == NOW + 60
+    assert checked_options({"send_at": "2027-01-15T07:00:00Z"}, now=NOW).due is None  # past: now
+    assert checked_options({"delay": 0}, now=NOW) == Options()
+
+
+@pytest.mark.parametrize(
+    ("values", "option"),
+    [
+        ({"category": "has space"}, "category"),
+        ({"category": ""}, "category"),
+        ({"group": "x" * 129}, "group"),
+        ({"critical": "yes"}, "critical"),
+        ({"critical": 1}, "critical"),
+        ({"delay": "-1"}, "delay"),
+        ({"delay": "nan"}, "delay"),
+        ({"delay": True}, "delay"),
+        ({"delay": MAX_DELAY + 1}, "delay"),
+        ({"send_at": "2027-01-15T09:00:00"}, "send_at"),  # no offset
+        ({"send_at": "2027-02-30T09:00:00Z"}, "send_at"),
+        ({"send_at": "tomorrow"}, "send_at"),
+        ({"send_at": datetime(2027, 1, 16)}, "send_at"),  # naive
+        ({"send_at": "2029-01-15T08:00:00Z"}, "send_at"),  # too far
+        ({"send_at": "2027-01-16T08:00:00Z", "delay": 5}, "send_at"),
+    ],
+)
+def test_a_bad_option_is_refused_by_name(values: dict[str, t.Any], option: str) -> None:
+    """Each bad value is an InvalidOption (400) whose message and attribute name the option."""
+    with pytest.raises(InvalidOption, match=option) as caught:
+        checked_options(values, now=NOW)
+    assert caught.value.option == option
+
+
+def test_rfc3339_times_keep_their_fraction_and_offset() -> None:
+    """parse_time reads fractions and offsets exactly."""
+    assert parse_time("2027-01-15T08:00:00.25Z") == NOW + 0.25
+    assert parse_time("2027-01-15T03:30:00-04:30") == NOW
+
+
+# -- quiet hours ---------------------------------------------------------------
+
+
+def quiet(start: str, end: str, zone: str) -> QuietHours:
+    """Quiet hours, checked as a PUT checks them."""
+    hours = Preferences.checked({"quiet_hours": {"start": start, "end": end, "timezone": zone}}).quiet_hours
+    assert hours is not None
+    return hours
+
+
+@pytest.mark.parametrize(
+    ("now", "until"),
+    [
+        # Berlin, 22:00-07:00: inside before and after midnight, outside in the day.
+        ("2027-01-15T21:30:00+00:00", "2027-01-16T06:00:00+00:00"),  # 22:30 CET
+        ("2027-01-16T05:59:00+00:00", "2027-01-16T06:00:00+00:00"),  # 06:59 CET
+        ("2027-01-16T06:00:00+00:00", None),  # 07:00 CET: over
+        ("2027-01-15T12:00:00+00:00", None),
+        # The night the clocks go forward (2027-03-28, 02:00 CET -> 03:00 CEST): ends 07:00 CEST.
+        ("2027-03-27T22:00:00+00:00", "2027-03-28T05:00:00+00:00"),
+        # The night they go back (2027-10-31, 03:00 CEST -> 02:00 CET): ends 07:00 CET.
+        ("2027-10-30T21:00:00+00:00", "2027-10-31T06:00:00+00:00"),
+    ],
+)
+def test_quiet_hours_follow_the_users_clock(now: str, until: str | None) -> None:
+    """The window is in the user's zone, crosses midnight, and follows daylight-saving changes."""
+    hours = quiet("22:00", "07:00", "Europe/Berlin")
+    assert hours.until(utc(now)) == (None if until is None else utc(until))
+
+
+def test_quiet_hours_within_a_day_and_on_the_other_side_of_the_world() -> None:
+    """A window that does not cross midnight, in a zone west of UTC."""
+    hours = quiet("12:00", "13:30", "America/New_York")  # EST, UTC-5
+    assert hours.until(utc("2027-01-15T17:15:00+00:00")) == utc("2027-01-15T18:30:00+00:00")
+    assert hours.until(utc("2027-01-15T18:30:00+00:00")) is None
+    assert hours.until(utc("2027-07-15T16:15:00+00:00")) == utc("2027-07-15T17:30:00+00:00")  # EDT
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"categories": {"promo": {"email": False}}}, "categories.promo"),  # not a channel (yet)
+        ({"categories": {"promo": {"in_app": "no"}}}, "categories.promo.in_app"),
+        ({"categories": {"bad name": {"in_app": False}}}, "categories"),
+        ({"categories": []}, "categories"),
+        ({"default": {"in_app": 0}}, "default.in_app"),
+        ({"quiet_hours": {"start": "22:00", "end": "07:00"}}, "quiet_hours"),
+        ({"quiet_hours": {"start": "24:00", "end": "07:00", "timezone": "UTC"}}, "quiet_hours.start"),
+        ({"quiet_hours": {"start": "22:00", "end": "7:00", "timezone": "UTC"}}, "quiet_hours.end"),
+        ({"quiet_hours": {"start": "22:00", "end": "22:00", "timezone": "UTC"}}, "quiet_hours"),
+        (
+            {"quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Mars/Base"}},
+            "quiet_hours.timezone",
+        ),
+        (
+            {"quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "../etc/passwd"}},
+            "quiet_hours.timezone",
+        ),
+        ({"mute_all": True}, "mute_all"),
+    ],
+)
+def test_bad_preferences_are_refused_by_field(body: dict[str, t.Any], field: str) -> None:
+    """Every wrong field of a preferences body is named."""
+    with pytest.raises(InvalidOption, match=field.replace(".", r"\.")) as caught:
+        Preferences.checked(body)
+    assert caught.value.option.startswith(field.split(".")[0])
+
+
+def test_preferences_decide_per_category_with_a_default() -> None:
+    """Listed categories win; others follow the default; no category and critical always go."""
+    prefs = Preferences.checked({"categories": {"news": {"in_app": True}}, "default": {"in_app": False}})
+    assert (prefs.wants("news"), prefs.wants("promo"), prefs.wants(None)) == (True, False, True)
+    assert prefs.decide(Options(category="promo"), NOW) == ("suppressed", "category_muted", None)
+    assert prefs.decide(Options(category="promo", critical=True), NOW) == ("delivered", None, None)
+    assert DEFAULT_PREFERENCES.decide(Options(category="promo"), NOW) == ("delivered", None, None)
+    assert Preferences.from_json(prefs.to_json()) == prefs
+
+
+# -- in the app ----------------------------------------------------------------
+
+
+def quiet_now() -> dict[str, str]:
+    """Quiet hours in UTC from an hour ago to an hour from now."""
+    hour = datetime.now(timezone.utc).hour
+    return {"start": f"{(hour - 1) % 24:02}:00", "end": f"{(hour + 1) % 24:02}:00", "timezone": "UTC"}
+
+
+def test_a_batch_answers_what_happened_to_each_notice(client: FlaskClient, app: Flask) -> None:
+    """Delivered, scheduled, held and suppressed, each with what a publisher needs, in order."""
+    with app.app_context():
+        get_state(app).set_preferences("dora", {"quiet_hours": quiet_now()})
+        get_state(app).set_preferences("erin", {"categories": {"promo": {"in_app": False}}})
+    body = [
+        {"user_id": "carl", "data": {"n": 1}, "category": "promo"},
+        {"user_id": "carl", "data": {"n": 2}, "delay": 600},
+        {"user_id": "dora", "data": {"n": 3}},
+        {"user_id": "erin", "data": {"n": 4}, "category": "promo"},
+        {"user_id": "erin", "data": {"n": 5}, "category": "promo", "critical": True},
+    ]
+    response = client.post("/notices", json=body, headers=AUTH)
+    assert response.status_code == 201
+    answer = response.get_json()
+    assert [r["status"] for r in answer] == ["delivered", "scheduled", "held", "suppressed", "delivered"]
+    assert (answer[0]["category"], type(answer[0]["id"])) == ("promo", int)
+    assert (answer[1]["scheduled_id"][0], "id" in answer[1]) == ("s", False)
+    assert (
+        abs(
+            datetime.fromisoformat(answer[1]["due_at"].replace("Z", "+00:00")).timestamp() - time.time() - 600
+        )
+        < 5
+    )
+    assert (answer[2]["reason"], answer[2]["data"]) == ("quiet_hours", {"n": 3})
+    assert (answer[3]["reason"], answer[3]["data"], answer[3]["category"]) == (
+        "category_muted",
+        {"n": 4},
+        "promo",
+    )
+    assert answer[4]["critical"] is True
+    with app.app_context():
+        state = get_state(app)
+        assert [item.notice.data for item in state.inbox("erin").items] == [{"n": 5}]
+        assert [item.notice.data for item in state.inbox("dora").items] == []
+        assert state.broker.scheduled(DUE_NOTICE) == 2
+
+
+def test_a_suppressed_single_publish_is_200_and_stores_nothing(client: FlaskClient, app: Flask) -> None:
+    """The one recipient muted the category: 200 (nothing created), and the inbox stays empty."""
+    with app.app_context():
+        get_state(app).set_preferences("alice", {"default": {"in_app": False}})
+    response = client.post("/users/alice/notices?category=promo", json={"n": 1}, headers=AUTH)
+    assert (response.status_code, response.get_json()["status"]) == (200, "suppressed")
+    response = client.post("/users/alice/notices", json={"n": 2}, headers=AUTH)  # no category: delivered
+    assert (response.status_code, response.get_json()["status"]) == (201, "delivered")
+    with app.app_context():
+        assert [item.notice.data for item in get_state(app).inbox("alice").items] == [{"n": 2}]
+
+
+@pytest.mark.parametrize(
+    ("query", "option"),
+    [
+        ("delay=soon", "delay"),
+        ("send_at=2027-01-15", "send_at"),
+        ("critical=maybe", "critical"),
+        ("category=a%20b", "category"),
+        ("sendat=1", "sendat"),
+        ("delay=1&delay=2", "delay"),
+        ("delay=1&send_at=2027-01-15T08:00:00Z", "send_at"),
+    ],
+)
+def test_bad_query_options_are_400_naming_the_option(client: FlaskClient, query: str, option: str) -> None:
+    """A single publish refuses a bad, unknown or repeated option, and stores nothing."""
+    response = client.post(f"/users/alice/notices?{query}", json={"n": 1}, headers=AUTH)
+    assert option in assert_json_error(response, 400, "invalid_option")["detail"]
+
+
+def test_bad_batch_options_are_400_naming_item_and_option(client: FlaskClient) -> None:
+    """In a batch, the item and the option are named; a group on a broadcast is refused too."""
+    body = [{"user_id": "a", "data": {}}, {"user_id": "b", "data": {}, "delay": -5}]
+    detail = assert_json_error(client.post("/notices", json=body, headers=AUTH), 400, "invalid_option")[
+        "detail"
+    ]
+    assert detail.startswith("notice 1: delay")
+    body = [{"user_id": "a", "data": {}, "colour": "red"}]
+    assert (
+        "colour"
+        in assert_json_error(client.post("/notices", json=body, headers=AUTH), 400, "invalid_option")[
+            "detail"
+        ]
+    )
+    response = client.post("/broadcast?group=g", json={}, headers=AUTH)
+    assert "group" in assert_json_error(response, 400, "invalid_option")["detail"]
+
+
+def test_a_held_notice_is_delivered_when_quiet_hours_end(app: Flask) -> None:
+    """Held until the end of the user's quiet hours: then stored, not before; a critical one at once."""
+    with app.app_context():
+        state = get_state(app)
+        state.set_preferences("alice", {"quiet_hours": quiet_now()})
+        held = state.notify("alice", {"n": 1})
+        urgent = state.notify("alice", {"n": 2}, critical=True)
+        assert (held.status, urgent.status) == ("held", "delivered")
+        assert held.due is not None
+        assert held.due > time.time()
+        state.node.due.step(now=held.due - 1)
+        assert [item.notice.data for item in state.inbox("alice").items] == [{"n": 2}]
+        state.node.due.step(now=held.due)
+        assert [item.notice.data for item in state.inbox("alice").items] == [{"n": 1}, {"n": 2}]
+        assert state.broker.scheduled(DUE_NOTICE) == 0
+
+
+def test_a_notice_due_in_quiet_hours_or_muted_meanwhile_is_held_or_dropped(app: Flask) -> None:
+    """Preferences decide again when a scheduled notice falls due."""
+    with app.app_context():
+        state = get_state(app)
+        later = state.notify("alice", {"n": 1}, delay=60)
+        muted = state.notify("alice", {"n": 2}, delay=60, category="promo")
+        state.set_preferences(
+            "alice", {"quiet_hours": quiet_now(), "categories": {"promo": {"in_app": False}}}
+        )
+        state.node.due.step(now=time.time() + 61)
+        assert state.inbox("alice").items == []
+        assert state.broker.scheduled(DUE_NOTICE) == 1  # held again, under the same id
+        assert state.broker.pending(DUE_NOTICE, t.cast(str, later.scheduled_id)) is not None
+        assert state.broker.pending(DUE_NOTICE, t.cast(str, muted.scheduled_id)) is None
+
+
+def test_remove_cancels_what_waits_and_removes_what_was_delivered(client: FlaskClient, app: Flask) -> None:
+    """DELETE by scheduled_id cancels (or, once published, removes); by id removes; broadcasts: 409."""
+    token = {"Authorization": f"Bearer {token_for('alice')}"}
+    first = client.post("/users/alice/notices?delay=60", json={"n": 1}, headers=AUTH).get_json()
+    second = client.post("/users/alice/notices?delay=60", json={"n": 2}, headers=AUTH).get_json()
+    response = client.delete(f"/users/alice/notices/{first['scheduled_id']}", headers=token)
+    assert response.get_json() == {"id": first["scheduled_id"], "cancelled": True}
+    assert client.delete(f"/users/bob/notices/{second['scheduled_id']}", headers=AUTH).status_code == 404
+    with app.app_context():
+        state = get_state(app)
+        state.node.due.step(now=time.time() + 61)
+        (item,) = state.inbox("alice").items
+        assert (item.notice.data, item.notice.meta["scheduled_id"]) == ({"n": 2}, second["scheduled_id"])
+    response = client.delete(f"/users/alice/notices/{second['scheduled_id']}", headers=token)
+    assert response.get_json() == {"id": item.notice.id, "removed": True, "unread": 0}
+    kept = client.post("/users/alice/notices", json={"n": 3}, headers=AUTH).get_json()
+    everyone = client.post("/broadcast", json={"n": 4}, headers=AUTH).get_json()
+    assert client.delete(f"/users/alice/notices/{kept['id']}", headers=AUTH).get_json()["unread"] == 1
+    assert_json_error(client.delete(f"/users/alice/notices/{everyone['id']}", headers=token), 409, "conflict")
+    assert_json_error(client.delete(f"/users/alice/notices/{kept['id']}", headers=token), 404, "not_found")
+    other = {"Authorization": f"Bearer {token_for('bob')}"}
+    assert client.delete(f"/users/alice/notices/{everyone['id']}", headers=other).status_code == 403
+    with app.app_context():
+        assert [n.id for n in get_state(app).broker.replay("alice", "0").notices] == [everyone["id"]]
+
+
+def test_preferences_need_the_users_token_or_a_publish_key(client: FlaskClient) -> None:
+    """GET and PUT with the user's token or a publish key; another user's token is 403, none 401."""
+    body = {"categories": {"promo": {"in_app": False}}, "quiet_hours": None}
+    assert client.get("/users/alice/preferences", headers=AUTH).get_json() == {
+        "categories": {},
+        "default": {},
+        "quiet_hours": None,
+    }
+    own = {"Authorization": f"Bearer {token_for('alice')}"}
+    response = client.put("/users/alice/preferences", json=body, headers=own)
+    assert response.get_json() == {**body, "default": {}}
+    assert client.get("/users/alice/preferences", headers=AUTH).get_json()["categories"] == body["categories"]
+    other = {"Authorization": f"Bearer {token_for('bob')}"}
+    assert client.put("/users/alice/preferences", json=body, headers=other).status_code == 403
+    assert client.get("/users/alice/preferences", headers={"Authorization": ""}).status_code == 401
+    response = client.put("/users/alice/preferences", json=["no"], headers=own)
+    assert_json_error(response, 400, "invalid_option")
+    response = client.put("/users/alice/preferences", data="{}", headers=own)
+    assert response.status_code == 415
+
+
+def test_muted_broadcasts_leave_the_inbox_and_its_count(app: Flask) -> None:
+    """A broadcast in a muted category is not listed or counted for that user; critical ones are."""
+    with app.app_context():
+        state = get_state(app)
+        state.broadcast({"n": 1}, category="promo")
+        state.broadcast({"n": 2}, category="promo", critical=True)
+        state.broadcast({"n": 3})
+        state.set_preferences("alice", {"categories": {"promo": {"in_app": False}}})
+        page = state.inbox("alice")
+        assert ([item.notice.data for item in page.items], page.unread) == ([{"n": 3}, {"n": 2}], 2)
+        assert state.inbox("bob").unread == 3
+        assert state.mark_all_read("alice").unread == 0
+
+
+# -- on real servers -----------------------------------------------------------
+
+
+def publish(server: Server, user: str, data: dict[str, t.Any], query: str = "") -> dict[str, t.Any]:
+    """POST a notice with options; the answer (asserting 200 or 201)."""
+    path = f"/users/{user}/notices" if user != "*" else "/broadcast"
+    response = server.post(f"{path}{'?' + query if query else ''}", data)
+    assert response.status_code in {200, 201}, response.text
+    return t.cast(dict[str, t.Any], response.json())
+
+
+def due_of(answer: dict[str, t.Any]) -> float:
+    """The ``due_at`` of a publish answer, as Unix time."""
+    return datetime.fromisoformat(answer["due_at"].replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.server
+def test_scheduled_notices_arrive_live_once_and_not_before_due_under_four_workers(
+    make_server: t.Callable[..., Server],
+) -> None:
+    """-w 4, tabs open: each scheduled notice reaches every tab once, at its time, then replays once."""
+    server = make_server(workers=4)
+    tabs = [subscribe(server.stream_url("alice")) for _ in range(3)]
+    answers = [publish(server, "alice", {"n": n}, f"delay={1 + n * 0.2}") for n in range(5)]
+    assert {a["status"] for a in answers} == {"scheduled"}
+    for tab in tabs:
+        got = tab.notices(5, timeout=15)
+        assert [e.json()["data"] for e in got] == [{"n": n} for n in range(5)]
+        assert [e.json()["scheduled_id"] for e in got] == [a["scheduled_id"] for a in answers]
+        for event, answer in zip(got, answers, strict=True):
+            stored = datetime.fromisoformat(event.json()["created_at"].replace("Z", "+00:00")).timestamp()
+            assert stored >= due_of(answer) - 0.01  # not before its time
+        tab.nothing(1.0)
+    again = subscribe(server.stream_url("alice"), last_event_id="0")
+    assert [e.json()["data"] for e in again.notices(5)] == [{"n": n} for n in range(5)]
+    again.nothing(0.5)
+    inbox = httpx.get(f"{server.url}/users/alice/notices", headers=AUTH, timeout=5).json()
+    assert inbox["unread"] == 5
+    for sub in (*tabs, again):
+        sub.close()
+
+
+@pytest.mark.server
+def test_a_scheduled_notice_survives_kill_9_of_every_process(make_server: t.Callable[..., Server]) -> None:
+    """Every gunicorn process killed with SIGKILL; a notice that fell due meanwhile arrives at start, once."""
+    server = make_server(workers=2)
+    answer = publish(server, "alice", {"n": 1}, "delay=1.5")
+    pids = [t.cast(t.Any, server.proc).pid, *server.worker_pids()]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    t.cast(t.Any, server.proc).wait(10)
+    server.proc = None
+    wait_for(lambda: time.time() > due_of(answer) + 1, 10, "the due time to pass while nothing runs")
+    server.start()
+    tab = subscribe(server.stream_url("alice"), last_event_id="0")
+    (event,) = tab.notices(1, timeout=10)
+    assert event.json()["scheduled_id"] == answer["scheduled_id"]
+    tab.nothing(1.0)
+    tab.close()
+
+
+@pytest.mark.server
+def test_scheduled_notices_are_delivered_once_across_two_hosts_on_redis(
+    make_server: t.Callable[..., Server], own_redis: RedisServer
+) -> None:
+    """Two instances on one Redis, a stream on each: a notice scheduled on either arrives once on both."""
+    a = make_server(workers=2, store=own_redis.url)
+    b = make_server(workers=2, store=own_redis.url)
+    tabs = [subscribe(a.stream_url("alice")), subscribe(b.stream_url("alice"))]
+    answers = [publish(a, "alice", {"n": 1}, "delay=1"), publish(b, "alice", {"n": 2}, "delay=1.2")]
+    for tab in tabs:
+        got = tab.notices(2, timeout=15)
+        assert [e.json()["scheduled_id"] for e in got] == [x["scheduled_id"] for x in answers]
+        tab.nothing(1.0)
+        tab.close()
+
+
+@pytest.mark.server
+def test_preferences_reach_every_tab_and_mute_broadcasts_live_and_in_replay(
+    make_server: t.Callable[..., Server],
+) -> None:
+    """A change is a `preferences` event in every tab; muted broadcasts skip only that user's streams."""
+    server = make_server(workers=2)
+    alice = [subscribe(server.stream_url("alice")) for _ in range(2)]
+    bob = subscribe(server.stream_url("bob"))
+    body = {"categories": {"promo": {"in_app": False}}}
+    response = httpx.put(f"{server.url}/users/alice/preferences", json=body, headers=AUTH, timeout=5)
+    assert response.status_code == 200
+    for tab in alice:
+        assert tab.next("preferences").json()["categories"] == body["categories"]
+    muted = publish(server, "*", {"n": 1}, "category=promo")
+    critical = publish(server, "*", {"n": 2}, "category=promo&critical=true")
+    plain = publish(server, "alice", {"n": 3}, "category=promo")
+    assert plain["status"] == "suppressed"
+    assert [int(e.id) for e in bob.notices(2)] == [muted["id"], critical["id"]]
+    for tab in alice:
+        assert [int(e.id) for e in tab.notices(1)] == [critical["id"]]
+        tab.nothing(0.5)
+    fresh = subscribe(server.stream_url("alice"), last_event_id="0")
+    assert fresh.next("snapshot").json()["preferences"]["categories"] == body["categories"]
+    assert [int(e.id) for e in fresh.notices(1)] == [critical["id"]]
+    fresh.nothing(0.5)
+    for sub in (*alice, bob, fresh):
+        sub.close()
+
+
+@pytest.mark.server
+def test_removing_a_notice_reaches_every_tab(make_server: t.Callable[..., Server]) -> None:
+    """DELETE of a delivered notice is a `remove` event in every tab, with the unread count."""
+    server = make_server()
+    tab = subscribe(server.stream_url("alice"))
+    sent = delivered(server.post("/users/alice/notices", {"n": 1}))
+    tab.notices(1)
+    response = httpx.delete(f"{server.url}/users/alice/notices/{sent['id']}", headers=AUTH, timeout=5)
+    assert response.json() == {"id": sent["id"], "removed": True, "unread": 0}
+    assert tab.next("remove").json() == {"ids": [sent["id"]], "removed": True, "unread": 0}
+    tab.close()
+
+
+def test_python_api_takes_options_as_keywords(app: Flask) -> None:
+    """notify, broadcast and notify_many take options as keyword arguments; unknown ones are a TypeError."""
+    from sse_notify import broadcast, notify, notify_many
+
+    with app.app_context():
+        receipt = notify(
+            "alice", {"n": 1}, category="news", send_at=datetime.fromtimestamp(time.time() + 60, timezone.utc)
+        )
+        assert (receipt.status, receipt.id) == ("scheduled", None)
+        assert broadcast({"n": 2}, critical=True).notice is not None
+        assert [r.status for r in notify_many([("a", {}), ("b", {})], delay=30)] == ["scheduled", "scheduled"]
+        with pytest.raises(TypeError, match="colour"):
+            notify("alice", {}, colour="red")  # type: ignore[call-arg]
+        with pytest.raises(InvalidOption, match="delay"):
+            notify("alice", {}, delay=-1)
