@@ -25,6 +25,10 @@ Scenario ``limit`` (:mod:`bench.limit`): one notice per POST (``ab -k -c 32``) a
 per second on one worker, each against the stack's own limit (a minimal Flask JSON endpoint, a
 bare streaming WSGI app) in the same run, alternating, medians.
 
+Scenario ``pending`` (:mod:`bench.pending`): one notice per POST and new streams per second with
+no scheduled notice and with ``--pending`` (100,000) waiting, alternating, medians; and how late
+scheduled notices arrive with them waiting.
+
 Scenario ``instructions`` (:mod:`bench.instructions`): instructions per new stream in the
 serving worker, counted by callgrind (the same whatever the machine is doing), for sse_notify
 and the bare streaming app. Without valgrind it is skipped (a failure when
@@ -60,6 +64,7 @@ from bench import compare
 from bench.compare import PEER_NAMES
 from bench.instructions import instructions, render_instructions, valgrind_binary
 from bench.limit import ab_binary, limit, render_limit
+from bench.pending import pending, render_pending
 from bench.proxy import nginx_binary, proxy
 from bench.report import render, render_proxy
 from bench.scenarios import SCENARIOS, Load
@@ -191,7 +196,7 @@ async def crossworker(streams: int, notices: int, rate: float) -> dict[str, t.An
 
 PEER_SCENARIOS = tuple(SCENARIOS)
 #: Every scenario, in the order they run.
-EVERY = ("crossworker", "proxy", "limit", "instructions", *PEER_SCENARIOS)
+EVERY = ("crossworker", "proxy", "limit", "pending", "instructions", *PEER_SCENARIOS)
 
 
 def _clean(value: t.Any) -> t.Any:
@@ -283,6 +288,13 @@ def _limit(runs: int, requests: int, streams: int) -> bool:
     return _report("limit", lambda: limit(runs, requests, streams), render_limit)
 
 
+def _pending(runs: int, requests: int, streams: int, count: int) -> bool:
+    """Run the pending scenario, print its JSON line and table; True when it failed."""
+    if ab_binary() is None:
+        return _unavailable("pending", "ab is not installed (apt-get install apache2-utils)")
+    return _report("pending", lambda: pending(runs, requests, streams, count), render_pending)
+
+
 def _instructions(small: int, large: int) -> bool:
     """Run the instructions scenario, print its JSON line and table; True when it failed."""
     if valgrind_binary() is None:
@@ -295,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        help="crossworker (the default), proxy, limit, instructions, idle, connect, fanout, unicast, "
-        "churn; 'scenarios' for the last five, 'all' for every one",
+        help="crossworker (the default), proxy, limit, pending, instructions, idle, connect, fanout, "
+        "unicast, churn; 'scenarios' for the last five, 'all' for every one",
     )
     parser.add_argument(
         "--smoke",
@@ -308,7 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--notices", type=int, default=500, help="crossworker, proxy: notices to publish")
     parser.add_argument("--rate", type=float, default=100.0, help="crossworker, proxy: notices per second")
-    parser.add_argument("--requests", type=int, default=20000, help="limit: POSTs per ab run")
+    parser.add_argument("--requests", type=int, default=20000, help="limit, pending: POSTs per ab run")
+    parser.add_argument(
+        "--pending",
+        type=int,
+        default=100_000,
+        help="pending: scheduled notices waiting in the store (100,000)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="repeat and report the median of each figure")
     parser.add_argument(
         "--peers",
@@ -352,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
             failed |= _limit(1, 500, 200)
         else:
             failed |= _limit(args.runs, args.requests, args.streams or 5000)
+    if "pending" in chosen:
+        if args.smoke:
+            failed |= _pending(1, 500, 200, 2000)
+        else:
+            failed |= _pending(args.runs, args.requests, args.streams or 5000, args.pending)
     if "instructions" in chosen:
         large = 60 if args.smoke else (args.streams or 1200)
         failed |= _instructions(max(1, large // 6), large)

@@ -27,12 +27,23 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from .errors import InvalidOption
-from .notices import USER_ID_PATTERN, USER_ID_RULE, Notice, dumps, utc_iso
+from .notices import (
+    HEADER_MARK,
+    USER_ID_PATTERN,
+    USER_ID_RULE,
+    Notice,
+    dumps,
+    embedded_fields,
+    loads,
+    stored_text,
+    utc_iso,
+)
 
 __all__ = [
     "CHANNELS",
     "DEFAULT_PREFERENCES",
     "DELIVERED",
+    "GROUP_RECENT",
     "HELD",
     "MAX_DELAY",
     "NO_OPTIONS",
@@ -46,6 +57,9 @@ __all__ = [
     "QuietHours",
     "Receipt",
     "checked_options",
+    "fold",
+    "group_key",
+    "merge_group",
     "parse_time",
 ]
 
@@ -146,14 +160,65 @@ class Options:
             fields["category"] = self.category
         if self.critical:
             fields["critical"] = True
-        if self.group is not None:
-            fields["group"] = {"key": self.group}
         return fields
 
-    def meta_json(self) -> str:
-        """:meth:`meta` as JSON (``""``: none)."""
+    def meta_json(self, data_json: str = "{}") -> str:
+        """:meth:`meta` as JSON (``""``: none), with the notice's ``group`` (:func:`fold`) if it has one."""
         fields = self.meta()
+        if self.group is not None:
+            fields["group"] = {"key": self.group, "count": 1, "recent": [loads(data_json)]}
         return dumps(fields) if fields else ""
+
+
+# -- grouping ----------------------------------------------------------------------
+
+#: How many of the latest data items a grouped entry keeps (newest first).
+GROUP_RECENT = 5
+
+
+def group_key(text: str) -> str | None:
+    """The group key of a notice a store is given (its stored text), or ``None``."""
+    if (
+        type(text) is not str
+        or text[:1] != HEADER_MARK
+        or '"group"' not in text[: text.index(HEADER_MARK, 1)]
+    ):
+        return None
+    return t.cast(str, Notice.stored(0, None, "", text).meta["group"]["key"])
+
+
+def fold(text: str, created_at: str, previous: Notice | None) -> str:
+    """The stored text of a grouped notice, folded into ``previous`` (the group's unread entry, if any).
+
+    The entry keeps the newest data as its ``data``, and in its ``group``: ``count`` (how many
+    notices it stands for), ``first_at`` and ``last_at``, ``recent`` (the newest
+    :data:`GROUP_RECENT` data items, newest first) and ``replaces`` (the id of the entry it
+    replaces). Every store calls this inside its own transaction, so concurrent publishes fold
+    one after another.
+    """
+    notice = Notice.stored(0, None, created_at, text)
+    meta = notice.meta
+    group = meta["group"]
+    count, recent, first_at = int(group["count"]), list(group["recent"]), created_at
+    folded = {"key": group["key"]}
+    if previous is not None:
+        earlier = previous.meta["group"]
+        count += int(earlier["count"])
+        recent += earlier["recent"]
+        first_at = earlier["first_at"]
+    folded.update(count=count, first_at=first_at, last_at=created_at, recent=recent[:GROUP_RECENT])
+    if previous is not None:
+        folded["replaces"] = previous.id
+    return stored_text(notice.data_json, dumps({**meta, "group": folded}))
+
+
+def merge_group(earlier: str, later: str) -> str:
+    """Two notices of one user and group in one publish, as one (the later's data, both counted)."""
+    first, second = Notice.stored(0, None, "", earlier), Notice.stored(0, None, "", later)
+    a, b = first.meta["group"], second.meta["group"]
+    recent = (b["recent"] + a["recent"])[:GROUP_RECENT]
+    merged = {"key": b["key"], "count": a["count"] + b["count"], "recent": recent}
+    return stored_text(second.data_json, dumps({**second.meta, "group": merged}))
 
 
 #: Options of a notice that has none.
@@ -201,8 +266,6 @@ def checked_options(values: t.Mapping[str, t.Any], *, now: float, where: str = "
             raise InvalidOption(f"{where}{exc}", "send_at") from None
         if due > now + MAX_DELAY:
             raise InvalidOption(f"{where}send_at must be at most {MAX_DELAY // 86400} days ahead", "send_at")
-    if group is not None:  # (folding lands next; until then a group would be silently ignored)
-        raise InvalidOption(f"{where}group: grouping notices is not available in this version yet", "group")
     return Options(
         category=None if category is None else _name(category, "category", where),
         critical=False if critical is None else _flag(critical, "critical", where),
@@ -472,7 +535,7 @@ class Receipt:
             fields["reason"] = self.reason
         fields["data"] = orjson.Fragment(self.data_json)
         if self.meta_json:
-            fields.update(orjson.loads(self.meta_json))
+            fields.update(embedded_fields(self.meta_json))
         return fields
 
     def to_json(self) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "checked_idempotency_key",
     "checked_user_id",
     "dumps",
+    "embedded_fields",
     "is_valid_user_id",
     "loads",
     "stored_text",
@@ -161,6 +162,11 @@ def stored_text(data_json: str, meta_json: str = "") -> str:
     return f"{HEADER_MARK}{meta_json}{HEADER_MARK}{data_json}" if meta_json else data_json
 
 
+def embedded_fields(meta_json: str) -> dict[str, t.Any]:
+    """The fields of a JSON object, each as its JSON text (for ``orjson.dumps``: long integers stay exact)."""
+    return {key: orjson.Fragment(dumps(value)) for key, value in loads(meta_json).items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Notice:
     """A stored notice.
@@ -194,7 +200,7 @@ class Notice:
     @property
     def meta(self) -> dict[str, t.Any]:
         """Its delivery fields (empty for none)."""
-        return orjson.loads(self.meta_json) if self.meta_json else {}
+        return loads(self.meta_json) if self.meta_json else {}  # (long integers kept exact)
 
     @property
     def is_broadcast(self) -> bool:
@@ -216,7 +222,7 @@ class Notice:
             "data": orjson.Fragment(self.data_json),
         }
         if self.meta_json:
-            fields.update(self.meta)
+            fields.update(embedded_fields(self.meta_json))
         return fields
 
     def to_json(self) -> str:

@@ -113,7 +113,31 @@ def _delivery_fields() -> dict[str, Schema]:
     return {
         "category": {"type": "string", "description": "Its category (preferences mute categories)."},
         "critical": {"const": True, "description": "It ignores mutes and quiet hours."},
-        "group": {"type": "object", "description": "Its group: `key`."},
+        "group": {
+            "type": "object",
+            "properties": {
+                "key": {"type": "string"},
+                "count": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "How many notices this entry stands for.",
+                },
+                "first_at": {"type": "string", "format": "date-time"},
+                "last_at": {"type": "string", "format": "date-time"},
+                "recent": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "description": "The newest data items, newest first (at most 5).",
+                },
+                "replaces": {
+                    "type": "integer",
+                    "description": "The entry of this group it replaces: a client drops its unread entry "
+                    "of this `key` (a stream that missed a fold gets only the newest entry).",
+                },
+            },
+            "required": ["key", "count"],
+            "description": "Notices to one user with the same `group` fold into one unread entry.",
+        },
     }
 
 

@@ -37,6 +37,7 @@ from .delivery import (
     Preferences,
     Receipt,
     checked_options,
+    merge_group,
 )
 from .errors import BrokerError, InvalidNotice, InvalidOption, InvalidRequest, NoticeNotFound, PayloadTooLarge
 from .hub import Hub
@@ -115,12 +116,27 @@ class State:
                 decided.append((DELIVERED, None, None))
             else:
                 decided.append(preferences.get(user_id, DEFAULT_PREFERENCES).decide(options, now))
-        metas = [options.meta_json() for _, _, options in items]
-        now_items = [
-            (user_id, stored_text(text, meta))
-            for (user_id, text), meta, (status, _, _) in zip(checked, metas, decided, strict=True)
-            if status == DELIVERED
-        ]
+        metas = [options.meta_json(text) for (_, text), (_, _, options) in zip(checked, items, strict=True)]
+        # What is delivered now, in order; a notice of a user and group already in this publish
+        # is merged into that one (one entry, both counted): ``slots`` maps each item to its place.
+        now_items: list[tuple[str | None, str]] = []
+        slots: list[int] = []
+        groups: dict[tuple[str | None, str], int] = {}
+        for (user_id, text), meta, (status, _, _), (_, _, options) in zip(
+            checked, metas, decided, items, strict=True
+        ):
+            slots.append(len(now_items))
+            if status != DELIVERED:
+                continue
+            stored = stored_text(text, meta)
+            if options.group is not None:
+                place = groups.get((user_id, options.group))
+                if place is not None:
+                    now_items[place] = (user_id, merge_group(now_items[place][1], stored))
+                    slots[-1] = place
+                    continue
+                groups[user_id, options.group] = len(now_items)
+            now_items.append((user_id, stored))
         notices: list[Notice] = []
         replayed = False
         if idempotency_key is not None:
@@ -132,12 +148,11 @@ class State:
                 fingerprint = self._fingerprint(items, metas)
                 notices, replayed = self._publish_now_once(now_items, idempotency_key, fingerprint)
         receipts: list[Receipt] = []
-        stored = iter(notices)
         for index, ((user_id, text), meta, (status, reason, due)) in enumerate(
             zip(checked, metas, decided, strict=True)
         ):
             if status == DELIVERED:
-                receipts.append(Receipt(status, user_id, next(stored)))
+                receipts.append(Receipt(status, user_id, notices[slots[index]]))
             elif status == SUPPRESSED:
                 telemetry.withheld(status, user_id, reason)
                 receipts.append(Receipt(status, user_id, reason=reason, data_json=text, meta_json=meta))

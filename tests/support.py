@@ -249,10 +249,10 @@ class Server:
         return t.cast(dict[str, t.Any], httpx.get(self.url + self.health_path, timeout=5).json())
 
 
-def delivered(response: httpx.Response) -> t.Any:
+def delivered(response: httpx.Response | TestResponse) -> t.Any:
     """The notice (or list) a publish answered 201, as streams get it: each receipt said ``delivered``."""
     assert response.status_code == 201, response.text
-    body = response.json()
+    body = response.get_json() if isinstance(response, TestResponse) else response.json()
     for receipt in body if isinstance(body, list) else [body]:
         assert receipt.pop("status") == "delivered", receipt
     return body

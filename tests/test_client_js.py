@@ -226,3 +226,42 @@ def test_without_web_locks_every_tab_keeps_its_own_stream(
         stays(lambda: live_server.health()["streams"] == 2, 0.5, "each tab keeps its one stream")
     finally:
         context.close()
+
+
+def test_a_category_muted_in_one_tab_shows_in_the_other_and_mutes(
+    open_tab: t.Callable[..., Page], live_server: Server
+) -> None:
+    """Unticking a category in one tab unticks it in the other; a notice in it then never shows."""
+    first, second = open_tab(), open_tab()
+    box = '#prefs-categories input[data-category="promo"]'
+    for tab in (first, second):
+        expect(tab.locator(box)).to_be_checked(timeout=TIMEOUT)
+    second.locator(box).uncheck()  # the tab without the stream: its request, the leader's event
+    for tab in (first, second):
+        expect(tab.locator(box)).not_to_be_checked(timeout=TIMEOUT)
+    muted = live_server.post("/users/alice/notices?category=promo", {"title": "sale!"})
+    assert (muted.status_code, muted.json()["status"]) == (200, "suppressed")
+    live_server.publish("alice", {"title": "after the sale"})
+    for tab in (first, second):
+        expect(tab.locator("#notices .title")).to_have_text(["after the sale"], timeout=TIMEOUT)
+        expect(tab.locator("#badge")).to_have_text("1")
+    first.locator(box).check()
+    expect(second.locator(box)).to_be_checked(timeout=TIMEOUT)
+
+
+def test_a_group_counter_rises_live_in_every_tab(
+    open_tab: t.Callable[..., Page], live_server: Server
+) -> None:
+    """Grouped notices are one entry, "Ana and N others", counted once in the badge, in every tab."""
+    tabs = [open_tab(), open_tab()]
+    for n, who in enumerate(["Ben", "Cy", "Ana"], 1):
+        sent = live_server.post("/users/alice/notices?group=likes", {"title": who})
+        assert sent.json()["group"]["count"] == n
+        for tab in tabs:
+            expect(tab.locator("#notices li")).to_have_count(1, timeout=TIMEOUT)
+            expect(tab.locator("#notices .title")).to_have_text(
+                [who if n == 1 else f"{who} and {n - 1} other" + ("s" if n > 2 else "")]
+            )
+            expect(tab.locator("#badge")).to_have_text("1")
+    for tab in tabs:
+        expect(tab.locator("#notices .tag.count")).to_have_text("\u00d73")

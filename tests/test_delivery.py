@@ -6,6 +6,7 @@ import os
 import signal
 import time
 import typing as t
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import httpx
@@ -41,9 +42,9 @@ def utc(text: str) -> float:
 
 def test_options_read_the_same_from_a_query_json_and_python() -> None:
     """Strings (a query), JSON values and Python values give the same options."""
-    query = {"category": "promo", "critical": "true", "delay": "90"}
-    body = {"category": "promo", "critical": True, "delay": 90}
-    expected = Options("promo", True, NOW + 90)
+    query = {"category": "promo", "critical": "true", "delay": "90", "group": "likes:42"}
+    body = {"category": "promo", "critical": True, "delay": 90, "group": "likes:42"}
+    expected = Options("promo", True, NOW + 90, "likes:42")
     assert checked_options(query, now=NOW) == checked_options(body, now=NOW) == expected
     at = datetime.fromtimestamp(NOW + 60, timezone.utc)
     for send_at in (at, at.isoformat(), "2027-01-15T09:01:00+01:00", "2027-01-15t08:01:00.000z"):
@@ -486,3 +487,84 @@ def test_python_api_takes_options_as_keywords(app: Flask) -> None:
             notify("alice", {}, colour="red")  # type: ignore[call-arg]
         with pytest.raises(InvalidOption, match="delay"):
             notify("alice", {}, delay=-1)
+
+
+# -- grouping ------------------------------------------------------------------
+
+
+def test_a_batch_folds_its_own_notices_of_one_group(client: FlaskClient) -> None:
+    """Two notices of one user and group in one batch are one entry; both receipts name it."""
+    body = [
+        {"user_id": "alice", "data": {"who": "ana"}, "group": "likes"},
+        {"user_id": "bob", "data": {"who": "ana"}, "group": "likes"},
+        {"user_id": "alice", "data": {"who": "ben"}, "group": "likes"},
+    ]
+    answer = client.post("/notices", json=body, headers=AUTH).get_json()
+    assert answer[0]["id"] == answer[2]["id"] != answer[1]["id"]
+    group = answer[2]["group"]
+    assert (answer[2]["data"], group["count"], group["recent"]) == (
+        {"who": "ben"},
+        2,
+        [{"who": "ben"}, {"who": "ana"}],
+    )
+    page = client.get("/users/alice/notices", headers=AUTH).get_json()
+    assert ([n["id"] for n in page["notices"]], page["unread"]) == ([answer[2]["id"]], 1)
+
+
+def test_a_read_group_entry_starts_again(client: FlaskClient) -> None:
+    """After the entry is read, the next notice of its group is a new entry (unread 1 again)."""
+    first = delivered(client.post("/users/alice/notices?group=likes", json={"n": 1}, headers=AUTH))
+    client.post(f"/users/alice/notices/{first['id']}/read", headers=AUTH)
+    second = delivered(client.post("/users/alice/notices?group=likes", json={"n": 2}, headers=AUTH))
+    assert (second["group"]["count"], "replaces" in second["group"]) == (1, False)
+    page = client.get("/users/alice/notices", headers=AUTH).get_json()
+    assert ([n["id"] for n in page["notices"]], page["unread"]) == ([second["id"], first["id"]], 1)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_twenty_concurrent_publishes_from_four_workers_fold_into_one_entry(
+    make_server: t.Callable[..., Server], own_redis: RedisServer, store: str
+) -> None:
+    """20 publishes at once to -w 4 (SQLite) or two hosts (Redis): one entry of 20, live and in replay."""
+    if store == "redis":
+        servers = [make_server(workers=2, store=own_redis.url), make_server(workers=2, store=own_redis.url)]
+    else:
+        servers = [make_server(workers=4)]
+    tabs = [subscribe(server.stream_url("alice")) for server in servers]
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(
+            pool.map(
+                lambda n: publish(servers[n % len(servers)], "alice", {"n": n}, "group=likes"), range(20)
+            )
+        )
+    assert sorted(a["group"]["count"] for a in answers) == list(range(1, 21))
+    newest = max(answers, key=lambda a: a["id"])
+    for tab in tabs:
+        # Each event is the entry as it is now. A worker's feed that reads the store after
+        # several folds sends only the newest (the ones between were replaced already): the
+        # count rises, and each event names the entry it replaces.
+        events = [tab.next().json()]
+        while events[-1]["group"]["count"] < 20:
+            events.append(tab.next(timeout=15).json())
+        counts = [e["group"]["count"] for e in events]
+        assert counts == sorted(set(counts))
+        assert all(e["group"]["replaces"] < e["id"] for e in events if "replaces" in e["group"])
+        assert events[-1]["id"] == newest["id"]
+        tab.nothing(0.5)
+        tab.close()
+    page = httpx.get(f"{servers[0].url}/users/alice/notices", headers=AUTH, timeout=5).json()
+    assert ([n["id"] for n in page["notices"]], page["unread"]) == ([newest["id"]], 1)
+    again = subscribe(servers[-1].stream_url("alice"), last_event_id="0")
+    assert [int(e.id) for e in again.notices(1)] == [newest["id"]]
+    again.nothing(0.5)
+    again.close()
+
+
+def test_grouped_data_keeps_nulls_and_long_integers_exact(client: FlaskClient) -> None:
+    """The group's recent items are the data as sent: null, and integers past 2**64 (found by the fuzzer)."""
+    data = {"who": None, "big": 123456789012345678901234567890}
+    first = delivered(client.post("/users/alice/notices?group=g", json=data, headers=AUTH))
+    second = delivered(client.post("/users/alice/notices?group=g", json={"n": 2}, headers=AUTH))
+    assert first["group"]["recent"] == [data]
+    assert second["group"]["recent"] == [{"n": 2}, data]

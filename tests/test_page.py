@@ -386,7 +386,7 @@ def test_a_refused_send_shows_the_server_detail(
 
 
 def test_screenshot(open_page: t.Callable[..., Page], live_server: Server, tmp_path: Path) -> None:
-    """A 1200x800 screenshot of an inbox, read and unread (into docs/ when SSE_NOTIFY_SCREENSHOT=1)."""
+    """A 1200x800 screenshot: read, unread, grouped, categorized (into docs/ if SSE_NOTIFY_SCREENSHOT=1)."""
     target = SCREENSHOT if os.environ.get("SSE_NOTIFY_SCREENSHOT") == "1" else tmp_path / "screenshot.png"
     shipped = live_server.publish("alice", {"order": 1042, "status": "shipped", "carrier": "DHL"})
     live_server.broadcast({"title": "Scheduled maintenance", "text": "Saturday 02:00-03:00 UTC."})
@@ -396,13 +396,19 @@ def test_screenshot(open_page: t.Callable[..., Page], live_server: Server, tmp_p
     )
     for read in (shipped, deploy):
         assert live_server.post(f"/users/alice/notices/{read['id']}/read", None).status_code == 200
+    for who in ("Ben", "Cy", "Ana"):
+        live_server.post("/users/alice/notices?group=likes-7", {"title": who, "text": "liked your post"})
+    invoice = {"title": "Invoice paid", "text": "INV-2026-118"}
+    live_server.post("/users/alice/notices?category=billing", invoice)
     page = open_page()
-    expect(page.locator("#notices li")).to_have_count(4, timeout=TIMEOUT)
+    expect(page.locator("#notices li")).to_have_count(6, timeout=TIMEOUT)
+    expect(page.locator("#notices .title").nth(0)).to_have_text("Invoice paid")
+    expect(page.locator("#notices .title").nth(1)).to_have_text("Ana and 2 others")
     page.fill("#title", "Your export is ready")
     page.fill("#text", "reports-2026-11.csv (2.4 MB)")
     page.click("#send-btn")
-    expect(page.locator("#notices li")).to_have_count(5, timeout=TIMEOUT)
-    expect(page.locator("#badge")).to_have_text("3")
+    expect(page.locator("#notices li")).to_have_count(7, timeout=TIMEOUT)
+    expect(page.locator("#badge")).to_have_text("5")
     expect(page.locator("#toasts .toast")).to_have_count(1)
     page.evaluate("document.activeElement.blur()")
     target.parent.mkdir(exist_ok=True)

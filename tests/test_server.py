@@ -171,7 +171,11 @@ def test_notices_survive_restart(live_server: Server) -> None:
 
 
 def _streams_on_every_worker(server: Server, user: str, workers: int) -> list[Subscriber]:
-    """Open streams until each worker holds at least one (the kernel picks the worker)."""
+    """Open streams until each worker holds at least one (the kernel picks the worker).
+
+    The server must allow 60 streams per user and worker (``SSE_NOTIFY_MAX_STREAMS_PER_USER``):
+    the kernel may hand more than the default 20 to one worker before every worker has one.
+    """
     subs: list[Subscriber] = []
     pids: set[str] = set()
     for _ in range(60):
@@ -189,7 +193,9 @@ def test_cross_worker_delivery(make_server: t.Callable[..., Server]) -> None:
 
     The safety poll is set to 60 s, so only the cross-process wake-up can deliver within the wait.
     """
-    server = make_server(workers=4, app=INSTRUMENTED, SSE_NOTIFY_POLL_INTERVAL="60")
+    server = make_server(
+        workers=4, app=INSTRUMENTED, SSE_NOTIFY_POLL_INTERVAL="60", SSE_NOTIFY_MAX_STREAMS_PER_USER="60"
+    )
     subs = _streams_on_every_worker(server, "hank", 4)
     sent = [server.publish("hank", {"n": i}) for i in range(20)]
     for sub in subs:
@@ -230,7 +236,7 @@ def test_reload_resumes_with_nothing_lost(make_server: t.Callable[..., Server]) 
 
 def test_killed_worker_clients_resume_elsewhere(make_server: t.Callable[..., Server]) -> None:
     """kill -9 of a worker: its clients reconnect to the others and miss nothing."""
-    server = make_server(workers=2, app=INSTRUMENTED)
+    server = make_server(workers=2, app=INSTRUMENTED, SSE_NOTIFY_MAX_STREAMS_PER_USER="60")
     subs = _streams_on_every_worker(server, "judy", 2)
     for sub in subs:
         sub.reconnect = True

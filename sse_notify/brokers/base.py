@@ -20,7 +20,10 @@ drift apart. :class:`StoreBase` holds what they would otherwise each write again
 - the **guarded feed callback**: the feed hands notices and :class:`~sse_notify.control.Control`
   records to the :class:`FeedHandler` in store order, and a failing handler is logged,
   never stops the feed;
-- ``publish``, ``publish_many`` and ``publish_once`` over one ``_publish``.
+- ``publish``, ``publish_many`` and ``publish_once`` over one ``_publish``;
+- **grouping**: a notice with a ``group`` in its delivery header folds into the unread entry of
+  that user and group (:meth:`StoreBase._folded`), inside the store's transaction, so that
+  concurrent publishes from any worker or host fold one after another.
 
 Two rules every backend keeps:
 
@@ -43,9 +46,9 @@ from dataclasses import dataclass
 
 from ..concurrency import gevent_active, pid, thread_lock
 from ..control import Control
-from ..delivery import PreferenceStore
+from ..delivery import PreferenceStore, fold
 from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, IdempotencyKeyReused
-from ..inbox import InboxStore
+from ..inbox import InboxState, InboxStore
 from ..notices import Notice
 from ..presence import PresenceStore
 from ..schedule import SchedulerStore
@@ -358,6 +361,25 @@ class StoreBase(t.Generic[C]):
     ) -> Published:
         """Store the notices and the key together, unless the key was used within ``ttl`` seconds."""
         return self._publish(items, (key, fingerprint, ttl))
+
+    @staticmethod
+    def _folded(
+        text: str, created_at: str, previous: Notice | None, state: InboxState | None
+    ) -> tuple[str, int | None]:
+        """A grouped notice's text, folded into ``previous`` while that entry is unread; the id it replaces.
+
+        Each store calls this inside its transaction with the group's current entry (``None``:
+        none, or no longer stored) and its user's inbox state, then stores the text, removes the
+        replaced entry and points the group at the new one (``delivery.fold`` has the rule).
+        """
+        live = (
+            previous is not None
+            and state is not None
+            and previous.id not in state.archived
+            and not state.is_read(previous.id)
+        )
+        folded = fold(text, created_at, previous if live else None)
+        return folded, (t.cast(Notice, previous).id if live else None)
 
     @staticmethod
     def _check_items(items: t.Sequence[tuple[str | None, str]]) -> None:

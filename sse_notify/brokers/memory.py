@@ -16,6 +16,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from ..control import Control
+from ..delivery import group_key
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
 from ..schedule import Due, checked_kind
@@ -46,6 +47,8 @@ class _Memory:
     tokens: t.Iterator[int] = field(default_factory=lambda: itertools.count(1))
     #: Users' preferences, as JSON.
     preferences: dict[str, str] = field(default_factory=dict)
+    #: (user, group key) -> the id of the group's newest entry.
+    groups: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class MemoryBroker(StoreBase[_Memory]):
@@ -104,13 +107,15 @@ class MemoryBroker(StoreBase[_Memory]):
                     return replay_publish(once[0], once[1], found[:3], items)
             if not items:
                 return Published([], False)
-            notices = [
-                Notice.stored(memory.seq + offset, user_id, created_at, data)
-                for offset, (user_id, data) in enumerate(items, start=1)
-            ]
-            memory.seq += len(notices)
-            for notice in notices:
+            notices = []
+            for user_id, data in items:
+                memory.seq += 1
+                key = group_key(data) if user_id is not None else None
+                if user_id is not None and key is not None:
+                    data = self._fold_into(memory, user_id, key, memory.seq, data, created_at)
+                notice = Notice.stored(memory.seq, user_id, created_at, data)
                 self._append(memory, notice)
+                notices.append(notice)
             if once is not None:
                 memory.keys[once[0]] = (once[1], notices[0].id, created_at, time.monotonic() + once[2])
             # Announced under the lock, so that concurrent publishers' notices reach the feed in
@@ -182,12 +187,14 @@ class MemoryBroker(StoreBase[_Memory]):
 
     def inbox_state(self, user_id: str) -> InboxState:
         """The user's marks."""
-        return self._run(
-            lambda memory: InboxState(
-                memory.through.get(user_id, 0),
-                dict(memory.read.get(user_id, {})),
-                frozenset(memory.archived.get(user_id, ())),
-            )
+        return self._run(lambda memory: self._state(memory, user_id))
+
+    @staticmethod
+    def _state(memory: _Memory, user_id: str) -> InboxState:
+        return InboxState(
+            memory.through.get(user_id, 0),
+            dict(memory.read.get(user_id, {})),
+            frozenset(memory.archived.get(user_id, ())),
         )
 
     def mark(
@@ -219,21 +226,34 @@ class MemoryBroker(StoreBase[_Memory]):
 
     def delete_notices(self, user_id: str, ids: t.Sequence[int]) -> list[int]:
         """Remove these notices of the user's own (not broadcasts); the ids removed."""
+        return self._run(lambda memory: self._remove(memory, user_id, ids))
 
-        def work(memory: _Memory) -> list[int]:
-            wanted = {seq for seq in ids if getattr(memory.by_id.get(seq), "user_id", None) == user_id}
-            if wanted:
-                log = memory.logs[user_id]
-                kept = [n for n in log if n.id not in wanted]
-                log.clear()
-                log.extend(kept)
-                for seq in wanted:
-                    del memory.by_id[seq]
-                    memory.read.get(user_id, {}).pop(seq, None)
-                    memory.archived.get(user_id, set()).discard(seq)
-            return sorted(wanted)
+    @staticmethod
+    def _remove(memory: _Memory, user_id: str, ids: t.Iterable[int]) -> list[int]:
+        wanted = {seq for seq in ids if getattr(memory.by_id.get(seq), "user_id", None) == user_id}
+        if wanted:
+            log = memory.logs[user_id]
+            kept = [n for n in log if n.id not in wanted]
+            log.clear()
+            log.extend(kept)
+            for seq in wanted:
+                del memory.by_id[seq]
+                memory.read.get(user_id, {}).pop(seq, None)
+                memory.archived.get(user_id, set()).discard(seq)
+        return sorted(wanted)
 
-        return self._run(work)
+    def _fold_into(
+        self, memory: _Memory, user_id: str, key: str, seq: int, text: str, created_at: str
+    ) -> str:
+        """Fold a grouped notice into its group's unread entry (removed); point the group at ``seq``."""
+        previous = memory.by_id.get(memory.groups.get((user_id, key), 0))
+        if previous is not None and previous.user_id != user_id:
+            previous = None
+        folded, replaced = self._folded(text, created_at, previous, self._state(memory, user_id))
+        if replaced is not None:
+            self._remove(memory, user_id, [replaced])
+        memory.groups[user_id, key] = seq
+        return folded
 
     # -- preferences ------------------------------------------------------------
 

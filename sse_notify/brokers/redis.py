@@ -16,6 +16,8 @@ Layout (every key under one prefix, ``sse_notify:`` by default):
                        ``r``/``u`` (read, unread) and ``a`` (archived)
 ``{p}through``         hash: per user, the read-all cursor
 ``{p}prefs``           hash: per user, their preferences (JSON)
+``{p}groups:{user}``   hash: a user's group keys, each the cursor of the group's
+                       newest entry
 ``{p}idem:{key}``      hash: an idempotency key's request fingerprint, first
                        cursor and time, expiring after the key's lifetime
 ``{p}workers``         sorted set: live workers (presence), scored by expiry
@@ -50,6 +52,7 @@ from urllib.parse import urlsplit
 
 from ..concurrency import Task, spawn
 from ..control import Control, Kind
+from ..delivery import group_key
 from ..errors import BrokerError, ConfigError
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
@@ -109,14 +112,40 @@ if once ~= '' then
   local earlier = redis.call('HMGET', p .. 'idem:' .. once, 'f', 's', 'c')
   if earlier[1] then return {'replayed', earlier[1], earlier[2], earlier[3]} end
 end
+-- Grouped notices (ARGV[11] of them): the item's index, the group key, what the publisher
+-- read (the group's entry, its mark, the user's read-all cursor) and the entry it replaces.
+-- Anything changed since it was read: store nothing, the publisher reads again.
+local ngroups = tonumber(ARGV[11])
+local first = 12 + ngroups * 6
+local grouped = {}
+for g = 0, ngroups - 1 do
+  local b = 12 + g * 6
+  local index, gkey, prev = tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2]
+  local user = ARGV[first + (index - 1) * 2]
+  if (redis.call('HGET', p .. 'groups:' .. user, gkey) or '') ~= prev then return {'retry'} end
+  if prev ~= '' then
+    if (redis.call('HGET', p .. 'marks:' .. user, prev) or '') ~= ARGV[b + 3] then return {'retry'} end
+    if (redis.call('HGET', p .. 'through', user) or '') ~= ARGV[b + 4] then return {'retry'} end
+  end
+  grouped[index] = {gkey, ARGV[b + 5]}
+end
 local seqs, lines, touched = {}, {}, {}
-for i = 11, #ARGV, 2 do
+for i = first, #ARGV, 2 do
   local key, data = ARGV[i], ARGV[i + 1]
   local seq = redis.call('INCR', p .. 'seq')
   local id = seq .. '-0'
   redis.call('XADD', p .. 'log:' .. key, id, 'c', created, 'd', data)
   redis.call('XADD', p .. 'all', 'MAXLEN', '~', catchup, id, 'u', key, 'c', created, 'd', data)
   redis.call('HSET', p .. 'last', key, seq)
+  local group = grouped[(i - first) / 2 + 1]
+  if group then
+    redis.call('HSET', p .. 'groups:' .. key, group[1], seq)
+    redis.call('PEXPIRE', p .. 'groups:' .. key, ttl)
+    if group[2] ~= '' then
+      redis.call('XDEL', p .. 'log:' .. key, group[2] .. '-0')
+      redis.call('HDEL', p .. 'marks:' .. key, group[2])
+    end
+  end
   touched[key] = true
   seqs[#seqs + 1] = seq
   lines[#lines + 1] = seq .. '\\t' .. key .. '\\t' .. created .. '\\t' .. data
@@ -296,6 +325,15 @@ end
 """
 
 
+#: How often a publish of grouped notices reads its groups again when they changed meanwhile.
+_GROUP_TRIES = 100
+
+
+def _flags(mark: str) -> tuple[bool | None, bool]:
+    """A notice's mark in ``{p}marks:{user}``: read (``None``: no mark), and archived."""
+    return (("r" in mark) if ("r" in mark or "u" in mark) else None), "a" in mark
+
+
 def _seq(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(text.split("-", 1)[0])
@@ -421,23 +459,60 @@ class RedisBroker(StoreBase[t.Any]):
             self.catchup,
         ]
         args += ["", "", 0] if once is None else [once[0], once[1], max(1, int(once[2] * 1000))]
-        for user_id, data in items:
-            args += [BROADCAST_KEY if user_id is None else user_id, data]
+        grouped = [
+            (index, user_id, key)
+            for index, (user_id, data) in enumerate(items, 1)
+            if user_id is not None and (key := group_key(data)) is not None
+        ]
 
-        def work(client: t.Any) -> t.Any:
-            args.insert(6, self._channel(client))
-            return self._scripts["publish"](args=args)
+        def work(client: t.Any) -> tuple[t.Any, list[str]]:
+            channel = self._channel(client)
+            for _ in range(_GROUP_TRIES):
+                texts = [data for _, data in items]
+                records: list[t.Any] = []
+                for index, user, key in grouped:
+                    record = self._fold_read(client, user, key, texts[index - 1], created_at)
+                    texts[index - 1] = record.pop()
+                    records += [index, key, *record]
+                call = [*args[:6], channel, *args[6:], len(grouped), *records]
+                for (recipient, _), text in zip(items, texts, strict=True):
+                    call += [BROADCAST_KEY if recipient is None else recipient, text]
+                reply = self._scripts["publish"](args=call)
+                if not (reply and _text(reply[0]) == "retry"):
+                    return reply, texts
+            raise BrokerError(f"{self.describe()}: grouped notices kept changing under {_GROUP_TRIES} tries")
 
-        seqs = self._run(work)
+        seqs, texts = self._run(work)
         if once is not None and seqs and _text(seqs[0]) == "replayed":
             return base.replay_publish(
                 once[0], once[1], (_text(seqs[1]), int(seqs[2]), _text(seqs[3])), items
             )
         notices = [
-            Notice.stored(int(seq), user_id, created_at, data)
-            for seq, (user_id, data) in zip(seqs, items, strict=True)
+            Notice.stored(int(seq), user_id, created_at, text)
+            for seq, (user_id, _), text in zip(seqs, items, texts, strict=True)
         ]
         return Published(notices, False)
+
+    def _fold_read(self, client: t.Any, user_id: str, key: str, text: str, created_at: str) -> list[t.Any]:
+        """Read a group's entry and fold ``text`` into it: what the publish script checks, then the text."""
+        prefix = self.prefix
+        prev = _text(client.hget(f"{prefix}groups:{user_id}", key) or b"")
+        mark = through = ""
+        previous = state = None
+        if prev:
+            mark = _text(client.hget(f"{prefix}marks:{user_id}", prev) or b"")
+            through = _text(client.hget(f"{prefix}through", user_id) or b"")
+            found = client.xrange(f"{prefix}log:{user_id}", min=f"{prev}-0", max=f"{prev}-0")
+            if found:
+                previous = _entry_notice(found[0], user_id)
+                read, archived = _flags(mark)
+                state = InboxState(
+                    int(through or 0),
+                    {} if read is None else {previous.id: read},
+                    frozenset([previous.id] if archived else []),
+                )
+        folded, replaced = self._folded(text, created_at, previous, state)
+        return [prev, mark, through, "" if replaced is None else str(replaced), folded]
 
     def trim_expired(self) -> int:
         """Drop notices older than the retention age from every stream (a SCAN over the logs)."""
@@ -531,10 +606,11 @@ class RedisBroker(StoreBase[t.Any]):
             read: dict[int, bool] = {}
             archived = set()
             for field, value in marks.items():
-                seq, flags = int(field), _text(value)
-                if "r" in flags or "u" in flags:
-                    read[seq] = "r" in flags
-                if "a" in flags:
+                seq = int(field)
+                is_read, is_archived = _flags(_text(value))
+                if is_read is not None:
+                    read[seq] = is_read
+                if is_archived:
                     archived.add(seq)
             return InboxState(int(through or 0), read, frozenset(archived))
 

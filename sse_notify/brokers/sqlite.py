@@ -37,6 +37,7 @@ import typing as t
 
 from ..concurrency import Batcher, Task, pid, spawn, start_thread, thread_lock
 from ..control import Control
+from ..delivery import group_key
 from ..errors import BrokerError, BrokerUnavailable, IdempotencyKeyReused
 from ..inbox import InboxState
 from ..notices import Notice, dumps, utc_iso_ago, utc_now_iso
@@ -103,6 +104,12 @@ CREATE TABLE IF NOT EXISTS scheduled (
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS scheduled_by_due ON scheduled (due);
+CREATE TABLE IF NOT EXISTS groups (
+    user_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS preferences (
     user_id TEXT PRIMARY KEY,
     body TEXT NOT NULL
@@ -280,6 +287,7 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
         seq = int(row[0]) if row else 0
         results: list[Published | BaseException] = []
         rows: list[tuple[int, str, str, str]] = []
+        touched: dict[str, None] = {}  # the keys (users, "*", "!") of the rows, for trimming
         keys: dict[str, tuple[str, int, str, float]] = {}
         for items, once in requests:
             if once is not None:
@@ -293,17 +301,21 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
                         results.append(exc)
                     continue
                 keys[key] = (fingerprint, seq + 1, created_at, now + ttl)
-            notices = [
-                Notice.stored(seq + i, user, created_at, data) for i, (user, data) in enumerate(items, 1)
-            ]
-            rows += [
-                (n.id, BROADCAST_KEY if n.user_id is None else n.user_id, created_at, n.text) for n in notices
-            ]
-            seq += len(notices)
+            notices = []
+            for user, data in items:
+                seq += 1
+                group = group_key(data) if user is not None else None
+                if user is not None and group is not None:
+                    # Folded in this transaction: what earlier requests of it stored must be in the table.
+                    self._insert(db, rows)
+                    data = self._fold_into(db, user, group, seq, data, created_at)
+                notices.append(Notice.stored(seq, user, created_at, data))
+                rows.append((seq, BROADCAST_KEY if user is None else user, created_at, notices[-1].text))
+                touched[rows[-1][1]] = None
             results.append(Published(notices, False))
-        if rows:
-            db.executemany("INSERT INTO notices (seq, user_id, created_at, data) VALUES (?, ?, ?, ?)", rows)
-            self._trim_users(db, list(dict.fromkeys(key for _, key, _, _ in rows)))
+        self._insert(db, rows)
+        if touched:
+            self._trim_users(db, list(touched))
         if keys:
             db.executemany(
                 "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
@@ -311,6 +323,41 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
             )
         db.execute("COMMIT")
         return results
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, rows: list[tuple[int, str, str, str]]) -> None:
+        """Insert the rows (and empty the list)."""
+        if rows:
+            db.executemany("INSERT INTO notices (seq, user_id, created_at, data) VALUES (?, ?, ?, ?)", rows)
+            rows.clear()
+
+    def _fold_into(
+        self, db: sqlite3.Connection, user: str, key: str, seq: int, text: str, created_at: str
+    ) -> str:
+        """Fold a grouped notice into its group's unread entry (deleted); point the group at ``seq``."""
+        row = db.execute(
+            "SELECT n.seq, n.created_at, n.data FROM groups AS g JOIN notices AS n "
+            "ON n.seq = g.seq AND n.user_id = g.user_id WHERE g.user_id = ? AND g.key = ?",
+            (user, key),
+        ).fetchone()
+        previous = state = None
+        if row is not None:
+            previous = Notice.stored(row[0], user, row[1], row[2])
+            (through,) = db.execute(
+                "SELECT coalesce(max(seq), 0) FROM inbox_through WHERE user_id = ?", (user,)
+            ).fetchone()
+            mark = db.execute(
+                "SELECT read, archived FROM inbox_marks WHERE user_id = ? AND seq = ?", (user, previous.id)
+            ).fetchone()
+            read = {} if mark is None or mark[0] is None else {previous.id: bool(mark[0])}
+            archived = frozenset([previous.id]) if mark is not None and mark[1] else frozenset()
+            state = InboxState(through, read, archived)
+        folded, replaced = self._folded(text, created_at, previous, state)
+        if replaced is not None:
+            db.execute("DELETE FROM notices WHERE seq = ?", (replaced,))
+            db.execute("DELETE FROM inbox_marks WHERE user_id = ? AND seq = ?", (user, replaced))
+        db.execute("INSERT OR REPLACE INTO groups VALUES (?, ?, ?)", (user, key, seq))
+        return folded
 
     def publish_control(self, record: Control) -> None:
         """Store a control record among the notices (never replayed), then announce it."""

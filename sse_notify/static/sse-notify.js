@@ -13,7 +13,7 @@
   "use strict";
 
   const VERSION = "1.0.0";
-  const STREAM_EVENTS = ["snapshot", "notice", "read", "archive", "reset"];
+  const STREAM_EVENTS = ["snapshot", "notice", "read", "archive", "remove", "preferences", "reset"];
   const BACKOFF_MIN = 500;    // ms before the first reconnect after a failure (doubling, with jitter)
   const BACKOFF_MAX = 15000;
   const KEEP = 100;           // notices kept in the local list (the server's largest page)
@@ -29,11 +29,25 @@
   }
 
   function asItem(notice, read, archived) {  // a notice as the list keeps it: with its flags
-    return {
+    const item = {
       id: notice.id, user_id: notice.user_id, created_at: notice.created_at, data: notice.data,
       read: notice.read === undefined ? read : Boolean(notice.read),
       archived: notice.archived === undefined ? archived : Boolean(notice.archived),
     };
+    // Delivery fields, when the notice has them: category, critical, group, scheduled_id.
+    for (const name of ["category", "critical", "group", "scheduled_id"]) {
+      if (notice[name] !== undefined) item[name] = notice[name];
+    }
+    return item;
+  }
+
+  // Of a grouped entry: "Ana and 19 others", from a function that names one data item.
+  function groupLabel(item, name) {
+    const group = item.group;
+    const first = name(item.data);
+    if (!group || group.count <= 1) return first;
+    const others = group.count - 1;
+    return first + " and " + others + (others === 1 ? " other" : " others");
   }
 
   const newestFirst = (a, b) => b.id - a.id;
@@ -48,10 +62,14 @@
       this.unread = 0;        // the server's count (the list may hold only part of the inbox)
       this.lastId = null;     // the newest event id seen: where a new connection resumes
       this.covered = -Infinity;  // notice ids up to this existed when the last snapshot was taken
+      this.preferences = null;   // the user's preferences, from the snapshot and `preferences` events
     }
 
     save() {
-      return { notices: this.notices, unread: this.unread, lastId: this.lastId, covered: this.covered };
+      return {
+        notices: this.notices, unread: this.unread, lastId: this.lastId, covered: this.covered,
+        preferences: this.preferences,
+      };
     }
 
     load(saved) {
@@ -77,6 +95,7 @@
         this.notices = [...listed, ...older].slice(0, this.keep);
         out.refetch = older.length > 0;
         this.unread = data.unread;
+        if (data.preferences) this.preferences = data.preferences;
         // `cursor`: the newest id in the inbox when the snapshot was taken (archived ones
         // too), so a replayed notice at or below it is already counted. A fresh connection's
         // first id (the store's head) rides on the snapshot event as well.
@@ -87,10 +106,15 @@
         const id = Number(data.id);
         let item = this.find(id);
         if (!item && !(id <= this.covered)) {
-          // Published after the snapshot: a new, unread notice.
+          // Published after the snapshot: a new, unread notice. A grouped one that `replaces`
+          // the group's unread entry takes its place: the count stays, and the entry this tab
+          // lists for that group goes (it may be an older one, if a fold was not streamed here).
           item = asItem(data, false, false);
-          this.notices = [item, ...this.notices].sort(newestFirst).slice(0, this.keep);
-          this.unread += 1;
+          const key = data.group && data.group.replaces !== undefined ? data.group.key : null;
+          const kept = key === null ? this.notices
+            : this.notices.filter((n) => !(n.group && n.group.key === key && !n.read && n.id < id));
+          this.notices = [item, ...kept].sort(newestFirst).slice(0, this.keep);
+          if (key === null) this.unread += 1;
         } else if (!item) {
           // Replayed, but it existed at the snapshot and was not in it: archived, or older
           // than the snapshot's window. The snapshot's count already includes it.
@@ -110,6 +134,12 @@
         if (data.archived) this.notices = this.notices.filter((n) => !ids.has(n.id));
         else out.refetch = true;  // back in the inbox: its data may not be here, reload the list
         this.unread = data.unread;
+      } else if (name === "remove") {
+        const ids = new Set(data.ids);
+        this.notices = this.notices.filter((n) => !ids.has(n.id));
+        this.unread = data.unread;
+      } else if (name === "preferences") {
+        this.preferences = data;
       } else if (name === "reset") {
         // The server could not resume from lastId (expired, or unknown to the store: even a
         // higher one). Its new cursor is where to resume from now; the list is reloaded.
@@ -176,8 +206,12 @@
     get isLeader() { return this._isLeader; }
     get closeReason() { return this._reason; }
     get lastEventId() { return this._model.lastId === null ? null : String(this._model.lastId); }
+    get preferences() { return this._model.preferences; }
     get state() {
-      return { unread: this.unread, notices: this.notices, status: this._status, reason: this._reason };
+      return {
+        unread: this.unread, notices: this.notices, status: this._status, reason: this._reason,
+        preferences: this.preferences,
+      };
     }
 
     on(type, fn) {
@@ -195,6 +229,25 @@
     archive(id) { return this._mark(id, "archive"); }
     unarchive(id) { return this._mark(id, "unarchive"); }
     markAllRead() { return this._request("POST", this._userPath("/notices/read-all")); }
+
+    // Remove a notice from the inbox (by id), or cancel one that waits (by its scheduled_id).
+    remove(id) {
+      const text = String(id);
+      if (!/^[A-Za-z0-9_-]+$/.test(text)) return Promise.reject(new TypeError("not a notice id: " + id));
+      return this._request("DELETE", this._userPath("/notices/" + text));
+    }
+
+    // Replace the user's preferences ({categories, default, quiet_hours}); every tab gets them.
+    setPreferences(preferences) {
+      return this._request("PUT", this._userPath("/preferences"), null, preferences);
+    }
+
+    // Mute or unmute one category in-app, keeping the rest of the preferences.
+    async setCategory(category, wanted) {
+      const current = this.preferences || await this._request("GET", this._userPath("/preferences"));
+      const categories = { ...current.categories, [category]: { ...(current.categories[category] || {}), in_app: Boolean(wanted) } };
+      return this.setPreferences({ ...current, categories });
+    }
 
     // One page of the inbox from the server: {notices, unread, next}.
     list(params) {
@@ -253,7 +306,7 @@
       const out = this._model.apply(name, data, eventId);
       if (out.changed) this._emit("change", this.state);
       if (out.fresh) this._emit("notice", out.fresh);
-      if (name === "read" || name === "archive" || name === "reset") this._emit(name, data);
+      if (["read", "archive", "remove", "preferences", "reset"].includes(name)) this._emit(name, data);
       return out;
     }
 
@@ -462,12 +515,17 @@
     }
 
     // With this tab's token; on a 401 (expired), once more with a new one.
-    async _request(method, path, query) {
+    async _request(method, path, query, payload) {
       for (let tries = 0; ; tries++) {
         if (this._getToken && (!this._token || tries > 0)) this._token = await this._getToken();
         const headers = { Accept: "application/json" };
         if (this._token) headers.Authorization = "Bearer " + this._token;
-        const response = await fetch(this._url(path, query), { method, headers, credentials: this._credentials });
+        const init = { method, headers, credentials: this._credentials };
+        if (payload !== undefined) {
+          headers["Content-Type"] = "application/json";
+          init.body = JSON.stringify(payload);
+        }
+        const response = await fetch(this._url(path, query), init);
         const body = await response.json().catch(() => null);
         if (response.ok) return body;
         if (response.status !== 401 || !this._getToken || tries > 0) throw new HttpError(response.status, body);
@@ -478,6 +536,7 @@
   root.SSENotify = {
     version: VERSION,
     connect: (options) => new Inbox(options),
+    groupLabel,
     HttpError,
   };
 })(typeof self !== "undefined" ? self : this);

@@ -26,6 +26,7 @@ import pytest
 
 from sse_notify.brokers import Broker, Replay
 from sse_notify.control import Control, Kind
+from sse_notify.delivery import Options
 from sse_notify.errors import BrokerClosed, BrokerError, IdempotencyKeyReused, NoticeNotFound
 from sse_notify.inbox import change, list_page, read_all, snapshot
 from sse_notify.notices import Notice, dumps, stored_text
@@ -39,6 +40,12 @@ MakeBroker = Callable[..., Broker]
 def payload(n: int, **extra: t.Any) -> str:
     """A small JSON object as a publisher would send it."""
     return dumps({"n": n, **extra})
+
+
+def grouped(n: int, key: str = "likes") -> str:
+    """The stored text of notice ``n`` of a group, as a publish gives it to a store."""
+    data = payload(n)
+    return stored_text(data, Options(group=key).meta_json(data))
 
 
 def _open_fds() -> set[str]:
@@ -343,6 +350,48 @@ class BrokerContract:
         assert sorted(r.replayed for r in results) == [False] + [True] * 5
         assert len({r.notices[0].id for r in results}) == 1
         assert len(brokers_[0].replay("alice", "0").notices) == 1
+
+    # -- grouping -----------------------------------------------------------
+
+    def test_grouped_notices_fold_into_the_unread_entry(self, broker: Broker) -> None:
+        """Each grouped notice replaces the group's unread entry: one entry, counted, newest data first."""
+        feed = Feed()
+        broker.subscribe(feed)
+        sent = [broker.publish("alice", grouped(n)) for n in range(7)]
+        other = broker.publish("alice", grouped(9, key="other"))
+        last = sent[-1]
+        group = last.meta["group"]
+        assert (last.data, group["count"], group["key"]) == ({"n": 6}, 7, "likes")
+        assert group["recent"] == [{"n": n} for n in (6, 5, 4, 3, 2)]
+        assert (group["first_at"], group["last_at"]) == (sent[0].created_at, last.created_at)
+        assert group["replaces"] == sent[-2].id
+        assert broker.inbox_ids("alice") == [other.id, last.id]
+        assert [n.id for n in broker.replay("alice", "0").notices] == [last.id, other.id]
+        assert [n.id for n in feed.wait_count(8)] == [n.id for n in [*sent, other]]
+
+    def test_a_read_or_archived_entry_starts_a_new_one(self, broker: Broker) -> None:
+        """Once the entry is read (or archived), the next notice of the group starts a new entry."""
+        first = broker.publish("alice", grouped(1))
+        change(broker, "alice", [first.id], read=True)
+        second = broker.publish("alice", grouped(2))
+        assert ("replaces" in second.meta["group"], second.meta["group"]["count"]) == (False, 1)
+        third = broker.publish("alice", grouped(3))
+        assert (third.meta["group"]["replaces"], third.meta["group"]["count"]) == (second.id, 2)
+        change(broker, "alice", [third.id], archived=True)
+        fourth = broker.publish("alice", grouped(4))
+        assert fourth.meta["group"]["count"] == 1
+        read_all(broker, "alice")
+        fifth = broker.publish("alice", grouped(5))
+        assert fifth.meta["group"]["count"] == 1
+        assert broker.inbox_ids("alice") == [fifth.id, fourth.id, third.id, first.id]
+        assert broker.publish("bob", grouped(6)).meta["group"]["count"] == 1  # groups are per user
+
+    def test_concurrent_grouped_publishes_fold_into_one_entry(self, make_broker: MakeBroker) -> None:
+        """20 publishes at once, from one or several processes' brokers: one entry, count 20."""
+        brokers_ = [make_broker(), make_broker()] if self.shared else [make_broker()]
+        run_together(lambda index: brokers_[index % len(brokers_)].publish("alice", grouped(index)), 20)
+        (newest,) = brokers_[0].inbox_notices("alice", brokers_[0].inbox_ids("alice"))
+        assert newest.meta["group"]["count"] == 20
 
     # -- the scheduler ---------------------------------------------------
 
