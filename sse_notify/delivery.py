@@ -57,6 +57,7 @@ __all__ = [
     "QuietHours",
     "Receipt",
     "checked_options",
+    "checked_seconds",
     "fold",
     "group_key",
     "merge_group",
@@ -138,6 +139,11 @@ def _seconds(value: object, option: str, where: str, high: float) -> float:
     if number is None or not math.isfinite(number) or not 0 <= number <= high:
         _refuse(option, f"a number of seconds from 0 to {int(high)}", value, where)
     return number
+
+
+def checked_seconds(value: object, option: str, high: float = MAX_DELAY) -> float:
+    """A number of seconds from 0 to ``high`` (a number, or text of one), else :class:`InvalidOption`."""
+    return _seconds(value, option, "", high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +292,10 @@ class PreferenceStore(t.Protocol):
 
     def set_preferences(self, user_id: str, text: str) -> None:
         """Replace the user's preferences."""
+        ...
+
+    def preferences_exist(self) -> bool:
+        """Whether any user has set preferences."""
         ...
 
 

@@ -66,6 +66,11 @@ class Hub:
         #: stream opened, then as the feed's ``PREFERENCES`` records bring them. Broadcasts skip
         #: the streams of users who muted their category.
         self.preferences: dict[str, Preferences] = {}
+        #: Whether any user of the store has preferences (``None``: not known). ``False`` only
+        #: while this process's feed runs (it turns ``True`` at the first ``PREFERENCES``
+        #: record): then a new stream need not read its user's preferences (one that opens
+        #: as the first preferences ever are set gets them a moment later, from the feed).
+        self.any_preferences: bool | None = None
         self._round = 0
         self._controls: dict[Kind, t.Callable[[Control], None]] = {
             Kind.KICK: self._on_kick,
@@ -79,6 +84,7 @@ class Hub:
         self.users, self.streams, self.evicted_writers = {}, set(), set()
         self.changed = set()
         self.preferences = {}
+        self.any_preferences = None
         self.cursor = None
         self.stopping = False
         self.capacity = min(self.max_streams, capacity)
@@ -250,6 +256,7 @@ class Hub:
                     self.evict(stream, "slow consumer")
 
     def _on_preferences(self, record: Control) -> None:
+        self.any_preferences = True
         user_id = record.user_id or ""
         found = self.users.get(user_id)
         if found:
@@ -261,6 +268,7 @@ class Hub:
                     self.evict(stream, "slow consumer")
 
     def _on_resync(self, record: Control) -> None:
+        self.any_preferences = None  # a PREFERENCES record may be among what the feed lost
         # The feed lost notices it cannot recover live: every client resumes from its
         # own Last-Event-ID instead.
         for stream in list(self.streams):

@@ -13,15 +13,17 @@ store returns (:meth:`Inbox.ids`, newest first) and this state.
 
 from __future__ import annotations
 
+import time
 import typing as t
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import orjson
 
 from .control import Control, Kind
 from .delivery import DEFAULT_PREFERENCES, Preferences
 from .errors import Conflict, NoticeNotFound
-from .notices import Notice
+from .notices import Notice, utc_iso
 
 __all__ = [
     "InboxFilter",
@@ -34,7 +36,9 @@ __all__ = [
     "list_page",
     "read_all",
     "remove",
+    "returned",
     "snapshot",
+    "snooze",
 ]
 
 
@@ -47,14 +51,26 @@ class InboxState:
     #: Explicit marks: ``True`` read, ``False`` unread.
     read: t.Mapping[int, bool] = field(default_factory=dict)
     archived: frozenset[int] = frozenset()
+    #: Snoozed notices: until when (Unix time). Hidden, and not counted, until then.
+    snoozed: t.Mapping[int, float] = field(default_factory=dict)
 
     def is_read(self, seq: int) -> bool:
         """Whether notice ``seq`` is read."""
         return self.read.get(seq, seq <= self.through)
 
+    def is_snoozed(self, seq: int, now: float | None = None) -> bool:
+        """Whether notice ``seq`` is snoozed (at ``now``, default: now)."""
+        until = self.snoozed.get(seq)
+        return until is not None and until > (time.time() if now is None else now)
+
     def unread(self, ids: t.Iterable[int]) -> int:
-        """How many of ``ids`` are unread and not archived."""
-        return sum(1 for seq in ids if seq not in self.archived and not self.is_read(seq))
+        """How many of ``ids`` are unread, not archived and not snoozed."""
+        now = time.time()
+        return sum(
+            1
+            for seq in ids
+            if seq not in self.archived and not self.is_read(seq) and not self.is_snoozed(seq, now)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +119,15 @@ class StateChange:
     unread: int
     #: For ``read-all``: the cursor everything up to is now read.
     through: int | None = None
+    #: For ``snooze``: until when (``utc_iso``).
+    until: str | None = None
 
     def payload(self) -> dict[str, t.Any]:
         """The ``data`` of the SSE event."""
-        field = {"read": "read", "archive": "archived", "remove": "removed"}[self.event]
+        field = {"read": "read", "archive": "archived", "remove": "removed", "snooze": "snoozed"}[self.event]
         body: dict[str, t.Any] = {"ids": self.ids, field: self.value}
+        if self.until is not None:
+            body["until"] = self.until
         if self.through is not None:
             body["all"] = True
             body["through"] = self.through
@@ -144,6 +164,17 @@ class InboxStore(t.Protocol):
         """Mark every notice up to ``through`` read (explicit marks at or below it are dropped)."""
         ...
 
+    def snooze(self, user_id: str, seq: int, until: float) -> None:
+        """Snooze the user's notice ``seq`` until ``until`` (Unix time), replacing an earlier snooze."""
+        ...
+
+    def wake(self, user_id: str, seq: int, until: float) -> bool:
+        """End the snooze of ``seq`` if it is still the one until ``until``, and mark it unread (atomic).
+
+        Returns whether it did: a snooze moved or ended meanwhile is left alone.
+        """
+        ...
+
     def delete_notices(self, user_id: str, ids: t.Sequence[int]) -> list[int]:
         """Remove these notices, where they are the user's own (not broadcasts), and their marks.
 
@@ -163,6 +194,8 @@ class InboxFilter(t.TypedDict, total=False):
     unread_only: bool
     #: Only archived notices (instead of only those not archived).
     archived: bool
+    #: Only snoozed notices (instead of only those not snoozed).
+    snoozed: bool
 
 
 def list_page(
@@ -173,6 +206,7 @@ def list_page(
     limit: int = 20,
     unread_only: bool = False,
     archived: bool = False,
+    snoozed: bool = False,
     preferences: Preferences = DEFAULT_PREFERENCES,
 ) -> InboxPage:
     """A page of the user's inbox, newest first: archived notices only, or only those not archived.
@@ -185,10 +219,11 @@ def list_page(
     state = store.inbox_state(user_id)
     chosen: list[int] = []
     more = False
+    now = time.time()
     for seq in ids:
         if before is not None and seq >= before:
             continue
-        if (seq in state.archived) != archived:
+        if (seq in state.archived) != archived or state.is_snoozed(seq, now) != snoozed:
             continue
         if unread_only and state.is_read(seq):
             continue
@@ -261,6 +296,42 @@ def remove(store: InboxStore, user_id: str, ids: t.Sequence[int], preferences: P
     removed = store.delete_notices(user_id, ids)
     unread = store.inbox_state(user_id).unread(present - set(removed))
     return StateChange(user_id, "remove", removed, True, unread)
+
+
+def snooze(
+    store: InboxStore, user_id: str, seq: int, until: float, preferences: Preferences = DEFAULT_PREFERENCES
+) -> StateChange:
+    """Snooze a notice of the user's inbox until ``until``: hidden and not counted until then.
+
+    :raises NoticeNotFound: if it is not in the inbox.
+    """
+    present = set(_listed(store, user_id, preferences))
+    if seq not in present:
+        raise NoticeNotFound(f"notice {seq} is not in {user_id}'s inbox (never sent to them, or expired)")
+    store.snooze(user_id, seq, until)
+    unread = store.inbox_state(user_id).unread(present)
+    return StateChange(
+        user_id, "snooze", [seq], True, unread, until=utc_iso(datetime.fromtimestamp(until, timezone.utc))
+    )
+
+
+def returned(
+    store: InboxStore, user_id: str, seq: int, preferences: Preferences = DEFAULT_PREFERENCES
+) -> Control | None:
+    """What tells the user's streams that a snoozed notice is back, unread: a ``notice`` event without an id.
+
+    Its data is the notice as the inbox lists it, with ``"returned": "snooze"`` and the unread count
+    (``None`` if the notice is no longer stored).
+    """
+    found = store.inbox_notices(user_id, [seq])
+    if not found:
+        return None
+    state = store.inbox_state(user_id)
+    item = InboxItem(found[0], state.is_read(seq), seq in state.archived).fields()
+    unread = state.unread(_listed(store, user_id, preferences))
+    return Control(
+        Kind.STATE, user_id, {"event": "notice", "data": {**item, "returned": "snooze", "unread": unread}}
+    )
 
 
 def read_all(store: InboxStore, user_id: str, preferences: Preferences = DEFAULT_PREFERENCES) -> StateChange:

@@ -106,6 +106,9 @@ class Node:
             self.broker.subscribe(self.hub)  # may raise BrokerError: then retried at the next stream
             with contextlib.suppress(BrokerError):  # else each new stream asks the store, until a notice
                 self.hub.cursor = self.broker.head()
+            with contextlib.suppress(BrokerError):  # else each new stream and publish asks the store
+                # After subscribing: preferences set from now on come through the feed.
+                self.hub.any_preferences = self.hub.any_preferences or self.broker.preferences_exist()
             for loop in self.loops:
                 loop.start()
             self._pid = pid()

@@ -332,6 +332,11 @@ def _schemas() -> dict[str, Schema]:
             ],
         },
         "Preferences": _preferences(),
+        "Snoozed": _obj(
+            id={"type": "integer", "minimum": 1},
+            snoozed_until={"type": "string", "format": "date-time"},
+            unread=unread,
+        ),
         "Removed": {
             "oneOf": [
                 _obj(id={"type": "integer", "minimum": 1}, removed={"const": True}, unread=unread),
@@ -417,6 +422,29 @@ def _schemas() -> dict[str, Schema]:
                     "remove",
                     "Notices were removed from the inbox; no `id`.",
                     _obj(ids=ids, removed={"const": True}, unread=unread),
+                ),
+                sse(
+                    "snooze",
+                    "A notice was snoozed: hidden, and not counted, until `until`; no `id`.",
+                    _obj(
+                        ids=ids,
+                        snoozed={"const": True},
+                        until={"type": "string", "format": "date-time"},
+                        unread=unread,
+                    ),
+                ),
+                sse(
+                    "notice",
+                    "A snoozed notice is back, unread (`returned`); no `id`: it is no new notice.",
+                    {
+                        **inbox_notice,
+                        "properties": {
+                            **inbox_notice["properties"],
+                            "returned": {"const": "snooze"},
+                            "unread": unread,
+                        },
+                        "required": [*inbox_notice["required"], "returned", "unread"],
+                    },
                 ),
                 sse(
                     "read",
@@ -696,6 +724,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                     },
                     flag("unread", "Only unread notices."),
                     flag("archived", "Only archived notices (instead of only those not archived)."),
+                    flag("snoozed", "Only snoozed notices (instead of only those not snoozed)."),
                 ],
                 tag="inbox",
             ),
@@ -813,6 +842,40 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                         "required": True,
                         "description": "A notice's id, or a `scheduled_id`.",
                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+                    },
+                ],
+                tag="inbox",
+            )
+        },
+        "/users/{user_id}/notices/{notice_id}/snooze": {
+            "post": _operation(
+                "snoozeNotice",
+                "Hide a notice for a while; it comes back unread",
+                {
+                    "200": _json("Snoozed.", _schema("Snoozed")),
+                    **_responses("400", "401", "403", "404", "500", "503"),
+                },
+                description=(
+                    "Hidden from the inbox and the unread count in every tab at once (a `snooze` event); "
+                    "at the time, unread again and sent to every open stream (a `notice` event with "
+                    "`returned`, no `id`), once, by whichever worker claims it. Snoozing again moves "
+                    "the time."
+                ),
+                security=reader,
+                parameters=[
+                    user,
+                    notice_id,
+                    {
+                        "name": "seconds",
+                        "in": "query",
+                        "description": f"For this long (up to {MAX_DELAY}); or `until`.",
+                        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DELAY},
+                    },
+                    {
+                        "name": "until",
+                        "in": "query",
+                        "description": "Until this RFC 3339 time (with its offset); or `seconds`.",
+                        "schema": {"type": "string", "format": "date-time"},
                     },
                 ],
                 tag="inbox",

@@ -28,6 +28,7 @@ from .delivery import (
     DEFAULT_PREFERENCES,
     DELIVERED,
     HELD,
+    MAX_DELAY,
     NO_OPTIONS,
     OPTIONS,
     SCHEDULED,
@@ -41,7 +42,7 @@ from .delivery import (
 )
 from .errors import BrokerError, InvalidNotice, InvalidOption, InvalidRequest, NoticeNotFound, PayloadTooLarge
 from .hub import Hub
-from .inbox import InboxFilter, InboxPage, StateChange, change, list_page, read_all, remove
+from .inbox import InboxFilter, InboxPage, StateChange, change, list_page, read_all, remove, returned, snooze
 from .node import Node
 from .notices import Notice, checked_idempotency_key, checked_user_id, dumps, stored_text
 from .presence import Presence
@@ -61,6 +62,8 @@ EXTENSION_KEY = "sse_notify"
 MAX_PRESENCE_USERS = 1000
 #: The scheduler's kind for a notice published when it falls due.
 DUE_NOTICE = "notice"
+#: The scheduler's kind for a snoozed notice that comes back when it falls due.
+DUE_SNOOZE = "snooze"
 
 
 @dataclass
@@ -76,6 +79,7 @@ class State:
 
     def __post_init__(self) -> None:
         self.node.due.actions[DUE_NOTICE] = self._publish_due
+        self.node.due.actions[DUE_SNOOZE] = self._wake
 
     # -- publishing ---------------------------------------------------------
 
@@ -105,7 +109,7 @@ class State:
         now = time.time()
         wanted = [u for (u, _, o) in items if u is not None and o.due is None and not o.critical]
         preferences: dict[str, Preferences] = {}
-        if wanted:  # (a store failure here is the publish's)
+        if wanted:  # (read each time: a flag the feed updates could miss a change made a moment ago)
             texts = self._store(lambda: self.broker.preferences(list(dict.fromkeys(wanted))))
             preferences = {user_id: Preferences.from_json(text) for user_id, text in texts.items()}
         decided: list[tuple[str, str | None, float | None]] = []
@@ -410,6 +414,39 @@ class State:
                 raise NoticeNotFound(f"no notice {notice_id!r} waits for {user_id} or is in their inbox")
             notice_id = found
         return self._announce(remove(self.broker, user_id, [notice_id], self.preference(user_id)))
+
+    def snooze(self, user_id: str, notice_id: int, until: float) -> StateChange:
+        """Hide a notice of ``user_id``'s inbox until ``until`` (Unix time); then it is back, unread, live.
+
+        Every open stream of the user gets a ``snooze`` event now, and the notice again (a ``notice``
+        event with ``"returned": "snooze"``) when the time comes: whichever worker claims the
+        scheduler's entry sends it, once (a snooze moved or ended meanwhile is left alone).
+        The snooze itself is a time in the user's marks, so the notice is listed again at that
+        time even if the store's scheduler were lost.
+
+        :raises ~sse_notify.errors.NoticeNotFound: if it is not in the user's inbox.
+        :raises ~sse_notify.errors.InvalidOption: for a time not in the future, or too far.
+        """
+        checked_user_id(user_id)
+        now = time.time()
+        if not now < until <= now + MAX_DELAY:
+            raise InvalidOption(
+                f"a snooze ends within {MAX_DELAY // 86400} days from now, in the future", "until"
+            )
+        done = snooze(self.broker, user_id, notice_id, until, self.preference(user_id))
+        payload = dumps({"u": user_id, "id": notice_id, "until": until})
+        self._store(lambda: self.broker.schedule(DUE_SNOOZE, f"{user_id}/{notice_id}", until, payload))
+        return self._announce(done)
+
+    def _wake(self, due: Due) -> None:
+        """A snooze ended: the notice is unread again, and every stream of the user gets it back."""
+        entry = orjson.loads(due.payload)
+        user_id, seq = entry["u"], int(entry["id"])
+        if not self.broker.wake(user_id, seq, float(entry["until"])):
+            return  # snoozed again (another entry of the same key), or woken already
+        record = returned(self.broker, user_id, seq, self.preference(user_id))
+        if record is not None:
+            self.broker.publish_control(record)
 
     def _published_as(self, user_id: str, scheduled_id: str) -> int | None:
         """The id of the notice of ``user_id``'s inbox that was scheduled as ``scheduled_id``."""

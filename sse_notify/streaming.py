@@ -149,7 +149,9 @@ def event_stream(
             # Read after the stream joined the hub, so a change of preferences meanwhile
             # comes live and is not overwritten by this read (see Hub.preferences).
             preferences = hub.preferences.get(user_id)
-            if preferences is None:
+            if preferences is None and hub.any_preferences is False:  # nobody has any (yet)
+                preferences = DEFAULT_PREFERENCES
+            elif preferences is None:
                 preferences = Preferences.from_json(broker.preferences([user_id]).get(user_id))
                 if preferences is not DEFAULT_PREFERENCES:
                     preferences = hub.preferences.setdefault(user_id, preferences)

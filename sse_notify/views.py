@@ -13,7 +13,7 @@ from flask import Blueprint, Response, abort, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 
 from . import telemetry
-from .delivery import OPTIONS, SUPPRESSED, Options, checked_options
+from .delivery import OPTIONS, SUPPRESSED, Options, checked_options, checked_seconds, parse_time
 from .errors import (
     BrokerError,
     InvalidNotice,
@@ -265,6 +265,7 @@ def inbox(user_id: str) -> Response:
         limit=t.cast(int, _int_arg("limit", 20, 1, state.settings.inbox_page_max)),
         unread_only=_bool_arg("unread"),
         archived=_bool_arg("archived"),
+        snoozed=_bool_arg("snoozed"),
     )
     return Response(page.to_json(), content_type="application/json")
 
@@ -292,6 +293,21 @@ for _action in _MARKS:  # one route each, as the OpenAPI document lists them
         methods=["POST"],
         defaults={"action": _action},
     )
+
+
+@bp.post("/users/<user_id>/notices/<int:notice_id>/snooze")
+def snooze(user_id: str, notice_id: int) -> Response:
+    """Hide a notice until ``?until=`` (RFC 3339) or for ``?seconds=``; then it is back, unread."""
+    _inbox_reader(user_id)
+    seconds, until = request.args.get("seconds"), request.args.get("until")
+    if (seconds is None) == (until is None):
+        raise InvalidOption("give seconds or until (an RFC 3339 time), one of them", "seconds")
+    if until is not None:
+        due = parse_time(until, "until")
+    else:
+        due = time.time() + checked_seconds(seconds, "seconds")
+    done = get_state().snooze(user_id, notice_id, due)
+    return jsonify(id=notice_id, snoozed_until=done.until, unread=done.unread)
 
 
 @bp.delete("/users/<user_id>/notices/<notice_id>")

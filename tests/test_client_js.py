@@ -265,3 +265,23 @@ def test_a_group_counter_rises_live_in_every_tab(
             expect(tab.locator("#badge")).to_have_text("1")
     for tab in tabs:
         expect(tab.locator("#notices .tag.count")).to_have_text("\u00d73")
+
+
+def test_snoozing_in_one_tab_hides_the_notice_in_both_until_it_comes_back(
+    open_tab: t.Callable[..., Page], live_server: Server
+) -> None:
+    """The snooze menu of one tab hides the notice in both tabs; ten seconds later it is back, unread."""
+    first, second = open_tab(), open_tab()
+    live_server.publish("alice", {"title": "later, please"})
+    live_server.publish("alice", {"title": "now"})
+    for tab in (first, second):
+        expect(tab.locator("#badge")).to_have_text("2", timeout=TIMEOUT)
+    notice(second, "later, please").locator("select[name=snooze]").select_option("10")
+    for tab in (first, second):
+        expect(tab.locator("#notices .title")).to_have_text(["now"], timeout=TIMEOUT)
+        expect(tab.locator("#badge")).to_have_text("1")
+    for tab in (first, second):
+        expect(tab.locator("#notices .title")).to_have_text(["now", "later, please"], timeout=20_000)
+        expect(notice(tab, "later, please")).to_have_class(UNREAD)
+        expect(tab.locator("#badge")).to_have_text("2")
+    assert arrived(first).count("later, please") == 2  # announced when it came, and when it came back

@@ -568,3 +568,124 @@ def test_grouped_data_keeps_nulls_and_long_integers_exact(client: FlaskClient) -
     second = delivered(client.post("/users/alice/notices?group=g", json={"n": 2}, headers=AUTH))
     assert first["group"]["recent"] == [data]
     assert second["group"]["recent"] == [{"n": 2}, data]
+
+
+# -- snooze --------------------------------------------------------------------
+
+
+def test_snooze_hides_a_notice_until_it_is_back_unread(client: FlaskClient, app: Flask) -> None:
+    """Snoozed: not listed, not counted (listed with ?snoozed=true); when due, unread and listed again."""
+    token = {"Authorization": f"Bearer {token_for('alice')}"}
+    first = delivered(client.post("/users/alice/notices", json={"n": 1}, headers=AUTH))
+    delivered(client.post("/users/alice/notices", json={"n": 2}, headers=AUTH))
+    client.post(f"/users/alice/notices/{first['id']}/read", headers=AUTH)
+    answer = client.post(f"/users/alice/notices/{first['id']}/snooze?seconds=60", headers=token).get_json()
+    assert (answer["id"], answer["unread"]) == (first["id"], 1)
+    until = datetime.fromisoformat(answer["snoozed_until"].replace("Z", "+00:00")).timestamp()
+    assert abs(until - time.time() - 60) < 5
+    page = client.get("/users/alice/notices", headers=token).get_json()
+    assert ([n["data"] for n in page["notices"]], page["unread"]) == ([{"n": 2}], 1)
+    snoozed = client.get("/users/alice/notices?snoozed=true", headers=token).get_json()
+    assert [n["data"] for n in snoozed["notices"]] == [{"n": 1}]
+    with app.app_context():
+        get_state(app).node.due.step(now=until - 1)
+        assert client.get("/users/alice/notices", headers=token).get_json()["unread"] == 1
+        get_state(app).node.due.step(now=until + 0.001)  # (the answer's time is in milliseconds)
+    page = client.get("/users/alice/notices", headers=token).get_json()
+    assert ([n["data"] for n in page["notices"]], page["unread"]) == ([{"n": 2}, {"n": 1}], 2)
+    assert page["notices"][1]["read"] is False  # it was read before: back as unread
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "error"),
+    [
+        ("", 400, "invalid_option"),
+        ("seconds=0", 400, "invalid_option"),
+        ("seconds=soon", 400, "invalid_option"),
+        ("seconds=60&until=2027-01-01T00:00:00Z", 400, "invalid_option"),
+        ("until=2020-01-01T00:00:00Z", 400, "invalid_option"),
+        ("until=tomorrow", 400, "invalid_option"),
+    ],
+)
+def test_a_bad_snooze_is_400(client: FlaskClient, query: str, status: int, error: str) -> None:
+    """A snooze needs one time, in the future, within the limit."""
+    sent = delivered(client.post("/users/alice/notices", json={"n": 1}, headers=AUTH))
+    assert_json_error(
+        client.post(f"/users/alice/notices/{sent['id']}/snooze?{query}", headers=AUTH), status, error
+    )
+
+
+def test_only_the_users_own_inbox_can_be_snoozed(client: FlaskClient) -> None:
+    """Another user's notice is 404; another user's token is 403; a broadcast can be snoozed per user."""
+    bobs = delivered(client.post("/users/bob/notices", json={"n": 1}, headers=AUTH))
+    assert_json_error(
+        client.post(f"/users/alice/notices/{bobs['id']}/snooze?seconds=5", headers=AUTH), 404, "not_found"
+    )
+    other = {"Authorization": f"Bearer {token_for('bob')}"}
+    assert (
+        client.post(f"/users/alice/notices/{bobs['id']}/snooze?seconds=5", headers=other).status_code == 403
+    )
+    everyone = delivered(client.post("/broadcast", json={"n": 2}, headers=AUTH))
+    assert (
+        client.post(f"/users/alice/notices/{everyone['id']}/snooze?seconds=5", headers=AUTH).status_code
+        == 200
+    )
+    assert client.get("/users/alice/notices", headers=AUTH).get_json()["unread"] == 0
+    assert client.get("/users/bob/notices", headers=AUTH).get_json()["unread"] == 2
+
+
+@pytest.mark.server
+def test_a_snoozed_notice_leaves_every_tab_and_comes_back_once(make_server: t.Callable[..., Server]) -> None:
+    """-w 2, tabs on both workers: a `snooze` event in each, then the notice back once (no id), unread."""
+    server = make_server(workers=2)
+    tabs = [subscribe(server.stream_url("alice")) for _ in range(4)]
+    sent = delivered(server.post("/users/alice/notices", {"n": 1}))
+    for tab in tabs:
+        tab.notices(1)
+    response = httpx.post(
+        f"{server.url}/users/alice/notices/{sent['id']}/snooze?seconds=1", headers=AUTH, timeout=5
+    )
+    assert response.status_code == 200
+    for tab in tabs:
+        assert tab.next("snooze").json() == {
+            "ids": [sent["id"]],
+            "snoozed": True,
+            "until": response.json()["snoozed_until"],
+            "unread": 0,
+        }
+    for tab in tabs:
+        back = tab.next("notice", timeout=10)
+        assert (back.id, back.json()["returned"], back.json()["read"], back.json()["unread"]) in {
+            ("", "snooze", False, 1),
+            (None, "snooze", False, 1),
+            (str(sent["id"]), "snooze", False, 1),
+        }
+        assert back.json()["data"] == {"n": 1}
+        tab.nothing(1.0)
+        tab.close()
+
+
+@pytest.mark.server
+def test_a_snooze_survives_kill_9_of_every_process(make_server: t.Callable[..., Server]) -> None:
+    """Snoozed, then every gunicorn process killed: after the time, at restart, it is back and unread."""
+    server = make_server(workers=2)
+    sent = delivered(server.post("/users/alice/notices", {"n": 1}))
+    httpx.post(f"{server.url}/users/alice/notices/{sent['id']}/read", headers=AUTH, timeout=5)
+    response = httpx.post(
+        f"{server.url}/users/alice/notices/{sent['id']}/snooze?seconds=1.5", headers=AUTH, timeout=5
+    )
+    until = datetime.fromisoformat(response.json()["snoozed_until"].replace("Z", "+00:00")).timestamp()
+    for pid in [t.cast(t.Any, server.proc).pid, *server.worker_pids()]:
+        os.kill(pid, signal.SIGKILL)
+    t.cast(t.Any, server.proc).wait(10)
+    server.proc = None
+    wait_for(lambda: time.time() > until + 1, 10, "the snooze to end while nothing runs")
+    server.start()
+
+    def inbox() -> dict[str, t.Any]:
+        return t.cast(
+            dict[str, t.Any], httpx.get(f"{server.url}/users/alice/notices", headers=AUTH, timeout=5).json()
+        )
+
+    wait_for(lambda: inbox()["unread"] == 1, 10, "the notice back, unread")
+    assert [n["id"] for n in inbox()["notices"]] == [sent["id"]]

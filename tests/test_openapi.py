@@ -53,6 +53,7 @@ ERRORS: dict[tuple[str, str], set[str]] = {
     ("get", "/sse-notify.js"): set(),
     ("get", "/users/{user_id}/notices"): {"400", "401", "403", "500", "503"},
     ("post", "/users/{user_id}/notices/read-all"): {"400", "401", "403", "500", "503"},
+    ("post", "/users/{user_id}/notices/{notice_id}/snooze"): {"400", "401", "403", "404", "500", "503"},
     ("delete", "/users/{user_id}/notices/{notice_id}"): {"400", "401", "403", "404", "409", "500", "503"},
     ("get", "/users/{user_id}/preferences"): {"400", "401", "403", "500", "503"},
     ("put", "/users/{user_id}/preferences"): {"400", "401", "403", "413", "415", "500", "503"},
@@ -235,6 +236,7 @@ TOKENS = "/users/{user_id}/tokens"
 STREAM = "/connection/{user_id}"
 REMOVE = "/users/{user_id}/notices/{notice_id}"
 PREFERENCES = "/users/{user_id}/preferences"
+SNOOZE = "/users/{user_id}/notices/{notice_id}/snooze"
 ALICE = {"user_id": "alice"}
 QUIET_BERLIN = {"start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}
 QUIET_MARS = {"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus_Mons"}
@@ -332,6 +334,24 @@ SCENARIOS = [
     scenario("unknown", REMOVE, "DELETE", 404, path_parameters={**ALICE, "notice_id": "s123"}),
     scenario("bad zone", PREFERENCES, "PUT", 400, path_parameters=ALICE, body={"quiet_hours": QUIET_MARS}),
     scenario("set", PREFERENCES, "PUT", 200, path_parameters=ALICE, body={"quiet_hours": QUIET_BERLIN}),
+    scenario(
+        "snooze",
+        SNOOZE,
+        "POST",
+        200,
+        "delivered",
+        path_parameters={**ALICE, "notice_id": "?"},
+        query={"seconds": "60"},
+    ),
+    scenario(
+        "not in inbox",
+        SNOOZE,
+        "POST",
+        404,
+        path_parameters={**ALICE, "notice_id": 99},
+        query={"seconds": "60"},
+    ),
+    scenario("no time", SNOOZE, "POST", 400, "delivered", path_parameters={**ALICE, "notice_id": "?"}),
 ]
 
 

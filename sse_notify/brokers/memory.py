@@ -36,6 +36,7 @@ class _Memory:
     through: dict[str, int] = field(default_factory=dict)
     read: dict[str, dict[int, bool]] = field(default_factory=lambda: defaultdict(dict))
     archived: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    snoozed: dict[str, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
     #: Idempotency key -> (fingerprint, first cursor, created_at, monotonic expiry).
     keys: dict[str, tuple[str, int, str, float]] = field(default_factory=dict)
     #: Presence: worker -> (monotonic expiry, user -> open streams).
@@ -195,6 +196,7 @@ class MemoryBroker(StoreBase[_Memory]):
             memory.through.get(user_id, 0),
             dict(memory.read.get(user_id, {})),
             frozenset(memory.archived.get(user_id, ())),
+            dict(memory.snoozed.get(user_id, {})),
         )
 
     def mark(
@@ -240,6 +242,7 @@ class MemoryBroker(StoreBase[_Memory]):
                 del memory.by_id[seq]
                 memory.read.get(user_id, {}).pop(seq, None)
                 memory.archived.get(user_id, set()).discard(seq)
+                memory.snoozed.get(user_id, {}).pop(seq, None)
         return sorted(wanted)
 
     def _fold_into(
@@ -255,6 +258,22 @@ class MemoryBroker(StoreBase[_Memory]):
         memory.groups[user_id, key] = seq
         return folded
 
+    def snooze(self, user_id: str, seq: int, until: float) -> None:
+        """Snooze the notice until ``until``."""
+        self._run(lambda memory: memory.snoozed[user_id].__setitem__(seq, until))
+
+    def wake(self, user_id: str, seq: int, until: float) -> bool:
+        """End the snooze if it is still this one, and mark the notice unread."""
+
+        def work(memory: _Memory) -> bool:
+            if memory.snoozed.get(user_id, {}).get(seq) != until:
+                return False
+            del memory.snoozed[user_id][seq]
+            memory.read[user_id][seq] = False
+            return True
+
+        return self._run(work)
+
     # -- preferences ------------------------------------------------------------
 
     def preferences(self, user_ids: t.Sequence[str]) -> dict[str, str]:
@@ -262,6 +281,10 @@ class MemoryBroker(StoreBase[_Memory]):
         return self._run(
             lambda memory: {u: memory.preferences[u] for u in user_ids if u in memory.preferences}
         )
+
+    def preferences_exist(self) -> bool:
+        """Whether any user has set preferences."""
+        return self._run(lambda memory: bool(memory.preferences))
 
     def set_preferences(self, user_id: str, text: str) -> None:
         """Replace the user's preferences."""

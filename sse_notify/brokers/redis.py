@@ -198,17 +198,36 @@ return dropped
 )
 
 
+# A mark is "<r|u><a>s<until>": read or unread, archived, snoozed until (each optional).
 _MARK = """
 local marks, ttl, read, archived = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 for i = 4, #ARGV do
   local old = redis.call('HGET', marks, ARGV[i]) or ''
-  local r = string.match(old, '[ru]') or ''
-  local a = string.find(old, 'a', 1, true) and 'a' or ''
+  local flags, z = string.match(old, '^[^s]*'), string.match(old, 's.*$') or ''
+  local r = string.match(flags, '[ru]') or ''
+  local a = string.find(flags, 'a', 1, true) and 'a' or ''
   if read ~= '' then r = read end
   if archived == '1' then a = 'a' elseif archived == '0' then a = '' end
-  if r .. a == '' then redis.call('HDEL', marks, ARGV[i]) else redis.call('HSET', marks, ARGV[i], r .. a) end
+  local value = r .. a .. z
+  if value == '' then redis.call('HDEL', marks, ARGV[i]) else redis.call('HSET', marks, ARGV[i], value) end
 end
 redis.call('PEXPIRE', marks, ttl)
+"""
+
+_SNOOZE = """
+local marks, ttl, seq, till = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local old = redis.call('HGET', marks, seq) or ''
+redis.call('HSET', marks, seq, string.match(old, '^[^s]*') .. 's' .. till)
+redis.call('PEXPIRE', marks, ttl)
+"""
+
+_WAKE = """
+local marks, seq, till = KEYS[1], ARGV[1], ARGV[2]
+local old = redis.call('HGET', marks, seq) or ''
+if string.match(old, 's.*$') ~= 's' .. till then return 0 end
+local a = string.find(string.match(old, '^[^s]*'), 'a', 1, true) and 'a' or ''
+redis.call('HSET', marks, seq, 'u' .. a)
+return 1
 """
 
 _DELETE = """
@@ -230,8 +249,9 @@ if seq > cur then redis.call('HSET', through, user, seq) end
 local all = redis.call('HGETALL', marks)
 for i = 1, #all, 2 do
   if tonumber(all[i]) <= seq then
-    local a = string.find(all[i + 1], 'a', 1, true) and 'a' or ''
-    if a == '' then redis.call('HDEL', marks, all[i]) else redis.call('HSET', marks, all[i], a) end
+    local flags, z = string.match(all[i + 1], '^[^s]*'), string.match(all[i + 1], 's.*$') or ''
+    local a = string.find(flags, 'a', 1, true) and 'a' or ''
+    if a .. z == '' then redis.call('HDEL', marks, all[i]) else redis.call('HSET', marks, all[i], a .. z) end
   end
 end
 """
@@ -329,9 +349,11 @@ end
 _GROUP_TRIES = 100
 
 
-def _flags(mark: str) -> tuple[bool | None, bool]:
-    """A notice's mark in ``{p}marks:{user}``: read (``None``: no mark), and archived."""
-    return (("r" in mark) if ("r" in mark or "u" in mark) else None), "a" in mark
+def _flags(mark: str) -> tuple[bool | None, bool, float | None]:
+    """A notice's mark in ``{p}marks:{user}``: read (``None``: no mark), archived, snoozed until."""
+    flags, _, until = mark.partition("s")
+    read = ("r" in flags) if ("r" in flags or "u" in flags) else None
+    return read, "a" in flags, float(until) if until else None
 
 
 def _seq(entry_id: bytes | str) -> int:
@@ -423,6 +445,8 @@ class RedisBroker(StoreBase[t.Any]):
             "mark": client.register_script(_MARK),
             "read_through": client.register_script(_READ_THROUGH),
             "delete": client.register_script(_DELETE),
+            "snooze": client.register_script(_SNOOZE),
+            "wake": client.register_script(_WAKE),
             "presence_update": client.register_script(_PRESENCE_UPDATE),
             "presence_counts": client.register_script(_PRESENCE_COUNTS),
             "schedule": client.register_script(_SCHEDULE),
@@ -505,7 +529,7 @@ class RedisBroker(StoreBase[t.Any]):
             found = client.xrange(f"{prefix}log:{user_id}", min=f"{prev}-0", max=f"{prev}-0")
             if found:
                 previous = _entry_notice(found[0], user_id)
-                read, archived = _flags(mark)
+                read, archived, _ = _flags(mark)
                 state = InboxState(
                     int(through or 0),
                     {} if read is None else {previous.id: read},
@@ -605,14 +629,17 @@ class RedisBroker(StoreBase[t.Any]):
             through, marks = pipe.execute()
             read: dict[int, bool] = {}
             archived = set()
+            snoozed: dict[int, float] = {}
             for field, value in marks.items():
                 seq = int(field)
-                is_read, is_archived = _flags(_text(value))
+                is_read, is_archived, until = _flags(_text(value))
                 if is_read is not None:
                     read[seq] = is_read
                 if is_archived:
                     archived.add(seq)
-            return InboxState(int(through or 0), read, frozenset(archived))
+                if until is not None:
+                    snoozed[seq] = until
+            return InboxState(int(through or 0), read, frozenset(archived), snoozed)
 
         state: InboxState = self._run(work)
         return state
@@ -642,6 +669,20 @@ class RedisBroker(StoreBase[t.Any]):
         removed = self._run(lambda client: self._scripts["delete"](keys=keys, args=[int(i) for i in ids]))
         return sorted(int(seq) for seq in removed)
 
+    def snooze(self, user_id: str, seq: int, until: float) -> None:
+        """Snooze the notice until ``until`` (one script)."""
+        keys = [f"{self.prefix}marks:{user_id}"]
+        self._run(
+            lambda client: self._scripts["snooze"](keys=keys, args=[self._ttl_ms(), seq, repr(float(until))])
+        )
+
+    def wake(self, user_id: str, seq: int, until: float) -> bool:
+        """End the snooze if it is still this one, and mark the notice unread (one script)."""
+        keys = [f"{self.prefix}marks:{user_id}"]
+        return bool(
+            self._run(lambda client: self._scripts["wake"](keys=keys, args=[seq, repr(float(until))]))
+        )
+
     # -- preferences --------------------------------------------------------
 
     def preferences(self, user_ids: t.Sequence[str]) -> dict[str, str]:
@@ -651,6 +692,10 @@ class RedisBroker(StoreBase[t.Any]):
         users = list(dict.fromkeys(user_ids))
         found = self._run(lambda client: client.hmget(f"{self.prefix}prefs", users))
         return {user: _text(text) for user, text in zip(users, found, strict=True) if text is not None}
+
+    def preferences_exist(self) -> bool:
+        """Whether any user has set preferences."""
+        return bool(self._run(lambda client: client.exists(f"{self.prefix}prefs")))
 
     def set_preferences(self, user_id: str, text: str) -> None:
         """Replace the user's preferences."""

@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS inbox_marks (
     seq INTEGER NOT NULL,
     read INTEGER,
     archived INTEGER NOT NULL DEFAULT 0,
+    snoozed REAL,
     PRIMARY KEY (user_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inbox_through (
@@ -139,6 +140,17 @@ _TRIM_CUTS = """
 SELECT key, (SELECT seq FROM notices WHERE user_id = key ORDER BY seq DESC LIMIT 1 OFFSET ?)
 FROM (SELECT value AS key FROM json_each(?))
 """
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store made by an earlier version up to this one's schema (each step once)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(inbox_marks)")}
+    if "snoozed" not in columns:  # 0.1.0: no snooze
+        try:
+            db.execute("ALTER TABLE inbox_marks ADD COLUMN snoozed REAL")
+        except sqlite3.OperationalError as exc:  # another worker added it first
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _row_notice(row: tuple[int, str, str, str]) -> Notice:
@@ -223,6 +235,7 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.executescript(SCHEMA)
+            _migrate(db)
             if self._feeding:
                 db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         except BaseException:
@@ -502,14 +515,15 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
             try:
                 row = db.execute("SELECT seq FROM inbox_through WHERE user_id = ?", (user_id,)).fetchone()
                 marks = db.execute(
-                    "SELECT seq, read, archived FROM inbox_marks WHERE user_id = ?", (user_id,)
+                    "SELECT seq, read, archived, snoozed FROM inbox_marks WHERE user_id = ?", (user_id,)
                 ).fetchall()
             finally:
                 db.execute("COMMIT")
             return InboxState(
                 row[0] if row else 0,
-                {seq: bool(read) for seq, read, _ in marks if read is not None},
-                frozenset(seq for seq, _, archived in marks if archived),
+                {seq: bool(read) for seq, read, _, _ in marks if read is not None},
+                frozenset(seq for seq, _, archived, _ in marks if archived),
+                {seq: float(snoozed) for seq, _, _, snoozed in marks if snoozed is not None},
             )
 
         state: InboxState = self._run(work)
@@ -575,6 +589,27 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
 
         return self._run(work)
 
+    def snooze(self, user_id: str, seq: int, until: float) -> None:
+        """Snooze the notice until ``until``."""
+        self._run(
+            lambda db: db.execute(
+                "INSERT INTO inbox_marks (user_id, seq, snoozed) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id, seq) DO UPDATE SET snoozed = excluded.snoozed",
+                (user_id, seq, until),
+            )
+        )
+
+    def wake(self, user_id: str, seq: int, until: float) -> bool:
+        """End the snooze if it is still this one, and mark the notice unread (one statement)."""
+        cursor = self._run(
+            lambda db: db.execute(
+                "UPDATE inbox_marks SET snoozed = NULL, read = 0 "
+                "WHERE user_id = ? AND seq = ? AND snoozed = ?",
+                (user_id, seq, until),
+            )
+        )
+        return bool(cursor.rowcount)
+
     # -- preferences --------------------------------------------------------
 
     def preferences(self, user_ids: t.Sequence[str]) -> dict[str, str]:
@@ -593,6 +628,10 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
                 ).fetchall()
             )
         return dict(rows)
+
+    def preferences_exist(self) -> bool:
+        """Whether any user has set preferences."""
+        return self._run(lambda db: db.execute("SELECT 1 FROM preferences LIMIT 1").fetchone()) is not None
 
     def set_preferences(self, user_id: str, text: str) -> None:
         """Replace the user's preferences."""

@@ -13,7 +13,7 @@
   "use strict";
 
   const VERSION = "1.0.0";
-  const STREAM_EVENTS = ["snapshot", "notice", "read", "archive", "remove", "preferences", "reset"];
+  const STREAM_EVENTS = ["snapshot", "notice", "read", "archive", "remove", "snooze", "preferences", "reset"];
   const BACKOFF_MIN = 500;    // ms before the first reconnect after a failure (doubling, with jitter)
   const BACKOFF_MAX = 15000;
   const KEEP = 100;           // notices kept in the local list (the server's largest page)
@@ -85,6 +85,14 @@
     // Returns what the caller must do: emit `change`, emit a fresh `notice`, reload the list.
     apply(name, data, eventId) {
       const out = { changed: true, fresh: null, refetch: false };
+      if (name === "notice" && data.returned) {
+        // A snoozed notice is back, unread (an event without an id: it is no new notice).
+        const item = asItem(data, false, false);
+        this.notices = [item, ...this.notices.filter((n) => n.id !== item.id)].sort(newestFirst).slice(0, this.keep);
+        this.unread = data.unread;
+        out.fresh = item;
+        return out;
+      }
       if (name === "snapshot") {
         const listed = data.notices.filter((n) => !n.archived).map((n) => asItem(n, false, false));
         // The snapshot holds only the newest few. On a reconnect (a token renewal, say), older
@@ -133,6 +141,10 @@
         const ids = new Set(data.ids);
         if (data.archived) this.notices = this.notices.filter((n) => !ids.has(n.id));
         else out.refetch = true;  // back in the inbox: its data may not be here, reload the list
+        this.unread = data.unread;
+      } else if (name === "snooze") {
+        const ids = new Set(data.ids);
+        this.notices = this.notices.filter((n) => !ids.has(n.id));
         this.unread = data.unread;
       } else if (name === "remove") {
         const ids = new Set(data.ids);
@@ -237,6 +249,16 @@
       return this._request("DELETE", this._userPath("/notices/" + text));
     }
 
+    // Hide a notice for `seconds` (or until a Date): it comes back unread, in every tab.
+    snooze(id, seconds) {
+      const n = Number(id);
+      if (!Number.isSafeInteger(n) || n < 1) return Promise.reject(new TypeError("not a notice id: " + id));
+      const query = new URLSearchParams();
+      if (seconds instanceof Date) query.set("until", seconds.toISOString());
+      else query.set("seconds", String(seconds));
+      return this._request("POST", this._userPath("/notices/" + n + "/snooze"), query);
+    }
+
     // Replace the user's preferences ({categories, default, quiet_hours}); every tab gets them.
     setPreferences(preferences) {
       return this._request("PUT", this._userPath("/preferences"), null, preferences);
@@ -306,7 +328,7 @@
       const out = this._model.apply(name, data, eventId);
       if (out.changed) this._emit("change", this.state);
       if (out.fresh) this._emit("notice", out.fresh);
-      if (["read", "archive", "remove", "preferences", "reset"].includes(name)) this._emit(name, data);
+      if (["read", "archive", "remove", "snooze", "preferences", "reset"].includes(name)) this._emit(name, data);
       return out;
     }
 

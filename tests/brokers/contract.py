@@ -678,6 +678,35 @@ class BrokerContract:
         assert list_page(broker, "alice").unread == 2
         assert first.id not in broker.inbox_state("alice").archived
 
+    def test_snooze_hides_a_notice_until_it_wakes_once(self, broker: Broker) -> None:
+        """snooze keeps the other marks; wake ends only the same snooze and marks the notice unread."""
+        mine = broker.publish("alice", payload(1))
+        everyone = broker.publish(None, payload(2))
+        change(broker, "alice", [mine.id], archived=True)
+        broker.snooze("alice", mine.id, 2_000_000_000.5)
+        broker.snooze("alice", everyone.id, 2_000_000_000.25)
+        read_all(broker, "alice")
+        state = broker.inbox_state("alice")
+        assert (state.snoozed, mine.id in state.archived) == (
+            {mine.id: 2_000_000_000.5, everyone.id: 2_000_000_000.25},
+            True,
+        )
+        assert state.unread([mine.id, everyone.id]) == 0
+        assert broker.inbox_state("bob").snoozed == {}
+        assert broker.wake("alice", mine.id, 2_000_000_000.0) is False  # another snooze: left alone
+        broker.snooze("alice", mine.id, 2_000_000_001.0)  # moved
+        assert broker.wake("alice", mine.id, 2_000_000_000.5) is False
+        assert broker.wake("alice", mine.id, 2_000_000_001.0) is True
+        assert broker.wake("alice", mine.id, 2_000_000_001.0) is False  # once
+        state = broker.inbox_state("alice")
+        assert (state.snoozed, state.is_read(mine.id), mine.id in state.archived) == (
+            {everyone.id: 2_000_000_000.25},
+            False,
+            True,
+        )
+        change(broker, "alice", [everyone.id], read=False)  # other marks keep the snooze
+        assert broker.inbox_state("alice").snoozed == {everyone.id: 2_000_000_000.25}
+
     def test_delete_removes_own_notices_from_inbox_replay_and_marks(self, broker: Broker) -> None:
         """delete_notices removes the user's own notices (never a broadcast or another's) for good."""
         mine = [broker.publish("alice", payload(i)) for i in range(3)]
@@ -715,7 +744,9 @@ class BrokerContract:
     def test_preferences_are_kept_per_user(self, broker: Broker) -> None:
         """set_preferences replaces a user's text; preferences answers only those who set some."""
         assert broker.preferences(["alice", "bob"]) == {}
+        assert broker.preferences_exist() is False
         broker.set_preferences("alice", '{"default":{"in_app":false}}')
+        assert broker.preferences_exist() is True
         broker.set_preferences("bob", '{"default":{}}')
         broker.set_preferences("alice", '{"default":{}}')
         assert broker.preferences(["alice", "bob", "carol"]) == {

@@ -320,3 +320,33 @@ def test_a_hijacked_wake_up_directory_still_delivers_across_processes(tmp_path: 
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(first)
+
+
+def test_a_store_of_the_previous_version_gains_the_snooze_column(tmp_path: Path) -> None:
+    """A store made before snoozing (inbox_marks without `snoozed`) is upgraded at open, marks kept."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE notices (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,
+                              created_at TEXT NOT NULL, data TEXT NOT NULL);
+        CREATE TABLE inbox_marks (user_id TEXT NOT NULL, seq INTEGER NOT NULL, read INTEGER,
+                                  archived INTEGER NOT NULL DEFAULT 0,
+                                  PRIMARY KEY (user_id, seq)) WITHOUT ROWID;
+        INSERT INTO notices (user_id, created_at, data)
+            VALUES ('alice', '2026-12-01T00:00:00.000Z', '{"n":1}');
+        INSERT INTO inbox_marks VALUES ('alice', 1, 1, 0);
+        """
+    )
+    db.close()
+    brokers = [SQLiteBroker(str(path)) for _ in range(2)]  # two workers opening it at once
+    try:
+        for broker in brokers:
+            assert broker.inbox_state("alice").is_read(1)
+        brokers[0].snooze("alice", 1, 2_000_000_000.0)
+        assert brokers[1].inbox_state("alice").snoozed == {1: 2_000_000_000.0}
+    finally:
+        for broker in brokers:
+            broker.close()
