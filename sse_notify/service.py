@@ -22,6 +22,7 @@ from . import telemetry
 from .auth import checked_ttl
 from .brokers import Broker
 from .brokers.base import Published
+from .concurrency import Batcher
 from .config import Settings
 from .control import Control, Kind
 from .delivery import (
@@ -64,6 +65,8 @@ MAX_PRESENCE_USERS = 1000
 DUE_NOTICE = "notice"
 #: The scheduler's kind for a snoozed notice that comes back when it falls due.
 DUE_SNOOZE = "snooze"
+#: What :meth:`Preferences.decide` answers for a notice delivered now.
+_NOW: tuple[str, str | None, float | None] = (DELIVERED, None, None)
 
 
 @dataclass
@@ -80,6 +83,16 @@ class State:
     def __post_init__(self) -> None:
         self.node.due.actions[DUE_NOTICE] = self._publish_due
         self.node.due.actions[DUE_SNOOZE] = self._wake
+        #: Publishes that arrive together read their recipients' preferences in one query.
+        self._preference_reads: Batcher[list[str], dict[str, str]] = Batcher(self._read_preferences)
+
+    def _read_preferences(self, requests: list[list[str]]) -> list[dict[str, str] | BaseException]:
+        """One store read for the users of several publishes; each gets its own users' preferences."""
+        try:
+            texts = self.broker.preferences(list(dict.fromkeys(u for users in requests for u in users)))
+        except BrokerError as exc:
+            return [exc] * len(requests)
+        return [{u: texts[u] for u in users if u in texts} for users in requests]
 
     # -- publishing ---------------------------------------------------------
 
@@ -102,35 +115,34 @@ class State:
         :raises InvalidNotice: for a bad user id, data or option; then nothing is stored.
         """
         checked = self._checked([(user_id, data) for user_id, data, _ in items])
-        for index, (user_id, _, options) in enumerate(items):
-            if options.group is not None and user_id is None:
-                where = f"notice {index}: " if len(items) > 1 else ""
-                raise InvalidOption(f"{where}group needs a user_id (a broadcast is not grouped)", "group")
-        now = time.time()
         wanted = [u for (u, _, o) in items if u is not None and o.due is None and not o.critical]
         preferences: dict[str, Preferences] = {}
         if wanted:  # (read each time: a flag the feed updates could miss a change made a moment ago)
-            texts = self._store(lambda: self.broker.preferences(list(dict.fromkeys(wanted))))
+            texts = self._store(lambda: self._preference_reads.submit(list(dict.fromkeys(wanted))))
             preferences = {user_id: Preferences.from_json(text) for user_id, text in texts.items()}
+        now = time.time()
+        # One pass: what happens to each item, and what is delivered now, in order. A notice of
+        # a user and group already in this publish is merged into that one (one entry, both
+        # counted): ``slots`` maps each item to its place among ``now_items``.
         decided: list[tuple[str, str | None, float | None]] = []
-        for user_id, _, options in items:
-            if options.due is not None:
-                decided.append((SCHEDULED, None, options.due))
-            elif user_id is None:
-                decided.append((DELIVERED, None, None))
-            else:
-                decided.append(preferences.get(user_id, DEFAULT_PREFERENCES).decide(options, now))
-        metas = [options.meta_json(text) for (_, text), (_, _, options) in zip(checked, items, strict=True)]
-        # What is delivered now, in order; a notice of a user and group already in this publish
-        # is merged into that one (one entry, both counted): ``slots`` maps each item to its place.
+        metas: list[str] = []
         now_items: list[tuple[str | None, str]] = []
         slots: list[int] = []
         groups: dict[tuple[str | None, str], int] = {}
-        for (user_id, text), meta, (status, _, _), (_, _, options) in zip(
-            checked, metas, decided, items, strict=True
-        ):
+        for index, ((user_id, text), (_, _, options)) in enumerate(zip(checked, items, strict=True)):
+            if options.group is not None and user_id is None:
+                where = f"notice {index}: " if len(items) > 1 else ""
+                raise InvalidOption(f"{where}group needs a user_id (a broadcast is not grouped)", "group")
+            meta = options.meta_json(text) if options is not NO_OPTIONS else ""
+            metas.append(meta)
             slots.append(len(now_items))
-            if status != DELIVERED:
+            if options.due is not None:
+                decided.append((SCHEDULED, None, options.due))
+                continue
+            found = preferences.get(user_id) if user_id is not None else None
+            outcome = _NOW if found is None else found.decide(options, now)
+            decided.append(outcome)
+            if outcome[0] != DELIVERED:
                 continue
             stored = stored_text(text, meta)
             if options.group is not None:

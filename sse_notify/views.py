@@ -13,7 +13,7 @@ from flask import Blueprint, Response, abort, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
 
 from . import telemetry
-from .delivery import OPTIONS, SUPPRESSED, Options, checked_options, checked_seconds, parse_time
+from .delivery import NO_OPTIONS, OPTIONS, SUPPRESSED, Options, checked_options, checked_seconds, parse_time
 from .errors import (
     BrokerError,
     InvalidNotice,
@@ -129,6 +129,8 @@ def _options(values: t.Mapping[str, t.Any], where: str = "") -> Options:
 
 def _query_options() -> Options:
     """The delivery options of a single publish or a broadcast: its query parameters (no others)."""
+    if not request.args:
+        return NO_OPTIONS
     for name in request.args:
         if name not in OPTIONS:
             raise InvalidOption(f"unknown option {name!r} (options: {', '.join(OPTIONS)})", name)
