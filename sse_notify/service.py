@@ -69,6 +69,25 @@ DUE_SNOOZE = "snooze"
 _NOW: tuple[str, str | None, float | None] = (DELIVERED, None, None)
 
 
+class _Delivery(t.NamedTuple):
+    """One publish, checked, waiting for its round (:meth:`State._deliver_round`)."""
+
+    items: t.Sequence[tuple[str | None, t.Any, Options]]
+    checked: list[tuple[str | None, str]]
+    metas: list[str]
+    idempotency_key: str | None
+    #: ``(key, fingerprint, ttl)`` with an idempotency key.
+    once: tuple[str, str, float] | None
+
+
+class _Plan(t.NamedTuple):
+    """What a publish does: per item ``(status, reason, due)``, and what it stores now."""
+
+    decided: list[tuple[str, str | None, float | None]]
+    now_items: list[tuple[str | None, str]]
+    slots: list[int]
+
+
 @dataclass
 class State:
     """What one app's sse_notify holds: ``app.extensions["sse_notify"]``."""
@@ -83,16 +102,9 @@ class State:
     def __post_init__(self) -> None:
         self.node.due.actions[DUE_NOTICE] = self._publish_due
         self.node.due.actions[DUE_SNOOZE] = self._wake
-        #: Publishes that arrive together read their recipients' preferences in one query.
-        self._preference_reads: Batcher[list[str], dict[str, str]] = Batcher(self._read_preferences)
-
-    def _read_preferences(self, requests: list[list[str]]) -> list[dict[str, str] | BaseException]:
-        """One store read for the users of several publishes; each gets its own users' preferences."""
-        try:
-            texts = self.broker.preferences(list(dict.fromkeys(u for users in requests for u in users)))
-        except BrokerError as exc:
-            return [exc] * len(requests)
-        return [{u: texts[u] for u in users if u in texts} for users in requests]
+        #: Publishes that arrive together are one round: one read of their recipients'
+        #: preferences, one store transaction (where the store has them) for what they deliver now.
+        self._deliveries: Batcher[_Delivery, tuple[list[Receipt], bool]] = Batcher(self._deliver_round)
 
     # -- publishing ---------------------------------------------------------
 
@@ -115,69 +127,110 @@ class State:
         :raises InvalidNotice: for a bad user id, data or option; then nothing is stored.
         """
         checked = self._checked([(user_id, data) for user_id, data, _ in items])
-        wanted = [u for (u, _, o) in items if u is not None and o.due is None and not o.critical]
-        preferences: dict[str, Preferences] = {}
-        if wanted:  # (read each time: a flag the feed updates could miss a change made a moment ago)
-            texts = self._store(lambda: self._preference_reads.submit(list(dict.fromkeys(wanted))))
-            preferences = {user_id: Preferences.from_json(text) for user_id, text in texts.items()}
-        now = time.time()
-        # One pass: what happens to each item, and what is delivered now, in order. A notice of
-        # a user and group already in this publish is merged into that one (one entry, both
-        # counted): ``slots`` maps each item to its place among ``now_items``.
-        decided: list[tuple[str, str | None, float | None]] = []
+        if idempotency_key is not None:
+            checked_idempotency_key(idempotency_key)
         metas: list[str] = []
-        now_items: list[tuple[str | None, str]] = []
-        slots: list[int] = []
-        groups: dict[tuple[str | None, str], int] = {}
         for index, ((user_id, text), (_, _, options)) in enumerate(zip(checked, items, strict=True)):
             if options.group is not None and user_id is None:
                 where = f"notice {index}: " if len(items) > 1 else ""
                 raise InvalidOption(f"{where}group needs a user_id (a broadcast is not grouped)", "group")
-            meta = options.meta_json(text) if options is not NO_OPTIONS else ""
-            metas.append(meta)
-            slots.append(len(now_items))
+            metas.append(options.meta_json(text) if options is not NO_OPTIONS else "")
+        once = None
+        if idempotency_key is not None:
+            fingerprint = self._fingerprint(items, metas)
+            once = (idempotency_key, fingerprint, float(self.settings.idempotency_ttl))
+        return self._deliveries.submit(_Delivery(items, checked, metas, idempotency_key, once))
+
+    def _deliver_round(self, requests: list[_Delivery]) -> list[tuple[list[Receipt], bool] | BaseException]:
+        """Deliver the publishes of one round: one read of preferences, then one store call for all."""
+        wanted = list(
+            dict.fromkeys(
+                u
+                for r in requests
+                for (u, _, o) in r.items
+                if u is not None and o.due is None and not o.critical
+            )
+        )
+        try:
+            texts = self.broker.preferences(wanted) if wanted else {}
+        except BrokerError as exc:
+            telemetry.store_failed("publish", exc)
+            return [exc] * len(requests)
+        preferences = {user_id: Preferences.from_json(text) for user_id, text in texts.items()}
+        now = time.time()
+        plans = [self._plan(request, preferences, now) for request in requests]
+        storing = [index for index, plan in enumerate(plans) if plan.now_items]
+        started = time.perf_counter()
+        results = self.broker.publish_requests([(plans[i].now_items, requests[i].once) for i in storing])
+        seconds = time.perf_counter() - started
+        stored = dict(zip(storing, results, strict=True))
+        answers: list[tuple[list[Receipt], bool] | BaseException] = []
+        for index, (request, plan) in enumerate(zip(requests, plans, strict=True)):
+            result = stored.get(index)
+            if isinstance(result, BaseException):
+                if isinstance(result, BrokerError):
+                    telemetry.store_failed("publish", result)
+                answers.append(result)
+                continue
+            notices, replayed = (result.notices, result.replayed) if result is not None else ([], False)
+            if result is not None:
+                telemetry.published(notices, seconds, replayed=replayed)
+            try:
+                answers.append((self._receipts(request, plan, notices), replayed))
+            except BrokerError as exc:  # a notice to keep for later could not be
+                telemetry.store_failed("publish", exc)
+                answers.append(exc)
+        return answers
+
+    @staticmethod
+    def _plan(request: _Delivery, preferences: dict[str, Preferences], now: float) -> _Plan:
+        """What happens to each item of a publish, and what it delivers now, in order.
+
+        A notice of a user and group already in this publish is merged into that one (one entry,
+        both counted): ``slots`` maps each item to its place among ``now_items``.
+        """
+        plan = _Plan([], [], [])
+        groups: dict[tuple[str | None, str], int] = {}
+        for (user_id, text), meta, (_, _, options) in zip(
+            request.checked, request.metas, request.items, strict=True
+        ):
+            plan.slots.append(len(plan.now_items))
             if options.due is not None:
-                decided.append((SCHEDULED, None, options.due))
+                plan.decided.append((SCHEDULED, None, options.due))
                 continue
             found = preferences.get(user_id) if user_id is not None else None
             outcome = _NOW if found is None else found.decide(options, now)
-            decided.append(outcome)
+            plan.decided.append(outcome)
             if outcome[0] != DELIVERED:
                 continue
             stored = stored_text(text, meta)
             if options.group is not None:
                 place = groups.get((user_id, options.group))
                 if place is not None:
-                    now_items[place] = (user_id, merge_group(now_items[place][1], stored))
-                    slots[-1] = place
+                    plan.now_items[place] = (user_id, merge_group(plan.now_items[place][1], stored))
+                    plan.slots[-1] = place
                     continue
-                groups[user_id, options.group] = len(now_items)
-            now_items.append((user_id, stored))
-        notices: list[Notice] = []
-        replayed = False
-        if idempotency_key is not None:
-            checked_idempotency_key(idempotency_key)
-        if now_items:
-            if idempotency_key is None:
-                notices = self._publish_now(now_items)
-            else:
-                fingerprint = self._fingerprint(items, metas)
-                notices, replayed = self._publish_now_once(now_items, idempotency_key, fingerprint)
+                groups[user_id, options.group] = len(plan.now_items)
+            plan.now_items.append((user_id, stored))
+        return plan
+
+    def _receipts(self, request: _Delivery, plan: _Plan, notices: list[Notice]) -> list[Receipt]:
+        """What a publish did, per item; what waits is kept in the store's scheduler now."""
         receipts: list[Receipt] = []
         for index, ((user_id, text), meta, (status, reason, due)) in enumerate(
-            zip(checked, metas, decided, strict=True)
+            zip(request.checked, request.metas, plan.decided, strict=True)
         ):
             if status == DELIVERED:
-                receipts.append(Receipt(status, user_id, notices[slots[index]]))
+                receipts.append(Receipt(status, user_id, notices[plan.slots[index]]))
             elif status == SUPPRESSED:
                 telemetry.withheld(status, user_id, reason)
                 receipts.append(Receipt(status, user_id, reason=reason, data_json=text, meta_json=meta))
             else:
-                key = self._scheduled_id(idempotency_key, index)
+                key = self._scheduled_id(request.idempotency_key, index)
                 self._wait(key, user_id, text, meta, t.cast(float, due))
                 telemetry.withheld(status, user_id, reason)
                 receipts.append(Receipt(status, user_id, None, key, due, reason, text, meta))
-        return receipts, replayed
+        return receipts
 
     def publish_many(
         self, items: t.Sequence[tuple[str | None, t.Any]], *, idempotency_key: str | None = None

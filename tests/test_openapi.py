@@ -385,6 +385,7 @@ def test_each_documented_answer_is_real_and_conforms(
             raise BrokerError("disk I/O error")
 
         monkeypatch.setattr(broker, "publish_many", fail)
+        monkeypatch.setattr(broker, "publish_requests", fail)
         monkeypatch.setattr(broker, "publish", fail)
         monkeypatch.setattr(broker, "publish_control", fail)
     with app.app_context():

@@ -60,6 +60,7 @@ __all__ = [
     "FeedHandler",
     "Published",
     "Replay",
+    "Request",
     "StoreBase",
     "plan_replay",
     "replay_publish",
@@ -77,6 +78,8 @@ T = t.TypeVar("T")
 
 #: What a store keeps and announces: notices, and control records among them.
 Item: t.TypeAlias = "Notice | Control"
+#: A publish request: its ``(user_id, data_json)`` items, and its ``(key, fingerprint, ttl)`` if any.
+Request: t.TypeAlias = "tuple[t.Sequence[tuple[str | None, str]], tuple[str, str, float] | None]"
 
 
 class FeedHandler(t.Protocol):
@@ -203,6 +206,14 @@ class Broker(InboxStore, PresenceStore, SchedulerStore, PreferenceStore, t.Proto
 
         :param fingerprint: identifies the request (users and data); a key sent
             again with another fingerprint raises :class:`~sse_notify.errors.IdempotencyKeyReused`.
+        """
+        ...
+
+    def publish_requests(self, requests: t.Sequence[Request]) -> list[Published | BaseException]:
+        """Several publishes at once, each as :meth:`publish_many` (or, with ``(key, fingerprint, ttl)``,
+        :meth:`publish_once`) would store it; in one transaction where the store can.
+
+        A request that fails alone (a key reused) gets its own error, in its place.
         """
         ...
 
@@ -361,6 +372,16 @@ class StoreBase(t.Generic[C]):
     ) -> Published:
         """Store the notices and the key together, unless the key was used within ``ttl`` seconds."""
         return self._publish(items, (key, fingerprint, ttl))
+
+    def publish_requests(self, requests: t.Sequence[Request]) -> list[Published | BaseException]:
+        """Several publishes, one after another (a store with transactions does them in one)."""
+        results: list[Published | BaseException] = []
+        for items, once in requests:
+            try:
+                results.append(self._publish(items, once))
+            except (BrokerError, IdempotencyKeyReused) as exc:
+                results.append(exc)
+        return results
 
     @staticmethod
     def _folded(

@@ -263,6 +263,12 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
             return Published([], False)
         return self._commits.submit((items, once))
 
+    def publish_requests(self, requests: t.Sequence[_Request]) -> list[Published | BaseException]:
+        """Several publishes in one transaction (a request that fails alone gets its error)."""
+        live = [(items, once) for items, once in requests if items]
+        results = iter(self._commit(live) if live else [])
+        return [next(results) if items else Published([], False) for items, _ in requests]
+
     def _commit(self, requests: list[_Request]) -> list[Published | BaseException]:
         """Store the publish requests of one batch in one transaction, then announce them.
 
