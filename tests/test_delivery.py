@@ -689,3 +689,18 @@ def test_a_snooze_survives_kill_9_of_every_process(make_server: t.Callable[..., 
 
     wait_for(lambda: inbox()["unread"] == 1, 10, "the notice back, unread")
     assert [n["id"] for n in inbox()["notices"]] == [sent["id"]]
+
+
+def test_a_retried_scheduled_publish_keeps_one_entry(client: FlaskClient, app: Flask) -> None:
+    """The same Idempotency-Key sent again with a delay: the same scheduled_id, one entry, one notice."""
+    headers = {**AUTH, "Idempotency-Key": "job-7"}
+    first = client.post("/users/alice/notices?delay=60", json={"n": 1}, headers=headers).get_json()
+    again = client.post("/users/alice/notices?delay=60", json={"n": 1}, headers=headers).get_json()
+    assert first["scheduled_id"] == again["scheduled_id"]
+    with app.app_context():
+        state = get_state(app)
+        assert state.broker.scheduled(DUE_NOTICE) == 1
+        state.node.due.step(now=time.time() + 61)
+        client.post("/users/alice/notices?delay=60", json={"n": 1}, headers=headers)  # a late retry
+        state.node.due.step(now=time.time() + 122)
+        assert [item.notice.data for item in state.inbox("alice").items] == [{"n": 1}]
