@@ -113,8 +113,18 @@ def _connect(url_of: t.Callable[[int], str], port: int, streams: int) -> float:
         gen.stop()
 
 
-def limit(runs: int, requests: int, streams: int) -> dict[str, t.Any]:
-    """Run both figures ``runs`` times, alternating who goes first; medians and ratios."""
+class Setup(t.NamedTuple):
+    """What a one-worker run needs: its secret and publish key, the servers' environment, stream paths."""
+
+    secret: str
+    key: str
+    env: dict[str, str]
+    #: ``/connection/user-<i>?token=...`` for each stream, as :class:`~bench.loadgen.LoadGen` takes them.
+    paths: list[str]
+
+
+def setup(streams: int) -> Setup:
+    """Fresh secrets (no publish rate limit, 5 s heartbeats) and a stream path for each user."""
     secret, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     env = {
         "FLASK_SECRET_KEY": secret,
@@ -122,6 +132,16 @@ def limit(runs: int, requests: int, streams: int) -> dict[str, t.Any]:
         "SSE_NOTIFY_RATE_LIMIT": "",
         "SSE_NOTIFY_HEARTBEAT": "5",
     }
+    paths = format_paths(
+        "/connection/{user}?token={token}",
+        [{"user": f"user-{i}", "token": issue_token(secret, f"user-{i}", 3600)} for i in range(streams)],
+    )
+    return Setup(secret, key, env, paths)
+
+
+def limit(runs: int, requests: int, streams: int) -> dict[str, t.Any]:
+    """Run both figures ``runs`` times, alternating who goes first; medians and ratios."""
+    _, key, env, tokens = setup(streams)
     rates: dict[str, list[float]] = {
         "publish": [],
         "publish_limit": [],
@@ -134,10 +154,6 @@ def limit(runs: int, requests: int, streams: int) -> dict[str, t.Any]:
         "limit": "bench.peers.limit_app:streams",
         "flask": "bench.peers.flask_path:app",
     }
-    tokens = format_paths(
-        "/connection/{user}?token={token}",
-        [{"user": f"user-{i}", "token": issue_token(secret, f"user-{i}", 3600)} for i in range(streams)],
-    )
     with tempfile.TemporaryDirectory() as tmp:
         body = Path(tmp) / "notice.json"
         body.write_text('{"title":"Build finished","text":"main is green","n":1}')

@@ -19,7 +19,6 @@ here is stopped by PID.
 from __future__ import annotations
 
 import json
-import secrets
 import statistics
 import tempfile
 import threading
@@ -30,8 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.limit import _ab, _connect, _Server
-from bench.loadgen import format_paths
+from bench.limit import _ab, _connect, _Server, setup
 from sse_notify.auth import issue_token
 from sse_notify.brokers.sqlite import SQLiteBroker
 from sse_notify.notices import dumps
@@ -96,19 +94,9 @@ def _lateness(url: str, key: str, secret: str, count: int = 50) -> list[float]:
 
 def pending(runs: int, requests: int, streams: int, count: int) -> dict[str, t.Any]:
     """Run the figures ``runs`` times, alternating which store goes first; medians and ratios."""
-    secret, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    env = {
-        "FLASK_SECRET_KEY": secret,
-        "SSE_NOTIFY_PUBLISH_KEYS": key,
-        "SSE_NOTIFY_RATE_LIMIT": "",
-        "SSE_NOTIFY_HEARTBEAT": "5",
-    }
+    secret, key, env, tokens = setup(streams)
     rates: dict[str, list[float]] = {"publish_0": [], "publish_n": [], "connect_0": [], "connect_n": []}
     late: list[float] = []
-    tokens = format_paths(
-        "/connection/{user}?token={token}",
-        [{"user": f"user-{i}", "token": issue_token(secret, f"user-{i}", 3600)} for i in range(streams)],
-    )
     with tempfile.TemporaryDirectory() as tmp:
         body = Path(tmp) / "notice.json"
         body.write_text('{"title":"Build finished","text":"main is green","n":1}')
