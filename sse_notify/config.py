@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 
 from .auth import MAX_TOKEN_TTL
 from .errors import ConfigError
+from .notices import EMAIL_ADDRESS
 
 __all__ = ["DEFAULTS", "PREFIX", "Settings", "load_env"]
 
@@ -60,7 +61,21 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_METRICS": True,
     "SSE_NOTIFY_LOG_FORMAT": "",
     "SSE_NOTIFY_LOG_LEVEL": "WARNING",
+    "SSE_NOTIFY_FALLBACK_AFTER": 300.0,
+    "SSE_NOTIFY_FALLBACK_DIGEST": 60.0,
+    "SSE_NOTIFY_FALLBACK_BACKOFF": 30.0,
+    "SSE_NOTIFY_FALLBACK_ATTEMPTS": 8,
+    "SSE_NOTIFY_FALLBACK_TIMEOUT": 10.0,
+    "SSE_NOTIFY_SMTP_URL": "",
+    "SSE_NOTIFY_EMAIL_FROM": "",
+    "SSE_NOTIFY_WEBHOOK_URL": "",
+    "SSE_NOTIFY_WEBHOOK_SECRET": "",
 }
+
+#: Settings whose empty value means "off" (a channel not set up).
+_MAY_BE_EMPTY = frozenset({"smtp_url", "email_from", "webhook_url", "webhook_secret"})
+#: ``smtp://`` or ``smtps://`` with a host, optional login, port and ``?starttls=``.
+_SMTP = re.compile(r"smtps?://([^@/?#\s]+@)?[^@/?#:\s]+(:[0-9]{1,5})?(\?starttls=(auto|true|false))?")
 
 
 def load_env(config: t.MutableMapping[str, t.Any], environ: t.Mapping[str, str] | None = None) -> None:
@@ -185,6 +200,21 @@ class Settings:
     metrics: bool
     log_format: str
     log_level: str
+    fallback_after: float
+    fallback_digest: float
+    fallback_backoff: float
+    fallback_attempts: int
+    fallback_timeout: float
+    smtp_url: str
+    email_from: str
+    webhook_url: str
+    webhook_secret: str
+
+    @property
+    def fallback_channels(self) -> tuple[str, ...]:
+        """The channels set up besides ``in_app`` (``email``, ``push``, ``webhook``)."""
+        on = {"email": bool(self.smtp_url), "webhook": bool(self.webhook_url)}
+        return tuple(channel for channel, yes in on.items() if yes)
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
@@ -202,6 +232,8 @@ class Settings:
                 values[f.name] = _text(key, raw, empty=True)  # "" turns the limit off
             elif f.name == "url_prefix":
                 values[f.name] = _url_prefix(key, raw)
+            elif f.name in _MAY_BE_EMPTY:
+                values[f.name] = _text(key, raw, empty=True).strip()
             elif f.name in _CHOICES:
                 values[f.name] = _choice(key, raw, _CHOICES[f.name])
             else:
@@ -218,4 +250,33 @@ class Settings:
                     "carry credentials, so list each origin as scheme://host[:port] "
                     "(e.g. https://app.example.com); no *, no patterns"
                 )
+        _check_channels(values)
         return cls(**values)
+
+
+def _check_channels(values: dict[str, t.Any]) -> None:
+    """Each fallback channel's settings, complete and well formed (#15)."""
+    smtp = values["smtp_url"]
+    if smtp:
+        if not _SMTP.fullmatch(smtp):
+            raise ConfigError(
+                "SSE_NOTIFY_SMTP_URL must look like smtp://user:password@host:587 or "
+                "smtps://host:465 (optional ?starttls=auto|true|false)"
+            )
+        if not EMAIL_ADDRESS.fullmatch(values["email_from"].rpartition("<")[2].rstrip(">")):
+            raise ConfigError(
+                "SSE_NOTIFY_EMAIL_FROM must be the sender's address (e.g. notices@example.com or "
+                '"Example <notices@example.com>") when SSE_NOTIFY_SMTP_URL is set, '
+                f"got {values['email_from']!r}"
+            )
+    hook = values["webhook_url"]
+    if hook:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", hook):
+            raise ConfigError(f"SSE_NOTIFY_WEBHOOK_URL must be an http:// or https:// URL, got {hook!r}")
+        secret = values["webhook_secret"]
+        if not re.fullmatch(r"whsec_[A-Za-z0-9+/]{32,}={0,2}", secret):
+            raise ConfigError(
+                "SSE_NOTIFY_WEBHOOK_SECRET must be set when SSE_NOTIFY_WEBHOOK_URL is: whsec_ and at least "
+                '24 random bytes in base64 (make one with: python -c "import base64, os; '
+                "print('whsec_' + base64.b64encode(os.urandom(32)).decode())\")"
+            )

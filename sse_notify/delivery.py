@@ -68,8 +68,8 @@ __all__ = [
 OPTIONS = ("category", "critical", "send_at", "delay", "group")
 #: The furthest ahead a notice may be scheduled (seconds).
 MAX_DELAY = 366 * 86400
-#: The channels a preference may name (#15 adds email, push and webhook).
-CHANNELS = ("in_app",)
+#: The channels a preference may name: in the app, and those a notice falls back to (``fallback.py``).
+CHANNELS = ("in_app", "email", "push", "webhook")
 #: The most categories one user's preferences may list.
 MAX_CATEGORIES = 200
 
@@ -427,9 +427,13 @@ class Preferences:
         return dumps(self.to_dict())
 
     def wants(self, category: str | None, channel: str = "in_app") -> bool:
-        """Whether the user wants a notice of ``category`` on ``channel`` (no category: always)."""
+        """Whether the user wants a notice of ``category`` on ``channel``.
+
+        A notice with no category is always wanted in-app; on another channel it follows the
+        channel's ``default`` (``{"default": {"email": false}}``: no email at all).
+        """
         if category is None:
-            return True
+            return channel == "in_app" or self.default.get(channel, True)
         listed = self.categories.get(category)
         if listed is not None and channel in listed:
             return listed[channel]

@@ -17,10 +17,13 @@
       - :class:`InvalidOption` — a bad delivery option or preference (names which)
       - :class:`PayloadTooLarge` — a body or a notice over its size limit (413)
 
+    - :class:`InvalidField` — a contact or a push subscription was refused (names the field)
+
   - :class:`IdempotencyKeyReused` — an ``Idempotency-Key`` sent again with another request (422)
   - :class:`NoticeNotFound` — a notice that is not in the user's inbox (404)
   - :class:`Conflict` — a request that cannot apply to what it names (409)
   - :class:`RateLimited` — a publish key over its rate limit (429)
+  - :class:`ChannelFailed` — a send on a channel (email, push) that the provider refused (502)
   - :class:`AuthError` — a request is not allowed
 
     - :class:`Unauthenticated` — no credentials, or bad ones (answered 401)
@@ -53,6 +56,7 @@ __all__ = [
     "BrokerClosed",
     "BrokerError",
     "BrokerUnavailable",
+    "ChannelFailed",
     "ClientError",
     "ClientIdempotencyKeyReused",
     "ClientRateLimited",
@@ -60,6 +64,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "IdempotencyKeyReused",
+    "InvalidField",
     "InvalidNotice",
     "InvalidOption",
     "InvalidRequest",
@@ -154,6 +159,24 @@ class PayloadTooLarge(InvalidNotice):
         super().__init__(message)
         #: The limit, in bytes.
         self.limit = limit
+
+
+class InvalidField(InvalidRequest):
+    """A contact or a push subscription was refused (400); names the field."""
+
+    error_code = "invalid_field"
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        #: The field refused.
+        self.field = field
+
+
+class ChannelFailed(SSENotifyError):
+    """A send asked for now (a test email) that the provider did not take (502)."""
+
+    http_status = 502
+    error_code = "channel_failed"
 
 
 class IdempotencyKeyReused(SSENotifyError):

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import os
 import typing as t
+from importlib.metadata import version
 
-from flask import Flask, Response
+from flask import Flask, Response, render_template
 
 from . import logs
 from .auth import checked_ttl
 from .brokers import make_broker
+from .channels import ContactsHook
+from .channels import build as build_fallbacks
 from .cli import register_commands
 from .config import Settings
-from .delivery import Delivery, Receipt
+from .delivery import DEFAULT_PREFERENCES, Delivery, Preferences, Receipt
 from .handoff import capture_start_response
 from .hub import Hub
 from .node import Node
@@ -51,6 +54,8 @@ class SSENotify:
         ``SSE_NOTIFY_URL_PREFIX``, else ``""``: at the root).
     :param authorize: optional ``authorize(user_id) -> bool | None`` deciding who may
         open a stream with the host app's own login (``None`` falls back to tokens).
+    :param contacts: optional ``contacts(user_id) -> {"email": ...} | None``: where the host app
+        keeps its users' addresses (``None`` falls back to ``PUT /users/<id>/contacts``).
     """
 
     def __init__(
@@ -59,15 +64,22 @@ class SSENotify:
         *,
         url_prefix: str | None = None,
         authorize: AuthorizeHook | None = None,
+        contacts: ContactsHook | None = None,
     ) -> None:
         self.url_prefix = url_prefix
         self._authorize = authorize
+        self._contacts = contacts
         if app is not None:
             self.init_app(app)
 
     def authorize(self, func: AuthorizeHook) -> AuthorizeHook:
         """Decorator form of the ``authorize`` argument (set it before ``init_app``)."""
         self._authorize = func
+        return func
+
+    def contacts(self, func: ContactsHook) -> ContactsHook:
+        """Decorator form of the ``contacts`` argument (set it before ``init_app``)."""
+        self._contacts = func
         return func
 
     def init_app(self, app: Flask) -> None:
@@ -98,7 +110,9 @@ class SSENotify:
             sweep_interval=settings.sweep_interval,
             presence_interval=settings.presence_interval,
         )
-        app.extensions[EXTENSION_KEY] = State(settings, broker, hub, node, security, prefix)
+        app.extensions[EXTENSION_KEY] = State(
+            settings, broker, hub, node, security, prefix, self._fallbacks(app, settings, broker)
+        )
         app.register_blueprint(bp, url_prefix=prefix or None)
         if settings.detach_streams:
             app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign,assignment]
@@ -116,6 +130,20 @@ class SSENotify:
             logs.configure(settings.log_format, settings.log_level)
         register_commands(app)
         announce(security, app.instance_path)
+
+    def _fallbacks(self, app: Flask, settings: Settings, broker: t.Any) -> t.Any:
+        """Email, push and webhook, where the settings turn them on (``channels/``)."""
+
+        def render(name: str, context: t.Mapping[str, t.Any]) -> str:
+            with app.app_context():
+                return render_template(name, **context)
+
+        def preferences(user_id: str) -> Preferences:
+            text = broker.preferences([user_id]).get(user_id)
+            return Preferences.from_json(text) if text else DEFAULT_PREFERENCES
+
+        agent = f"sse-notify/{version('sse-notify')}"
+        return build_fallbacks(settings, broker, preferences, render, self._contacts, agent)
 
 
 def notify(

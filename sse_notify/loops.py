@@ -219,7 +219,10 @@ class DueWork(Loop):
         self.interval = interval
         self.lease = lease
         #: What to do with an entry, by its kind (the service registers them).
-        self.actions: dict[str, t.Callable[[Due], None]] = {}
+        #: What to do per kind. An action that returns ``False`` has handed the entry on (to a
+        #: greenlet that calls ``broker.finish`` itself, or to the end of its lease); any other
+        #: return forgets it.
+        self.actions: dict[str, t.Callable[[Due], bool | None]] = {}
 
     def run(self) -> None:
         """Claim and do what is due, every interval (at once again after a full batch).
@@ -251,11 +254,12 @@ class DueWork(Loop):
             if action is None:
                 continue  # a kind of a newer version: its lease ends and a worker that knows it does it
             try:
-                action(due)
+                finished = action(due)
             except Exception:
                 log.exception("scheduled %s %r failed; tried again in %.0f s", due.kind, due.key, self.lease)
                 continue
-            done.append(due)
+            if finished is not False:  # False: the action finishes it itself (see ``actions``)
+                done.append(due)
         if done:
             self.broker.finish(done)
         return len(claimed) == self.BATCH

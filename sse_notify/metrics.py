@@ -82,12 +82,31 @@ STORE_ERRORS = Counter(
     ["operation"],
 )
 
+FALLBACK_SENT = Counter(
+    "sse_notify_fallback_sent",
+    "Fallback messages sent (a digest of unread notices), by channel (email, push, webhook).",
+    ["channel"],
+)
+FALLBACK_RETRIED = Counter(
+    "sse_notify_fallback_retried",
+    "Fallback sends that failed and are tried again later, by channel.",
+    ["channel"],
+)
+FALLBACK_FAILED = Counter(
+    "sse_notify_fallback_failed",
+    "Fallback sends given up (a permanent refusal, or every attempt failed), by channel.",
+    ["channel"],
+)
 
 # Every label value known in advance starts at 0, so that rate() and increase() see the first one.
 for _kind in ("user", "broadcast"):
     PUBLISHED.labels(_kind)
 for _status in ("scheduled", "held", "suppressed"):
     WITHHELD.labels(_status)
+for _channel in ("email", "push", "webhook"):
+    FALLBACK_SENT.labels(_channel)
+    FALLBACK_RETRIED.labels(_channel)
+    FALLBACK_FAILED.labels(_channel)
 for _operation in ("publish", "replay", "snapshot", "head", "subscribe", "presence", "sweep", "ping"):
     STORE_ERRORS.labels(_operation)
 for _reason in ("slow_consumer", "send_timeout", "replaced", "overloaded", "kicked", "resync"):

@@ -50,6 +50,8 @@ BROADCAST: None = None
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:+\-]{1,128}")
 #: :data:`USER_ID_PATTERN` in words, for error messages.
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . @ : + -"
+#: An email address: one @, no spaces, line breaks, quotes or list separators; 254 characters at most.
+EMAIL_ADDRESS = re.compile(r"[^@\s<>,;\"]{1,64}@[^@\s<>,;\"]{1,189}")
 
 #: What an ``Idempotency-Key`` of a publish may be.
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")

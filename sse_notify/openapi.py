@@ -12,7 +12,7 @@ import typing as t
 from .auth import MAX_TOKEN_TTL
 from .config import Settings
 from .delivery import CHANNELS, MAX_CATEGORIES, MAX_DELAY
-from .notices import IDEMPOTENCY_KEY, USER_ID_PATTERN, USER_ID_RULE
+from .notices import EMAIL_ADDRESS, IDEMPOTENCY_KEY, USER_ID_PATTERN, USER_ID_RULE
 
 __all__ = ["document"]
 
@@ -350,6 +350,18 @@ def _schemas() -> dict[str, Schema]:
             expires_at={"type": "integer", "description": "Unix time."},
         ),
         "Kicked": _obj(user_id=_schema("UserId"), kicked={"const": True}),
+        "Contacts": {
+            "type": "object",
+            "properties": {
+                "email": {
+                    "type": ["string", "null"],
+                    "pattern": f"^{EMAIL_ADDRESS.pattern}$",
+                    "description": "Where fallback emails go (`null` or left out: none).",
+                },
+            },
+            "additionalProperties": False,
+            "description": "Where a user's notices go when they stay unread in the app.",
+        },
         "Presence": _obj(
             user_id=_schema("UserId"),
             online={"type": "boolean", "description": "Whether the user has a stream open anywhere."},
@@ -481,7 +493,7 @@ def _shared_responses(settings: Settings) -> dict[str, Schema]:
             "Bad request: a user id that breaks the rule (`invalid_user_id`, on every route), a body "
             "that is not valid JSON, data that is not a JSON object, a malformed batch (the detail "
             "names the item)",
-            ["bad_request", "invalid_notice", "invalid_user_id", "invalid_option"],
+            ["bad_request", "invalid_notice", "invalid_user_id", "invalid_option", "invalid_field"],
         ),
         "401": _error(
             "No credentials, or bad ones", ["unauthorized", "invalid_token", "token_expired"], headers=www
@@ -900,6 +912,40 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 security=reader,
                 parameters=[user],
                 body=_json("The preferences.", _schema("Preferences"), required=True),
+                tag="preferences",
+            ),
+        },
+        "/users/{user_id}/contacts": {
+            "get": on_user(
+                ("getContacts", "Where a user's fallbacks go"),
+                ("200", "The contacts (`{}` if none were set).", "Contacts"),
+                ("400", *auth_errors, "404", "500", "503"),
+                security=publisher,
+                tag="preferences",
+            ),
+            "put": _operation(
+                "setContacts",
+                "Replace a user's contacts",
+                {
+                    "200": _json("The contacts now.", _schema("Contacts")),
+                    **_responses("400", *auth_errors, "404", "413", "415", "500", "503"),
+                },
+                description="Personal data: a publish key only, never the user's token. A bad address "
+                "is a 400 `invalid_field`.",
+                security=publisher,
+                parameters=[user],
+                body=_json("The contacts.", _schema("Contacts"), required=True),
+                tag="preferences",
+            ),
+            "delete": _operation(
+                "deleteContacts",
+                "Forget a user's contacts",
+                {
+                    "204": {"description": "Forgotten."},
+                    **_responses("400", *auth_errors, "404", "500", "503"),
+                },
+                security=publisher,
+                parameters=[user],
                 tag="preferences",
             ),
         },

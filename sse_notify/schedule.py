@@ -59,6 +59,10 @@ class SchedulerStore(t.Protocol):
         """
         ...
 
+    def schedule_many(self, kind: str, entries: t.Sequence[tuple[str, float, str]]) -> None:
+        """:meth:`schedule` each ``(key, due, payload)`` of ``entries`` (in one call to the store)."""
+        ...
+
     def unschedule(self, kind: str, key: str) -> bool:
         """Forget the entry of this kind and key, claimed or not; whether there was one."""
         ...

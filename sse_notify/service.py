@@ -22,6 +22,7 @@ from . import telemetry
 from .auth import checked_ttl
 from .brokers import Broker
 from .brokers.base import Published
+from .channels import CONTACT_FIELDS, CONTACTS, checked_contacts
 from .concurrency import Batcher
 from .config import Settings
 from .control import Control, Kind
@@ -42,6 +43,7 @@ from .delivery import (
     merge_group,
 )
 from .errors import BrokerError, InvalidNotice, InvalidOption, InvalidRequest, NoticeNotFound, PayloadTooLarge
+from .fallback import FALLBACK, SEND, Fallbacks
 from .hub import Hub
 from .inbox import InboxFilter, InboxPage, StateChange, change, list_page, read_all, remove, returned, snooze
 from .node import Node
@@ -98,10 +100,15 @@ class State:
     node: Node
     security: Security
     url_prefix: str = ""
+    #: Email, push and webhook when a notice stays unread (``None``: none is set up).
+    fallbacks: Fallbacks | None = None
 
     def __post_init__(self) -> None:
         self.node.due.actions[DUE_NOTICE] = self._publish_due
         self.node.due.actions[DUE_SNOOZE] = self._wake
+        if self.fallbacks is not None:
+            self.node.due.actions[FALLBACK] = self.fallbacks.collect
+            self.node.due.actions[SEND] = self.fallbacks.send
         #: Publishes that arrive together are one round: one read of their recipients'
         #: preferences, one store transaction (where the store has them) for what they deliver now.
         self._deliveries: Batcher[_Delivery, tuple[list[Receipt], bool]] = Batcher(self._deliver_round)
@@ -160,6 +167,11 @@ class State:
         now = time.time()
         plans = [self._plan(request, preferences, now) for request in requests]
         storing = [index for index, plan in enumerate(plans) if plan.now_items]
+        try:
+            self._before_store(u for i in storing for u, _ in plans[i].now_items)
+        except BrokerError as exc:
+            telemetry.store_failed("publish", exc)
+            return [exc] * len(requests)
         started = time.perf_counter()
         results = self.broker.publish_requests([(plans[i].now_items, requests[i].once) for i in storing])
         seconds = time.perf_counter() - started
@@ -175,6 +187,7 @@ class State:
             notices, replayed = (result.notices, result.replayed) if result is not None else ([], False)
             if result is not None:
                 telemetry.published(notices, seconds, replayed=replayed)
+                self._after_store(notices)
             try:
                 answers.append((self._receipts(request, plan, notices), replayed))
             except BrokerError as exc:  # a notice to keep for later could not be
@@ -262,17 +275,35 @@ class State:
         return self._publish_now_once(checked, idempotency_key, fingerprint)
 
     def _publish_now(self, items: list[tuple[str | None, str]]) -> list[Notice]:
+        self._store(lambda: self._before_store(u for u, _ in items))
         started = time.perf_counter()
         notices = self._store(lambda: self.broker.publish_many(items))
         telemetry.published(notices, time.perf_counter() - started)
+        self._after_store(notices)
         return notices
 
-    def _publish_now_once(self, items: list[tuple[str | None, str]], key: str, fingerprint: str) -> Published:
+    def _publish_now_once(
+        self, items: list[tuple[str | None, str]], key: str, fingerprint: str, ttl: float | None = None
+    ) -> Published:
+        self._store(lambda: self._before_store(u for u, _ in items))
         started = time.perf_counter()
-        ttl = self.settings.idempotency_ttl
-        done = self._store(lambda: self.broker.publish_once(items, key, fingerprint, ttl))
+        lifetime = self.settings.idempotency_ttl if ttl is None else ttl
+        done = self._store(lambda: self.broker.publish_once(items, key, fingerprint, lifetime))
         telemetry.published(done.notices, time.perf_counter() - started, replayed=done.replayed)
+        self._after_store(done.notices)
         return done
+
+    def _before_store(self, user_ids: t.Iterable[str | None]) -> None:
+        """Before user notices are stored: their fallback windows are kept (``fallback.py``)."""
+        if self.fallbacks is not None:
+            self.fallbacks.before_publish(u for u in user_ids if u is not None)
+
+    def _after_store(self, notices: t.Sequence[Notice]) -> None:
+        if self.fallbacks is not None and notices:
+            try:
+                self.fallbacks.after_publish(notices)
+            except BrokerError as exc:  # (the notice is stored: answer 201, and say what was missed)
+                telemetry.store_failed("fallback", exc)
 
     @staticmethod
     def _fingerprint(items: t.Sequence[tuple[str | None, t.Any, Options]], metas: t.Sequence[str]) -> str:
@@ -367,9 +398,7 @@ class State:
         key = f"\x1fdue:{due.key}"
         fingerprint = hashlib.sha256(due.payload.encode()).hexdigest()
         ttl = max(self.settings.idempotency_ttl, 4 * self.node.due.lease)
-        started = time.perf_counter()
-        done = self._store(lambda: self.broker.publish_once(items, key, fingerprint, ttl))
-        telemetry.published(done.notices, time.perf_counter() - started, replayed=done.replayed)
+        self._publish_now_once(items, key, fingerprint, ttl)
 
     def cancel(self, user_id: str, scheduled_id: str) -> bool:
         """Cancel ``user_id``'s notice that waits under ``scheduled_id``; whether one waited."""
@@ -524,6 +553,24 @@ class State:
             ):
                 return notice.id
         return None
+
+    # -- contacts (#15) --------------------------------------------------------
+
+    def contacts(self, user_id: str) -> dict[str, str]:
+        """What ``PUT /users/<id>/contacts`` stored for ``user_id`` (``{"email": ...}``, or ``{}``)."""
+        checked_user_id(user_id)
+        found = self._store(lambda: self.broker.user_records(CONTACTS, user_id))
+        return {name: found[name] for name in CONTACT_FIELDS if name in found}
+
+    def set_contacts(self, user_id: str, body: object) -> dict[str, str]:
+        """Replace ``user_id``'s contacts (a field missing or ``null`` is removed); what is stored now.
+
+        :raises InvalidField: for a field that is not a contact, or a malformed address.
+        """
+        checked_user_id(user_id)
+        for name, value in checked_contacts(body).items():
+            self._store(lambda: self.broker.set_user_record(CONTACTS, user_id, name, value))  # noqa: B023
+        return self.contacts(user_id)
 
     # -- preferences ----------------------------------------------------------
 

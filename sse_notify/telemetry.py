@@ -31,6 +31,8 @@ __all__ = [
     "FLUSH_SECONDS",
     "delivered",
     "evicted",
+    "fallback_failed",
+    "fallback_sent",
     "prepare",
     "published",
     "replayed",
@@ -42,6 +44,7 @@ __all__ = [
 streams_log = logging.getLogger("sse_notify.streams")
 publish_log = logging.getLogger("sse_notify.publish")
 store_log = logging.getLogger("sse_notify.store")
+fallback_log = logging.getLogger("sse_notify.fallback")
 
 _INFO = logging.INFO
 
@@ -276,4 +279,38 @@ def store_failed(operation: str, error: BaseException) -> None:
         operation,
         error,
         extra={"event": "store_error", "operation": operation, "error": str(error)},
+    )
+
+
+def fallback_sent(channel: str, user_id: str, count: int) -> None:
+    """A fallback message with ``count`` unread notices went to ``user_id`` on ``channel``."""
+    _tally.add(_m().FALLBACK_SENT.labels(channel))
+    if fallback_log.isEnabledFor(_INFO):
+        fallback_log.info(
+            "sent %d unread notice(s) to %s by %s",
+            count,
+            user_id,
+            channel,
+            extra={"event": "fallback_sent", "channel": channel, "user_id": user_id, "count": count},
+        )
+
+
+def fallback_failed(channel: str, user_id: str, error: str, retry_in: float | None) -> None:
+    """A fallback send to ``user_id`` on ``channel`` failed: tried again in ``retry_in`` s, or given up."""
+    metric = _m().FALLBACK_FAILED if retry_in is None else _m().FALLBACK_RETRIED
+    _tally.add(metric.labels(channel))
+    what = "gave up" if retry_in is None else f"trying again in {retry_in:.0f} s"
+    fallback_log.warning(
+        "%s to %s failed: %s; %s",
+        channel,
+        user_id,
+        error,
+        what,
+        extra={
+            "event": "fallback_failed",
+            "channel": channel,
+            "user_id": user_id,
+            "error": error,
+            "retry_in": retry_in,
+        },
     )

@@ -335,6 +335,19 @@ def preferences(user_id: str) -> Response:
     return jsonify(state.preference(user_id).to_dict())
 
 
+@bp.route("/users/<user_id>/contacts", methods=["GET", "PUT", "DELETE"])
+@publisher
+def contacts(user_id: str) -> Response:
+    """Where a user's fallbacks go (``{"email": ...}``): personal data, so a publish key only."""
+    state = get_state()
+    if request.method == "PUT":
+        return jsonify(state.set_contacts(user_id, _json_body(state.settings.max_body)))
+    if request.method == "DELETE":
+        state.set_contacts(user_id, {})
+        return Response(status=204)
+    return jsonify(state.contacts(user_id))
+
+
 def _json_object(limit: int) -> dict[str, t.Any]:
     body = _json_body(limit)
     if not isinstance(body, dict):

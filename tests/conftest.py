@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, BrowserContext, sync_playwright
 from sse_notify.service import get_state
 
 from .browser import VIEWPORT, launch_chromium
+from .receivers import WEBHOOK_SECRET, SMTPServer, WebhookReceiver
 from .support import PUBLISH_KEY, RedisServer, Server, standalone_app
 
 
@@ -85,6 +86,22 @@ def _own_redis(tmp_path: Path) -> t.Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(name="smtp")
+def _smtp() -> t.Iterator[SMTPServer]:
+    """A real SMTP server (aiosmtpd) on loopback, which the test may stop and start."""
+    server = SMTPServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(name="webhook")
+def _webhook() -> t.Iterator[WebhookReceiver]:
+    """A webhook receiver that verifies every signature with the standardwebhooks package."""
+    receiver = WebhookReceiver(WEBHOOK_SECRET).start()
+    yield receiver
+    receiver.stop()
 
 
 @pytest.fixture(name="browser", scope="module")

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,6 +248,18 @@ class Server:
     def health(self) -> dict[str, t.Any]:
         """The /healthz body."""
         return t.cast(dict[str, t.Any], httpx.get(self.url + self.health_path, timeout=5).json())
+
+
+def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``/metrics``, keyed by name and sorted labels."""
+    response = httpx.get(server.url + "/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
 
 
 def delivered(response: httpx.Response | TestResponse) -> t.Any:

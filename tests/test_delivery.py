@@ -127,7 +127,7 @@ def test_quiet_hours_within_a_day_and_on_the_other_side_of_the_world() -> None:
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"categories": {"promo": {"email": False}}}, "categories.promo"),  # not a channel (yet)
+        ({"categories": {"promo": {"sms": False}}}, "categories.promo"),  # not a channel
         ({"categories": {"promo": {"in_app": "no"}}}, "categories.promo.in_app"),
         ({"categories": {"bad name": {"in_app": False}}}, "categories"),
         ({"categories": []}, "categories"),

@@ -55,6 +55,9 @@ ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/users/{user_id}/notices/read-all"): {"400", "401", "403", "500", "503"},
     ("post", "/users/{user_id}/notices/{notice_id}/snooze"): {"400", "401", "403", "404", "500", "503"},
     ("delete", "/users/{user_id}/notices/{notice_id}"): {"400", "401", "403", "404", "409", "500", "503"},
+    ("get", "/users/{user_id}/contacts"): {"400", "401", "403", "404", "429", "500", "503"},
+    ("put", "/users/{user_id}/contacts"): {"400", "401", "403", "404", "413", "415", "429", "500", "503"},
+    ("delete", "/users/{user_id}/contacts"): {"400", "401", "403", "404", "429", "500", "503"},
     ("get", "/users/{user_id}/preferences"): {"400", "401", "403", "500", "503"},
     ("put", "/users/{user_id}/preferences"): {"400", "401", "403", "413", "415", "500", "503"},
     **{

@@ -22,23 +22,11 @@ from sse_notify import create_app, presence
 from sse_notify.service import get_state
 
 from .sse_client import Subscriber
-from .support import AUTH, RedisServer, Server, token_for, wait_for
+from .support import AUTH, RedisServer, Server, scrape, token_for, wait_for
 
 pytestmark = pytest.mark.server
 
 FAST_PRESENCE = {"SSE_NOTIFY_PRESENCE_INTERVAL": "0.2"}  # a killed worker is forgotten after 2 s
-
-
-def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of ``/metrics``, keyed by name and sorted labels."""
-    response = httpx.get(server.url + "/metrics", timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 def metric(server: Server, name: str, **labels: str) -> float:
@@ -288,3 +276,6 @@ def test_metrics_start_at_zero_for_every_known_label(app: Flask) -> None:
         assert ("sse_notify_evictions_total", (("reason", reason),)) in samples
     assert ("sse_notify_streams_closed_total", (("reason", "disconnected"),)) in samples
     assert ("sse_notify_notices_published_total", (("kind", "broadcast"),)) in samples
+    for channel in ("email", "push", "webhook"):
+        for what in ("sent", "retried", "failed"):
+            assert (f"sse_notify_fallback_{what}_total", (("channel", channel),)) in samples

@@ -48,6 +48,7 @@ from ..concurrency import gevent_active, pid, thread_lock
 from ..control import Control
 from ..delivery import PreferenceStore, fold
 from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, IdempotencyKeyReused
+from ..fallback import RecordStore
 from ..inbox import InboxState, InboxStore
 from ..notices import Notice
 from ..presence import PresenceStore
@@ -174,9 +175,9 @@ def stored_item(seq: int, key: str, created_at: str, data: str) -> Item | None:
     return Notice.stored(seq, None if key == BROADCAST_KEY else key, created_at, data)
 
 
-class Broker(InboxStore, PresenceStore, SchedulerStore, PreferenceStore, t.Protocol):
-    """**Protocol:** a notice store with replay, a per-process feed, inbox marks, presence, a scheduler
-    and preferences."""
+class Broker(InboxStore, PresenceStore, SchedulerStore, PreferenceStore, RecordStore, t.Protocol):
+    """**Protocol:** a notice store with replay, a per-process feed, inbox marks, presence, a scheduler,
+    preferences and users' records (contacts, push subscriptions)."""
 
     #: Whether notices survive a restart of every process.
     durable: bool
@@ -323,6 +324,16 @@ class StoreBase(t.Generic[C]):
 
     def _stop_feed(self) -> None:
         """Stop the feed of this process and wait until it has (at :meth:`close`)."""
+
+    def schedule_many(self, kind: str, entries: t.Sequence[tuple[str, float, str]]) -> None:
+        """Keep each ``(key, due, payload)`` until its due time, replacing entries of this kind and key."""
+        raise NotImplementedError
+
+    # -- what every backend shares -----------------------------------------
+
+    def schedule(self, kind: str, key: str, due: float, payload: str) -> None:
+        """Keep the entry until ``due``, replacing any of this kind and key."""
+        self.schedule_many(kind, [(key, due, payload)])
 
     # -- the per-process connection and its errors -------------------------
 

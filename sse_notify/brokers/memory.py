@@ -50,6 +50,8 @@ class _Memory:
     preferences: dict[str, str] = field(default_factory=dict)
     #: (user, group key) -> the id of the group's newest entry.
     groups: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (kind, user) -> name -> text: contacts, push subscriptions.
+    records: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 class MemoryBroker(StoreBase[_Memory]):
@@ -290,16 +292,39 @@ class MemoryBroker(StoreBase[_Memory]):
         """Replace the user's preferences."""
         self._run(lambda memory: memory.preferences.__setitem__(user_id, text))
 
+    # -- users' records (contacts, push subscriptions) -------------------------
+
+    def user_records(self, kind: str, user_id: str) -> dict[str, str]:
+        """The user's records of ``kind``, by name."""
+        return self._run(lambda memory: dict(memory.records.get((kind, user_id), {})))
+
+    def set_user_record(self, kind: str, user_id: str, name: str, text: str | None) -> bool:
+        """Keep (or, with ``None``, forget) one record; whether it existed before."""
+
+        def work(memory: _Memory) -> bool:
+            mine = memory.records.setdefault((kind, user_id), {})
+            existed = name in mine
+            if text is None:
+                mine.pop(name, None)
+                if not mine:
+                    del memory.records[kind, user_id]
+            else:
+                mine[name] = text
+            return existed
+
+        return self._run(work)
+
     # -- the scheduler --------------------------------------------------------
 
-    def schedule(self, kind: str, key: str, due: float, payload: str) -> None:
-        """Keep the entry until ``due``, replacing any of this kind and key."""
+    def schedule_many(self, kind: str, entries: t.Sequence[tuple[str, float, str]]) -> None:
+        """Keep each entry until its due time, replacing any of this kind and key."""
         checked_kind(kind)
 
         def work(memory: _Memory) -> None:
-            token = next(memory.tokens)
-            memory.entries[kind, key] = (due, due, payload, token)
-            heapq.heappush(memory.timeline, (due, kind, key, token))
+            for key, due, payload in entries:
+                token = next(memory.tokens)
+                memory.entries[kind, key] = (due, due, payload, token)
+                heapq.heappush(memory.timeline, (due, kind, key, token))
 
         self._run(work)
 

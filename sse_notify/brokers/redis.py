@@ -18,6 +18,8 @@ Layout (every key under one prefix, ``sse_notify:`` by default):
 ``{p}prefs``           hash: per user, their preferences (JSON)
 ``{p}groups:{user}``   hash: a user's group keys, each the cursor of the group's
                        newest entry
+``{p}rec:{kind}:{user}`` hash: a user's records of a kind (``contacts``,
+                       ``push``), by name
 ``{p}idem:{key}``      hash: an idempotency key's request fingerprint, first
                        cursor and time, expiring after the key's lifetime
 ``{p}workers``         sorted set: live workers (presence), scored by expiry
@@ -293,10 +295,23 @@ return counts
 # The scheduler: {p}sched scores "<kind>\0<key>" by when it is due (or its claim's lease
 # ends); {p}sched:{kind} holds each key's "<token>\t<scheduled due>\t<payload>".
 _SCHEDULE = """
-local p, kind, key, due, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local token = redis.call('INCR', p .. 'sched:tokens')
-redis.call('ZADD', p .. 'sched', due, kind .. '\0' .. key)
-redis.call('HSET', p .. 'sched:' .. kind, key, token .. '\t' .. due .. '\t' .. payload)
+local p, kind = ARGV[1], ARGV[2]
+for i = 3, #ARGV, 3 do
+  local key, due, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local token = redis.call('INCR', p .. 'sched:tokens')
+  redis.call('ZADD', p .. 'sched', due, kind .. '\0' .. key)
+  redis.call('HSET', p .. 'sched:' .. kind, key, token .. '\t' .. due .. '\t' .. payload)
+end
+"""
+
+_SET_RECORD = """
+local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
+if ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return existed
 """
 
 _UNSCHEDULE = """
@@ -451,6 +466,7 @@ class RedisBroker(StoreBase[t.Any]):
             "presence_counts": client.register_script(_PRESENCE_COUNTS),
             "schedule": client.register_script(_SCHEDULE),
             "unschedule": client.register_script(_UNSCHEDULE),
+            "set_record": client.register_script(_SET_RECORD),
             "claim_due": client.register_script(_CLAIM_DUE),
             "finish": client.register_script(_FINISH),
         }
@@ -701,6 +717,19 @@ class RedisBroker(StoreBase[t.Any]):
         """Replace the user's preferences."""
         self._run(lambda client: client.hset(f"{self.prefix}prefs", user_id, text))
 
+    # -- users' records (contacts, push subscriptions) -----------------------
+
+    def user_records(self, kind: str, user_id: str) -> dict[str, str]:
+        """The user's records of ``kind``, by name (one HGETALL)."""
+        found = self._run(lambda client: client.hgetall(f"{self.prefix}rec:{kind}:{user_id}"))
+        return {_text(name): _text(text) for name, text in found.items()}
+
+    def set_user_record(self, kind: str, user_id: str, name: str, text: str | None) -> bool:
+        """Keep (or, with ``None``, forget) one record; whether it existed before (one script)."""
+        key = f"{self.prefix}rec:{kind}:{user_id}"
+        args = [name] if text is None else [name, text]
+        return bool(self._run(lambda client: self._scripts["set_record"](keys=[key], args=args)))
+
     # -- presence -----------------------------------------------------------
 
     def presence_update(self, worker: str, counts: t.Mapping[str, int], ttl: float) -> None:
@@ -732,11 +761,14 @@ class RedisBroker(StoreBase[t.Any]):
 
     # -- the scheduler (one script each: atomic across workers and hosts) ---
 
-    def schedule(self, kind: str, key: str, due: float, payload: str) -> None:
-        """Keep the entry until ``due``, replacing any of this kind and key."""
+    def schedule_many(self, kind: str, entries: t.Sequence[tuple[str, float, str]]) -> None:
+        """Keep each entry until its due time, replacing any of this kind and key (one script)."""
         checked_kind(kind)
-        args = [self.prefix, kind, key, repr(float(due)), payload]
-        self._run(lambda client: self._scripts["schedule"](args=args))
+        args: list[t.Any] = [self.prefix, kind]
+        for key, due, payload in entries:
+            args += [key, repr(float(due)), payload]
+        if entries:
+            self._run(lambda client: self._scripts["schedule"](args=args))
 
     def unschedule(self, kind: str, key: str) -> bool:
         """Forget the entry; whether there was one."""

@@ -115,6 +115,13 @@ CREATE TABLE IF NOT EXISTS preferences (
     user_id TEXT PRIMARY KEY,
     body TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_records (
+    kind TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, user_id, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -643,6 +650,38 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
         """Replace the user's preferences."""
         self._run(lambda db: db.execute("INSERT OR REPLACE INTO preferences VALUES (?, ?)", (user_id, text)))
 
+    # -- users' records (contacts, push subscriptions) -----------------------
+
+    def user_records(self, kind: str, user_id: str) -> dict[str, str]:
+        """The user's records of ``kind``, by name."""
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT name, body FROM user_records WHERE kind = ? AND user_id = ?", (kind, user_id)
+            ).fetchall()
+        )
+        return {str(name): str(body) for name, body in rows}
+
+    def set_user_record(self, kind: str, user_id: str, name: str, text: str | None) -> bool:
+        """Keep (or, with ``None``, forget) one record; whether it existed before (one transaction)."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            where = (kind, user_id, name)
+            existed = (
+                db.execute(
+                    "SELECT 1 FROM user_records WHERE kind = ? AND user_id = ? AND name = ?", where
+                ).fetchone()
+                is not None
+            )
+            if text is None:
+                db.execute("DELETE FROM user_records WHERE kind = ? AND user_id = ? AND name = ?", where)
+            else:
+                db.execute("INSERT OR REPLACE INTO user_records VALUES (?, ?, ?, ?)", (*where, text))
+            db.execute("COMMIT")
+            return existed
+
+        return self._run(work)
+
     # -- presence -----------------------------------------------------------
 
     def presence_update(self, worker: str, counts: t.Mapping[str, int], ttl: float) -> None:
@@ -672,11 +711,18 @@ class SQLiteBroker(StoreBase[sqlite3.Connection]):
 
     # -- the scheduler (``due`` is when it falls due: as scheduled, or its claim's lease end) --
 
-    def schedule(self, kind: str, key: str, due: float, payload: str) -> None:
-        """Keep the entry until ``due``, replacing any of this kind and key."""
+    def schedule_many(self, kind: str, entries: t.Sequence[tuple[str, float, str]]) -> None:
+        """Keep each entry until its due time, replacing any of this kind and key (one transaction)."""
         checked_kind(kind)
-        row = (kind, key, due, due, payload, secrets.randbits(62))
-        self._run(lambda db: db.execute("INSERT OR REPLACE INTO scheduled VALUES (?, ?, ?, ?, ?, ?)", row))
+        rows = [(kind, key, due, due, payload, secrets.randbits(62)) for key, due, payload in entries]
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO scheduled VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+
+        if rows:
+            self._run(work)
 
     def unschedule(self, kind: str, key: str) -> bool:
         """Forget the entry; whether there was one."""

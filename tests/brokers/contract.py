@@ -444,6 +444,39 @@ class BrokerContract:
         with pytest.raises(ValueError, match="kind"):
             broker.schedule("no:colons", "a", 1.0, payload(1))
 
+    def test_schedule_many_keeps_each_entry_as_schedule_would(self, broker: Broker) -> None:
+        """schedule_many keeps every entry in one call, replacing those of the same key; none is a no-op."""
+        broker.schedule("fallback", "1:alice", 50.0, "old")
+        broker.schedule_many("fallback", [("1:alice", 20.0, ""), ("1:bob", 10.0, "b"), ("2:a:b", 30.0, "c")])
+        broker.schedule_many("fallback", [])
+        assert broker.scheduled("fallback") == 3
+        claimed = broker.claim_due(40.0, 10, 30)
+        assert [(d.key, d.due, d.payload) for d in claimed] == [
+            ("1:bob", 10.0, "b"),
+            ("1:alice", 20.0, ""),
+            ("2:a:b", 30.0, "c"),
+        ]
+        with pytest.raises(ValueError, match="kind"):
+            broker.schedule_many("no:colons", [("a", 1.0, "")])
+
+    def test_user_records_are_kept_per_kind_and_user(self, broker: Broker) -> None:
+        """set_user_record keeps, replaces and forgets one record; user_records lists a user's of a kind."""
+        assert broker.user_records("push", "alice") == {}
+        assert broker.set_user_record("push", "alice", "https://push.example/1", '{"a":1}') is False
+        assert broker.set_user_record("push", "alice", "https://push.example/2", '{"a":2}') is False
+        assert broker.set_user_record("push", "alice", "https://push.example/1", '{"a":3}') is True
+        broker.set_user_record("contacts", "alice", "email", "alice@example.com")
+        broker.set_user_record("push", "bob", "https://push.example/1", "{}")
+        assert broker.user_records("push", "alice") == {
+            "https://push.example/1": '{"a":3}',
+            "https://push.example/2": '{"a":2}',
+        }
+        assert broker.user_records("contacts", "alice") == {"email": "alice@example.com"}
+        assert broker.set_user_record("push", "alice", "https://push.example/1", None) is True
+        assert broker.set_user_record("push", "alice", "https://push.example/1", None) is False
+        assert broker.user_records("push", "alice") == {"https://push.example/2": '{"a":2}'}
+        assert broker.user_records("push", "bob") == {"https://push.example/1": "{}"}
+
     def test_pending_shows_an_entry_while_it_waits(self, broker: Broker) -> None:
         """pending gives an entry's payload, claimed or not, until it is finished or unscheduled."""
         assert broker.pending("notice", "a") is None
@@ -1030,6 +1063,13 @@ class DurableContract(BrokerContract):
         (other,) = again.claim_due(101.0, 10, 60)
         assert other.key != claimed.key
         assert [d.key for d in again.claim_due(131.0, 10, 30)] == [claimed.key]
+
+    def test_user_records_are_durable_and_shared(self, make_broker: MakeBroker) -> None:
+        """A record kept by one broker is there for another, after the first is closed."""
+        first = make_broker()
+        first.set_user_record("contacts", "alice", "email", "alice@example.com")
+        first.close()
+        assert make_broker().user_records("contacts", "alice") == {"email": "alice@example.com"}
 
 
 class InboxDurableContract(DurableContract):
