@@ -359,6 +359,15 @@ class Client:
         path = f"/users/{_segment(user_id)}/preferences"
         return t.cast(dict[str, t.Any], self._request("PUT", path, body=dict(preferences)))
 
+    def contacts(self, user_id: str) -> dict[str, str]:
+        """Where the user's unread notices fall back to: ``{"email": ...}`` (``{}``: nowhere)."""
+        return t.cast(dict[str, str], self._request("GET", f"/users/{_segment(user_id)}/contacts"))
+
+    def set_contacts(self, user_id: str, *, email: str | None) -> dict[str, str]:
+        """Set (or, with ``None``, remove) the user's email address for fallbacks; the contacts now."""
+        path = f"/users/{_segment(user_id)}/contacts"
+        return t.cast(dict[str, str], self._request("PUT", path, body={"email": email}))
+
     # -- the inbox ---------------------------------------------------------------------------
 
     # Each returns the user's unread count afterwards, and raises NotFound for a notice that is not

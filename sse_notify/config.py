@@ -70,10 +70,16 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_EMAIL_FROM": "",
     "SSE_NOTIFY_WEBHOOK_URL": "",
     "SSE_NOTIFY_WEBHOOK_SECRET": "",
+    "SSE_NOTIFY_PUSH": False,
+    "SSE_NOTIFY_VAPID_PRIVATE_KEY": "",
+    "SSE_NOTIFY_VAPID_SUBJECT": "",
+    "SSE_NOTIFY_PUSH_TTL": 86400,
 }
 
 #: Settings whose empty value means "off" (a channel not set up).
-_MAY_BE_EMPTY = frozenset({"smtp_url", "email_from", "webhook_url", "webhook_secret"})
+_MAY_BE_EMPTY = frozenset(
+    {"smtp_url", "email_from", "webhook_url", "webhook_secret", "vapid_private_key", "vapid_subject"}
+)
 #: ``smtp://`` or ``smtps://`` with a host, optional login, port and ``?starttls=``.
 _SMTP = re.compile(r"smtps?://([^@/?#\s]+@)?[^@/?#:\s]+(:[0-9]{1,5})?(\?starttls=(auto|true|false))?")
 
@@ -209,11 +215,15 @@ class Settings:
     email_from: str
     webhook_url: str
     webhook_secret: str
+    push: bool
+    vapid_private_key: str
+    vapid_subject: str
+    push_ttl: int
 
     @property
     def fallback_channels(self) -> tuple[str, ...]:
         """The channels set up besides ``in_app`` (``email``, ``push``, ``webhook``)."""
-        on = {"email": bool(self.smtp_url), "webhook": bool(self.webhook_url)}
+        on = {"email": bool(self.smtp_url), "push": self.push, "webhook": bool(self.webhook_url)}
         return tuple(channel for channel, yes in on.items() if yes)
 
     @classmethod
@@ -279,4 +289,14 @@ def _check_channels(values: dict[str, t.Any]) -> None:
                 "SSE_NOTIFY_WEBHOOK_SECRET must be set when SSE_NOTIFY_WEBHOOK_URL is: whsec_ and at least "
                 '24 random bytes in base64 (make one with: python -c "import base64, os; '
                 "print('whsec_' + base64.b64encode(os.urandom(32)).decode())\")"
+            )
+    if values["push"]:
+        subject = values["vapid_subject"]
+        if subject and not subject.startswith(("mailto:", "https://")):
+            raise ConfigError(f"SSE_NOTIFY_VAPID_SUBJECT must be a mailto: or https:// URL, got {subject!r}")
+        if values["production"] and not (values["vapid_private_key"] and subject):
+            raise ConfigError(
+                "SSE_NOTIFY_PUSH in production needs SSE_NOTIFY_VAPID_PRIVATE_KEY (the path of a PEM "
+                "file: `vapid --gen`, installed with sse-notify[push], writes private_key.pem) and "
+                "SSE_NOTIFY_VAPID_SUBJECT (mailto:you@example.com)"
             )

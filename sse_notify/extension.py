@@ -142,8 +142,17 @@ class SSENotify:
             text = broker.preferences([user_id]).get(user_id)
             return Preferences.from_json(text) if text else DEFAULT_PREFERENCES
 
+        hook = self._contacts
+
+        def contacts(user_id: str) -> t.Mapping[str, str] | None:
+            assert hook is not None
+            with app.app_context():  # (the host's hook may use its database session)
+                return hook(user_id)
+
         agent = f"sse-notify/{version('sse-notify')}"
-        return build_fallbacks(settings, broker, preferences, render, self._contacts, agent)
+        return build_fallbacks(
+            settings, broker, preferences, render, contacts if hook else None, agent, app.instance_path
+        )
 
 
 def notify(

@@ -104,7 +104,7 @@ class Timing:
 
 def stored_at(notice: Notice) -> float:
     """When ``notice`` was stored (Unix time)."""
-    return datetime.fromisoformat(notice.created_at).timestamp()
+    return datetime.fromisoformat(notice.created_at.replace("Z", "+00:00")).timestamp()  # (3.10 reads no Z)
 
 
 def unread(notice: Notice, state: InboxState, now: float) -> bool:

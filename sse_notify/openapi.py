@@ -362,6 +362,28 @@ def _schemas() -> dict[str, Schema]:
             "additionalProperties": False,
             "description": "Where a user's notices go when they stay unread in the app.",
         },
+        "PushSubscription": {
+            "type": "object",
+            "properties": {
+                "endpoint": {"type": "string", "format": "uri", "maxLength": 1024},
+                "expirationTime": {"type": ["number", "null"]},
+                "keys": {
+                    "type": "object",
+                    "properties": {"p256dh": {"type": "string"}, "auth": {"type": "string"}},
+                    "required": ["p256dh", "auth"],
+                },
+            },
+            "required": ["endpoint", "keys"],
+            "description": "`PushSubscription.toJSON()` as the browser gives it (`https://` in production).",
+        },
+        "PushEndpoint": _obj(endpoint={"type": "string", "description": "The push subscription's endpoint."}),
+        "PushKey": _obj(
+            public_key={
+                "type": "string",
+                "description": "The VAPID public key, URL-safe base64 (`applicationServerKey`).",
+            }
+        ),
+        "TestEmail": _obj(sent={"const": True}, to={"type": "string", "description": "Where it went."}),
         "Presence": _obj(
             user_id=_schema("UserId"),
             online={"type": "boolean", "description": "Whether the user has a stream open anywhere."},
@@ -506,7 +528,9 @@ def _shared_responses(settings: Settings) -> dict[str, Schema]:
             ["not_found"],
         ),
         "409": _error(
-            "The notice is a broadcast: it cannot be removed from one user's inbox (archive it)", ["conflict"]
+            "The notice is a broadcast: it cannot be removed from one user's inbox (archive it); or the "
+            "user has no email address for a test email",
+            ["conflict"],
         ),
         "413": _error(
             f"The body, or a notice's data, is over `SSE_NOTIFY_MAX_BODY` ({settings.max_body} bytes here; "
@@ -519,8 +543,15 @@ def _shared_responses(settings: Settings) -> dict[str, Schema]:
             "nothing was stored",
             ["idempotency_key_reused"],
         ),
-        "429": _error("The publish key is over `SSE_NOTIFY_RATE_LIMIT`", ["rate_limited"], headers=retry),
+        "429": _error(
+            "The publish key is over `SSE_NOTIFY_RATE_LIMIT` (or a second test email within a minute)",
+            ["rate_limited"],
+            headers=retry,
+        ),
         "500": _error("The store failed", ["store_error", "internal_server_error"]),
+        "502": _error(
+            "The provider (the SMTP server) did not take the message; the detail says why", ["channel_failed"]
+        ),
         "503": _error("The store cannot be reached; nothing was stored", ["store_unavailable"]),
     }
 
@@ -662,6 +693,68 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                     }
                 },
                 tag="meta",
+            )
+        },
+        "/sse-notify-sw.js": {
+            "get": _operation(
+                "serviceWorker",
+                "The service worker that shows Web Push messages (see docs/CLIENT.md)",
+                {
+                    "200": {
+                        "description": "JavaScript.",
+                        "content": {"text/javascript": {"schema": {"type": "string"}}},
+                    }
+                },
+                tag="meta",
+            )
+        },
+        "/push/public-key": {
+            "get": _operation(
+                "pushPublicKey",
+                "The key pages subscribe to Web Push with",
+                {"200": _json("The key.", _schema("PushKey")), **_responses("404")},
+                description="404 when `SSE_NOTIFY_PUSH` is off.",
+                tag="channels",
+            )
+        },
+        "/users/{user_id}/push-subscriptions": {
+            "post": _operation(
+                "addPushSubscription",
+                "Keep a browser's push subscription of the user",
+                {
+                    "201": _json("Kept.", _schema("PushEndpoint")),
+                    "200": _json("It was kept already.", _schema("PushEndpoint")),
+                    **_responses("400", "401", "403", "404", "413", "415", "500", "503"),
+                },
+                description="At most 10 per user (a new one replaces the oldest). 404 when push is off; a "
+                "body that is not a subscription is a 400 `invalid_field`.",
+                security=reader,
+                parameters=[user],
+                body=_json("The subscription.", _schema("PushSubscription"), required=True),
+                tag="channels",
+            ),
+            "delete": _operation(
+                "removePushSubscription",
+                "Forget a push subscription of the user",
+                {
+                    "204": {"description": "Forgotten."},
+                    **_responses("400", "401", "403", "404", "413", "415", "500", "503"),
+                },
+                security=reader,
+                parameters=[user],
+                body=_json("Which one.", _obj(endpoint={"type": "string"}), required=True),
+                tag="channels",
+            ),
+        },
+        "/users/{user_id}/channels/email/test": {
+            "post": on_user(
+                ("testEmail", "Send the user a test email now"),
+                ("200", "Sent.", "TestEmail"),
+                ("400", "401", "403", "404", "409", "429", "500", "502", "503"),
+                security=reader,
+                tag="channels",
+                description="404 when email is off, 409 when the user has no address, 502 when the SMTP "
+                "server refuses; once a minute per user.",
             )
         },
         "/connection/{user_id}": {
@@ -921,7 +1014,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 ("200", "The contacts (`{}` if none were set).", "Contacts"),
                 ("400", *auth_errors, "404", "500", "503"),
                 security=publisher,
-                tag="preferences",
+                tag="channels",
             ),
             "put": _operation(
                 "setContacts",
@@ -935,7 +1028,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 security=publisher,
                 parameters=[user],
                 body=_json("The contacts.", _schema("Contacts"), required=True),
-                tag="preferences",
+                tag="channels",
             ),
             "delete": _operation(
                 "deleteContacts",
@@ -946,7 +1039,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 },
                 security=publisher,
                 parameters=[user],
-                tag="preferences",
+                tag="channels",
             ),
         },
         "/users/{user_id}/notices/read-all": {
@@ -1049,6 +1142,10 @@ def document(settings: Settings, prefix: str = "") -> dict[str, t.Any]:
             {
                 "name": "preferences",
                 "description": "What a user gets, and when (their token or a publish key).",
+            },
+            {
+                "name": "channels",
+                "description": "Email, Web Push and webhooks for notices left unread (README: Where else).",
             },
             {"name": "meta", "description": "Health, this document, the demo page."},
         ],

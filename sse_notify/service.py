@@ -10,10 +10,12 @@ the pure modules it calls.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 import typing as t
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import orjson
 from flask import Flask, current_app
@@ -23,6 +25,8 @@ from .auth import checked_ttl
 from .brokers import Broker
 from .brokers.base import Published
 from .channels import CONTACT_FIELDS, CONTACTS, checked_contacts
+from .channels.email import EmailChannel
+from .channels.push import MAX_SUBSCRIPTIONS, PUSH, PushChannel, checked_subscription, public_key
 from .concurrency import Batcher
 from .config import Settings
 from .control import Control, Kind
@@ -42,12 +46,22 @@ from .delivery import (
     checked_options,
     merge_group,
 )
-from .errors import BrokerError, InvalidNotice, InvalidOption, InvalidRequest, NoticeNotFound, PayloadTooLarge
-from .fallback import FALLBACK, SEND, Fallbacks
+from .errors import (
+    BrokerError,
+    ChannelFailed,
+    Conflict,
+    InvalidNotice,
+    InvalidOption,
+    InvalidRequest,
+    NoticeNotFound,
+    PayloadTooLarge,
+    RateLimited,
+)
+from .fallback import FALLBACK, SEND, Fallbacks, Message, SendFailed
 from .hub import Hub
 from .inbox import InboxFilter, InboxPage, StateChange, change, list_page, read_all, remove, returned, snooze
 from .node import Node
-from .notices import Notice, checked_idempotency_key, checked_user_id, dumps, stored_text
+from .notices import Notice, checked_idempotency_key, checked_user_id, dumps, stored_text, utc_iso
 from .presence import Presence
 from .schedule import Due
 from .security import Security
@@ -104,6 +118,7 @@ class State:
     fallbacks: Fallbacks | None = None
 
     def __post_init__(self) -> None:
+        self._test_emails: dict[str, float] = {}
         self.node.due.actions[DUE_NOTICE] = self._publish_due
         self.node.due.actions[DUE_SNOOZE] = self._wake
         if self.fallbacks is not None:
@@ -571,6 +586,82 @@ class State:
         for name, value in checked_contacts(body).items():
             self._store(lambda: self.broker.set_user_record(CONTACTS, user_id, name, value))  # noqa: B023
         return self.contacts(user_id)
+
+    #: Seconds between two test emails of one user (per process).
+    TEST_EMAIL_EVERY = 60
+
+    def send_test_email(self, user_id: str) -> str:
+        """Send ``user_id`` a test email now, through the configured SMTP server; the address it went to.
+
+        :raises NoticeNotFound: if email is off.
+        :raises Conflict: if the user has no address.
+        :raises RateLimited: within a minute of the last one (in this process).
+        :raises ChannelFailed: if the SMTP server did not take it (the reason says why).
+        """
+        checked_user_id(user_id)
+        channel = self.fallbacks.channels.get("email") if self.fallbacks is not None else None
+        if channel is None:
+            raise NoticeNotFound("email is not set up on this server (SSE_NOTIFY_SMTP_URL)")
+        email = t.cast(EmailChannel, channel)
+        now = time.time()
+        last = self._test_emails.get(user_id, 0.0)
+        if now - last < self.TEST_EMAIL_EVERY:
+            wait = math.ceil(self.TEST_EMAIL_EVERY - (now - last))
+            raise RateLimited(f"one test email a minute: try again in {wait} s", wait)
+        to = self._store(lambda: email.address(user_id))
+        if not to:
+            raise Conflict(f"{user_id} has no email address: set one with PUT /users/{user_id}/contacts")
+        self._test_emails[user_id] = now
+        data = {
+            "title": "Test email from sse_notify",
+            "text": "Email works: unread notices will reach you here.",
+        }
+        notice = Notice(0, user_id, utc_iso(datetime.now(timezone.utc)), dumps(data))
+        try:
+            email.send(Message(user_id, [notice], f"test:{user_id}:{now}", 0))
+        except SendFailed as exc:
+            raise ChannelFailed(f"the SMTP server did not take it: {exc}") from exc
+        return to
+
+    # -- Web Push subscriptions (#15) ---------------------------------------------
+
+    def _push(self) -> PushChannel:
+        channel = self.fallbacks.channels.get("push") if self.fallbacks is not None else None
+        if channel is None:
+            raise NoticeNotFound("Web Push is not set up on this server (SSE_NOTIFY_PUSH)")
+        return t.cast(PushChannel, channel)
+
+    def push_public_key(self) -> str:
+        """The VAPID public key pages subscribe with (``applicationServerKey``).
+
+        :raises NoticeNotFound: if Web Push is off.
+        """
+        return public_key(self._push().key)
+
+    def add_push_subscription(self, user_id: str, body: object) -> tuple[str, bool]:
+        """Keep a browser's push subscription of ``user_id``: its endpoint, and whether it is new.
+
+        A user keeps at most ``MAX_SUBSCRIPTIONS``; a new one beyond it replaces the oldest.
+
+        :raises InvalidField: for a body that is not a ``PushSubscription`` as browsers give it.
+        :raises NoticeNotFound: if Web Push is off.
+        """
+        checked_user_id(user_id)
+        self._push()
+        subscription = checked_subscription(body, allow_http=not self.settings.production)
+        endpoint = subscription["endpoint"]
+        kept = self._store(lambda: self.broker.user_records(PUSH, user_id))
+        if endpoint not in kept and len(kept) >= MAX_SUBSCRIPTIONS:
+            oldest = min(kept, key=lambda e: orjson.loads(kept[e]).get("added", 0))
+            self._store(lambda: self.broker.set_user_record(PUSH, user_id, oldest, None))
+        text = dumps({**subscription, "added": time.time()})
+        existed = self._store(lambda: self.broker.set_user_record(PUSH, user_id, endpoint, text))
+        return endpoint, not existed
+
+    def remove_push_subscription(self, user_id: str, endpoint: str) -> bool:
+        """Forget one push subscription of ``user_id``; whether there was one."""
+        checked_user_id(user_id)
+        return bool(self._store(lambda: self.broker.set_user_record(PUSH, user_id, endpoint, None)))
 
     # -- preferences ----------------------------------------------------------
 

@@ -16,6 +16,7 @@ from . import telemetry
 from .delivery import NO_OPTIONS, OPTIONS, SUPPRESSED, Options, checked_options, checked_seconds, parse_time
 from .errors import (
     BrokerError,
+    InvalidField,
     InvalidNotice,
     InvalidOption,
     InvalidUserId,
@@ -158,29 +159,40 @@ def _publish(state: State, items: list[tuple[str | None, t.Any, Options]], singl
 @bp.get("/")
 def index() -> str:
     """The demo page: watch a user's stream and send notices."""
-    return render_template("sse_notify/index.html")  # namespaced: a host app may have its own index.html
+    channels = get_state().settings.fallback_channels  # (the preferences panel shows them)
+    return render_template("sse_notify/index.html", channels=channels)  # namespaced: a host may have its own
 
 
-#: The browser client, shipped inside the package.
-CLIENT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "sse-notify.js")
+#: The browser client and its service worker, shipped inside the package.
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 
 @functools.cache
-def _client_script() -> tuple[bytes, str]:
-    with open(CLIENT_SCRIPT, "rb") as f:
+def _script(name: str) -> tuple[bytes, str]:
+    with open(os.path.join(STATIC, name), "rb") as f:
         body = f.read()
     return body, hashlib.sha256(body).hexdigest()[:16]
 
 
-@bp.get("/sse-notify.js")
-def client_script() -> Response:
-    """The browser client: one connection per user across tabs, read state, token renewal."""
-    body, etag = _client_script()
+def _serve_script(name: str) -> Response:
+    body, etag = _script(name)
     response = Response(body, mimetype="text/javascript")
     response.set_etag(etag)
     response.cache_control.public = True
     response.cache_control.max_age = 300
     return response.make_conditional(request)  # type: ignore[return-value]
+
+
+@bp.get("/sse-notify.js")
+def client_script() -> Response:
+    """The browser client: one connection per user across tabs, read state, token renewal."""
+    return _serve_script("sse-notify.js")
+
+
+@bp.get("/sse-notify-sw.js")
+def service_worker() -> Response:
+    """The service worker that shows Web Push messages (its scope: where the endpoints are mounted)."""
+    return _serve_script("sse-notify-sw.js")
 
 
 @bp.get("/connection/<user_id>")
@@ -346,6 +358,38 @@ def contacts(user_id: str) -> Response:
         state.set_contacts(user_id, {})
         return Response(status=204)
     return jsonify(state.contacts(user_id))
+
+
+@bp.post("/users/<user_id>/channels/email/test")
+def test_email(user_id: str) -> Response:
+    """Send the user a test email now (the demo page's button); once a minute per user."""
+    _inbox_reader(user_id)
+    return jsonify(sent=True, to=get_state().send_test_email(user_id))
+
+
+@bp.get("/push/public-key")
+def push_public_key() -> Response:
+    """The VAPID key a page subscribes with (``applicationServerKey``); 404 when push is off."""
+    return jsonify(public_key=get_state().push_public_key())
+
+
+@bp.route("/users/<user_id>/push-subscriptions", methods=["POST", "DELETE"])
+def push_subscriptions(user_id: str) -> Response:
+    """Keep (``POST``) or forget (``DELETE``) a browser's push subscription of the user."""
+    _inbox_reader(user_id)
+    state = get_state()
+    body = _json_body(state.settings.max_body)
+    if request.method == "DELETE":
+        endpoint = body.get("endpoint") if isinstance(body, dict) else None
+        if not isinstance(endpoint, str):
+            raise InvalidField('send {"endpoint": ...}: the subscription to forget', "endpoint")
+        if not state.remove_push_subscription(user_id, endpoint):
+            raise NoticeNotFound("no such push subscription for this user")
+        return Response(status=204)
+    endpoint, created = state.add_push_subscription(user_id, body)
+    return Response(
+        orjson.dumps({"endpoint": endpoint}), status=201 if created else 200, content_type="application/json"
+    )
 
 
 def _json_object(limit: int) -> dict[str, t.Any]:

@@ -499,3 +499,17 @@ def test_options_preferences_and_removal_through_the_client(live_server: Server)
         with pytest.raises(TypeError, match="colour"):
             client.publish("zoe", {}, colour="red")
     assert inbox(live_server, "zoe")["notices"] == []
+
+
+def test_contacts_through_the_client(live_server: Server) -> None:
+    """set_contacts keeps, contacts reads, None removes; a bad address is the server's 400."""
+    from sse_notify.errors import ClientError
+
+    with Client(live_server.url, PUBLISH_KEY) as client:
+        assert client.contacts("zoe") == {}
+        assert client.set_contacts("zoe", email="zoe@example.com") == {"email": "zoe@example.com"}
+        assert client.contacts("zoe") == {"email": "zoe@example.com"}
+        with pytest.raises(ClientError) as caught:
+            client.set_contacts("zoe", email="not an address")
+        assert caught.value.status == 400
+        assert client.set_contacts("zoe", email=None) == {}

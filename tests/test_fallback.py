@@ -1,17 +1,25 @@
-"""Where else: email and webhooks when a notice stays unread, with real SMTP and HTTP receivers (#15)."""
+"""Where else: email, Web Push and webhooks when a notice stays unread, with real receivers (#15).
+
+SMTP is aiosmtpd, the webhook receiver verifies with the standardwebhooks package, and a push
+service that speaks RFC 8030/8291/8292 stands in for browsers' (``push_service.py``).
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import time
 import typing as t
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
-from flask import Flask
+from flask import Flask, has_app_context
 from flask.testing import FlaskClient
+from playwright.sync_api import BrowserContext, expect
 
 from sse_notify import SSENotify
 from sse_notify.config import Settings
@@ -22,9 +30,13 @@ from sse_notify.inbox import InboxState
 from sse_notify.notices import Notice, stored_text
 from sse_notify.service import get_state
 
+from .browser import TIMEOUT
+from .push_service import PushService, Subscription
 from .receivers import WEBHOOK_SECRET, SMTPServer, WebhookReceiver
 from .support import (
     AUTH,
+    PUBLISH_KEY,
+    RedisServer,
     Server,
     assert_json_error,
     delivered,
@@ -196,12 +208,12 @@ def test_a_host_app_supplies_addresses_and_its_own_templates(tmp_path: Path, smt
         SSE_NOTIFY_FALLBACK_AFTER=0.2,
         SSE_NOTIFY_FALLBACK_DIGEST=0.5,
     )
-    asked: list[str] = []
+    asked: list[tuple[str, bool]] = []
     ext = SSENotify()
 
     @ext.contacts
     def contacts(user_id: str) -> dict[str, str] | None:
-        asked.append(user_id)
+        asked.append((user_id, has_app_context()))
         return {"email": f"{user_id}@acme.example"} if user_id == "alice" else None
 
     ext.init_app(app)
@@ -226,7 +238,7 @@ def test_a_host_app_supplies_addresses_and_its_own_templates(tmp_path: Path, smt
     assert "Deploy" in text
     assert "Build &lt;b&gt;finished&lt;/b&gt;" in html
     assert '<a href="https://ci.example/1">' in html
-    assert set(asked) == {"alice", "bob"}
+    assert set(asked) == {("alice", True), ("bob", True)}  # (in the app's context: its database works)
     state.node.shutdown()
 
 
@@ -446,3 +458,376 @@ def test_a_publish_keeps_one_window_entry_per_user_and_window(tmp_path: Path, sm
     assert client.post("/notices", json=batch, headers=AUTH).status_code == 201
     assert client.post("/broadcast", json={"n": 1}, headers=AUTH).status_code == 201
     assert get_state(app).broker.scheduled(FALLBACK) in (3, 6)  # (6: the window turned meanwhile)
+
+
+# -- Web Push ----------------------------------------------------------------------------------
+
+
+def subscribe_device(server_url: str, service: PushService, user: str) -> Subscription:
+    """What a page's enablePush() does: get the key, subscribe at the push service, hand it over."""
+    key = httpx.get(f"{server_url}/push/public-key", timeout=5).json()["public_key"]
+    subscription = service.subscribe(key)
+    own = {"Authorization": f"Bearer {token_for(user)}"}
+    answer = httpx.post(
+        f"{server_url}/users/{user}/push-subscriptions", json=subscription.info(), headers=own, timeout=5
+    )
+    assert answer.status_code == 201, answer.text
+    return subscription
+
+
+def test_push_is_off_until_set_up(client: FlaskClient) -> None:
+    """With SSE_NOTIFY_PUSH off, the key and the subscriptions answer 404."""
+    assert_json_error(client.get("/push/public-key"), 404, "not_found")
+    body = {"endpoint": "https://push.example/1", "keys": {"p256dh": "x", "auth": "y"}}
+    assert_json_error(client.post("/users/alice/push-subscriptions", json=body), 404, "not_found")
+
+
+def test_a_development_server_makes_its_vapid_key_and_production_needs_one(tmp_path: Path) -> None:
+    """Push in development: a key in the instance folder (mode 600), the same one after a restart."""
+    app = host_app(tmp_path / "instance", SSE_NOTIFY_PUSH=True)
+    SSENotify(app)
+    key = app.test_client().get("/push/public-key").get_json()["public_key"]
+    pem = tmp_path / "instance" / "vapid_private_key.pem"
+    assert pem.stat().st_mode & 0o777 == 0o600
+    again = host_app(tmp_path / "instance", SSE_NOTIFY_PUSH=True)
+    SSENotify(again)
+    assert again.test_client().get("/push/public-key").get_json()["public_key"] == key
+    assert len(base64.urlsafe_b64decode(key + "=")) == 65
+    with pytest.raises(ConfigError, match="SSE_NOTIFY_VAPID_PRIVATE_KEY"):
+        Settings.from_config({"SSE_NOTIFY_PUSH": True, "SSE_NOTIFY_PRODUCTION": True})
+    (tmp_path / "bad.pem").write_text("not a key")
+    with pytest.raises(ConfigError, match="cannot read a VAPID private key"):
+        SSENotify(
+            host_app(
+                tmp_path / "other",
+                SSE_NOTIFY_PUSH=True,
+                SSE_NOTIFY_VAPID_PRIVATE_KEY=str(tmp_path / "bad.pem"),
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"keys": {}}, "endpoint"),
+        ({"endpoint": "ftp://push.example/1", "keys": {}}, "endpoint"),
+        ({"endpoint": "https://push.example/1"}, "keys"),
+        (
+            {
+                "endpoint": "https://push.example/1",
+                "keys": {"p256dh": "AAAA", "auth": "AAAAAAAAAAAAAAAAAAAAAA"},
+            },
+            "keys.p256dh",
+        ),
+        (
+            {
+                "endpoint": "https://push.example/1",
+                "keys": {"p256dh": "C" * 87, "auth": "AAAAAAAAAAAAAAAAAAAAAA"},
+            },
+            "keys.p256dh",
+        ),
+        (
+            {"endpoint": "https://push.example/1", "keys": {"p256dh": "BA" + "A" * 85, "auth": "!!"}},
+            "keys.auth",
+        ),
+        (["https://push.example/1"], "subscription"),
+    ],
+)
+def test_push_subscriptions_are_checked(tmp_path: Path, body: t.Any, field: str) -> None:
+    """A subscription that is not what a browser gives: 400 invalid_field, naming the field."""
+    app = standalone_app("memory://", SSE_NOTIFY_PUSH=True)
+    own = {"Authorization": f"Bearer {token_for('alice')}"}
+    answer = app.test_client().post("/users/alice/push-subscriptions", json=body, headers=own)
+    assert field in assert_json_error(answer, 400, "invalid_field")["detail"]
+
+
+def test_push_subscriptions_belong_to_their_user(tmp_path: Path) -> None:
+    """The user's token (or a publish key) keeps and forgets them; another user's token is refused."""
+    service = PushService()
+    app = standalone_app("memory://", SSE_NOTIFY_PUSH=True)
+    client = app.test_client()
+    key = client.get("/push/public-key").get_json()["public_key"]
+    info = service.subscribe(key).info()
+    alice = {"Authorization": f"Bearer {token_for('alice')}"}
+    bob = {"Authorization": f"Bearer {token_for('bob')}"}
+    assert client.post("/users/alice/push-subscriptions", json=info, headers=bob).status_code == 403
+    assert client.post("/users/alice/push-subscriptions", json=info, headers=alice).status_code == 201
+    assert client.post("/users/alice/push-subscriptions", json=info, headers=alice).status_code == 200
+    gone = {"endpoint": info["endpoint"]}
+    assert client.delete("/users/alice/push-subscriptions", json=gone, headers=bob).status_code == 403
+    assert client.delete("/users/alice/push-subscriptions", json=gone, headers=alice).status_code == 204
+    assert_json_error(
+        client.delete("/users/alice/push-subscriptions", json=gone, headers=AUTH), 404, "not_found"
+    )
+
+
+def test_a_user_keeps_at_most_ten_devices(tmp_path: Path) -> None:
+    """An eleventh subscription replaces the oldest."""
+    from sse_notify.channels.push import MAX_SUBSCRIPTIONS, PUSH
+
+    service = PushService()
+    app = standalone_app("memory://", SSE_NOTIFY_PUSH=True)
+    client = app.test_client()
+    key = client.get("/push/public-key").get_json()["public_key"]
+    infos = [service.subscribe(key).info() for _ in range(MAX_SUBSCRIPTIONS + 1)]
+    for info in infos:
+        assert client.post("/users/alice/push-subscriptions", json=info, headers=AUTH).status_code == 201
+    kept = get_state(app).broker.user_records(PUSH, "alice")
+    assert sorted(kept) == sorted(info["endpoint"] for info in infos[1:])
+
+
+@pytest.mark.server
+def test_an_away_user_gets_one_push_per_device_with_a_count(make_server: t.Callable[..., Server]) -> None:
+    """Two devices, three notices in one window: each device gets one encrypted, VAPID-signed push."""
+    service = PushService().start()
+    try:
+        server = away_server(
+            make_server,
+            None,
+            SSE_NOTIFY_PUSH="true",
+            SSE_NOTIFY_FALLBACK_DIGEST="3",
+            SSE_NOTIFY_VAPID_SUBJECT="mailto:ops@example.com",
+            SSE_NOTIFY_PUSH_TTL="600",
+        )
+        devices = [subscribe_device(server.url, service, "alice") for _ in range(2)]
+        wait_for(lambda: time.time() % 3 < 0.5, 4, "a window to begin")
+        sent = [
+            server.publish("alice", {"title": f"Build {n}", "url": "https://ci.example/b"}) for n in range(3)
+        ]
+        pushes = service.wait(2)
+        stays(lambda: len(service.pushes) == 2, 2.0, "one push per device")
+        assert sorted(p.subscription for p in pushes) == sorted(d.id for d in devices)
+        for push in pushes:
+            assert (push.ttl, push.urgency, push.topic) == (600, "normal", "notices")
+            assert push.claims["sub"] == "mailto:ops@example.com"
+            assert push.payload["count"] == 3
+            assert push.payload["id"] == sent[-1]["id"]
+            assert push.payload["title"] == "Build 2"
+            assert push.payload["ids"] == [n["id"] for n in sent]
+        assert service.refused == []
+        wait_for(lambda: counter(server, "sent", "push") == 1, 5, "one send counted")
+    finally:
+        service.stop()
+
+
+@pytest.mark.server
+def test_a_gone_device_is_deleted_and_a_failing_one_retried_alone(
+    make_server: t.Callable[..., Server],
+) -> None:
+    """410 deletes that subscription; 503 is tried again for that device only; critical is high urgency."""
+    service = PushService().start()
+    try:
+        server = away_server(make_server, None, SSE_NOTIFY_PUSH="true")
+        gone, *live = (subscribe_device(server.url, service, "alice") for _ in range(3))
+        service.gone.add(gone.id)
+        service.answers.append(503)
+        delivered(server.post("/users/alice/notices?critical=true", {"title": "Card expired"}))
+        wait_for(
+            lambda: {p.subscription for p in service.pushes} == {d.id for d in live}, 20, "both live devices"
+        )
+        stays(lambda: len(service.pushes) == 2, 2.0, "no device twice")
+        assert {p.urgency for p in service.pushes} == {"high"}
+        assert sorted(status for status, _ in service.refused) == [410, 503]  # (in the store's order)
+        assert counter(server, "retried", "push") == 1
+        server.publish("alice", {"title": "later"})
+        wait_for(lambda: len(service.pushes) == 4, 20, "the next push to the two live devices")
+        assert sorted(status for status, _ in service.refused) == [410, 503]  # (the gone one was deleted)
+    finally:
+        service.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.server
+def test_the_service_worker_shows_a_pushed_notice(
+    context: BrowserContext, make_server: t.Callable[..., Server]
+) -> None:
+    """In Chromium: the service worker registers, and a push event delivered to it shows a notification."""
+    server = away_server(make_server, None, SSE_NOTIFY_PUSH="true")
+    context.grant_permissions(["notifications"], origin=server.url)
+    page = context.new_page()
+    page.goto(server.url + "/")
+    cdp = context.new_cdp_session(page)
+    registrations: list[dict[str, t.Any]] = []
+    cdp.on(
+        "ServiceWorker.workerRegistrationUpdated", lambda event: registrations.extend(event["registrations"])
+    )
+    cdp.send("ServiceWorker.enable")
+    scope = page.evaluate(
+        "navigator.serviceWorker.register('/sse-notify-sw.js').then(() => navigator.serviceWorker.ready)"
+        ".then((r) => r.scope)"
+    )
+    assert scope == server.url + "/"
+    wait_for(lambda: any(r["scopeURL"] == scope for r in registrations), 10, "the registration over CDP")
+    registration = next(r for r in registrations if r["scopeURL"] == scope)
+    payload = {
+        "user_id": "alice",
+        "count": 1,
+        "id": 7,
+        "title": "Build finished",
+        "text": "main is green",
+        "url": "https://ci.example/7",
+        "ids": [7],
+    }
+    cdp.send(
+        "ServiceWorker.deliverPushMessage",
+        {"origin": server.url, "registrationId": registration["registrationId"], "data": json.dumps(payload)},
+    )
+    shown = wait_for(
+        lambda: page.evaluate(
+            "navigator.serviceWorker.ready.then((r) => r.getNotifications())"
+            ".then((ns) => ns.map((n) => ({title: n.title, body: n.body, tag: n.tag, data: n.data})))"
+        ),
+        10,
+        "the notification",
+    )
+    assert shown == [
+        {
+            "title": "Build finished",
+            "body": "main is green",
+            "tag": "sse-notify:alice",
+            "data": {"url": "https://ci.example/7", "id": 7, "ids": [7], "count": 1},
+        }
+    ]
+    payload.update(count=3, title="Deploy done")
+    cdp.send(
+        "ServiceWorker.deliverPushMessage",
+        {"origin": server.url, "registrationId": registration["registrationId"], "data": json.dumps(payload)},
+    )
+    wait_for(
+        lambda: (
+            page.evaluate(
+                "navigator.serviceWorker.ready.then((r) => r.getNotifications())"
+                ".then((ns) => ns.map((n) => n.title))"
+            )
+            == ["3 unread notices"]
+        ),
+        10,
+        "the newer notification to replace the older",
+    )
+
+
+@pytest.mark.browser
+@pytest.mark.server
+def test_the_demo_page_sets_channels_an_address_and_sends_a_test_email(
+    context: BrowserContext, make_server: t.Callable[..., Server], smtp: SMTPServer
+) -> None:
+    """With email on, the page shows a column per channel, keeps the address, and sends a test email."""
+    server = away_server(make_server, smtp, SSE_NOTIFY_PUSH="true")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.url}/#key={quote(PUBLISH_KEY, safe='')}")
+    expect(page.locator("#status")).to_have_text("live", timeout=TIMEOUT)
+    expect(page.locator("#prefs-categories .head")).to_have_text(["", "In app", "Email", "Push"])
+    promo_email = page.get_by_label("promo: Email")
+    expect(promo_email).to_be_checked()
+    promo_email.uncheck()
+    wait_for(
+        lambda: (
+            httpx.get(f"{server.url}/users/alice/preferences", headers=AUTH, timeout=5).json()["categories"]
+            == {"promo": {"email": False}}
+        ),
+        10,
+        "the preference stored",
+    )
+    expect(page.get_by_label("promo: In app")).to_be_checked()
+    page.locator("#email-address").fill("alice@example.com")
+    page.locator("#email-save").click()
+    expect(page.locator("#email-hint")).to_have_text("Saved: unread notices go to alice@example.com.")
+    page.locator("#email-test").click()
+    expect(page.locator("#email-hint")).to_have_text("Sent to alice@example.com.", timeout=TIMEOUT)
+    (mail,) = smtp.wait(1)
+    assert mail.subject == "Test email from sse_notify"
+    page.locator("#email-test").click()
+    expect(page.locator("#email-hint")).to_contain_text("Not sent: one test email a minute")
+    page.reload()
+    expect(page.locator("#email-address")).to_have_value("alice@example.com", timeout=TIMEOUT)
+    assert not errors
+
+
+def test_a_test_email_needs_email_on_and_an_address(tmp_path: Path, smtp: SMTPServer) -> None:
+    """404 when email is off, 409 without an address, 502 when SMTP refuses, 200 once it takes it."""
+    off = standalone_app("memory://").test_client()
+    assert_json_error(off.post("/users/alice/channels/email/test", headers=AUTH), 404, "not_found")
+    app = standalone_app("memory://", SSE_NOTIFY_SMTP_URL=smtp.url, SSE_NOTIFY_EMAIL_FROM=SENDER)
+    client = app.test_client()
+    assert_json_error(client.post("/users/alice/channels/email/test", headers=AUTH), 409, "conflict")
+    assert (
+        client.put("/users/alice/contacts", json={"email": "alice@example.com"}, headers=AUTH).status_code
+        == 200
+    )
+    smtp.refuse.append(550)
+    failed = assert_json_error(
+        client.post("/users/alice/channels/email/test", headers=AUTH), 502, "channel_failed"
+    )
+    assert "550" in failed["detail"]
+    get_state(app)._test_emails.clear()
+    bob = {"Authorization": f"Bearer {token_for('bob')}"}
+    assert client.post("/users/alice/channels/email/test", headers=bob).status_code == 403
+    own = {"Authorization": f"Bearer {token_for('alice')}"}
+    answer = client.post("/users/alice/channels/email/test", headers=own)
+    assert (answer.status_code, answer.get_json()) == (200, {"sent": True, "to": "alice@example.com"})
+    assert [m.subject for m in smtp.wait(1)] == ["Test email from sse_notify"]
+
+
+def test_quiet_hours_hold_the_send_until_they_end(tmp_path: Path, smtp: SMTPServer) -> None:
+    """A window that falls due in the user's quiet hours keeps its send for their end; critical goes now."""
+    from datetime import datetime, timedelta, timezone
+
+    from sse_notify.fallback import SEND
+
+    app = standalone_app(
+        f"sqlite:///{tmp_path}/n.sqlite3",
+        SSE_NOTIFY_SMTP_URL=smtp.url,
+        SSE_NOTIFY_EMAIL_FROM=SENDER,
+        SSE_NOTIFY_FALLBACK_AFTER=0.1,
+        SSE_NOTIFY_FALLBACK_DIGEST=0.1,
+    )
+    client = app.test_client()
+    state = get_state(app)
+    assert (
+        client.put("/users/alice/contacts", json={"email": "a@example.com"}, headers=AUTH).status_code == 200
+    )
+    delivered(client.post("/users/alice/notices", json={"title": "before the hours"}, headers=AUTH))
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    end = now + timedelta(hours=2)
+    hours = {
+        "start": (now - timedelta(hours=1)).strftime("%H:%M"),
+        "end": end.strftime("%H:%M"),
+        "timezone": "UTC",
+    }
+    assert (
+        client.put("/users/alice/preferences", json={"quiet_hours": hours}, headers=AUTH).status_code == 200
+    )
+    time.sleep(0.3)
+    state.node.due.step()  # the window falls due in the quiet hours
+    assert state.broker.scheduled(SEND) == 1
+    assert state.broker.claim_due(end.timestamp() - 1, 10, 30) == []
+    (send,) = state.broker.claim_due(end.timestamp(), 10, 30)
+    assert send.key.startswith("email:")
+    assert smtp.mails == []
+    delivered(client.post("/users/alice/notices?critical=true", json={"title": "Card expired"}, headers=AUTH))
+    time.sleep(0.3)
+    state.node.due.step()  # the window of the critical notice: its send is due now
+    state.node.due.step()
+    (mail,) = smtp.wait(1)
+    assert mail.subject == "Card expired"
+
+
+@pytest.mark.server
+def test_two_hosts_on_redis_send_each_fallback_once(
+    make_server: t.Callable[..., Server], own_redis: RedisServer, smtp: SMTPServer, webhook: WebhookReceiver
+) -> None:
+    """Two instances of two workers on one Redis, publishes on both: one email and one call per user."""
+    env = {"SSE_NOTIFY_WEBHOOK_URL": webhook.url, "SSE_NOTIFY_WEBHOOK_SECRET": WEBHOOK_SECRET, "workers": 2}
+    a = away_server(make_server, smtp, store=own_redis.url, **env)
+    b = away_server(make_server, smtp, store=own_redis.url, **env)
+    users = [f"user{n}" for n in range(6)]
+    with_address(a, *users)
+    for n, user in enumerate(users):
+        (a if n % 2 else b).publish(user, {"title": f"for {user}"})
+    smtp.wait(6)
+    webhook.wait(6)
+    stays(lambda: len(smtp.mails) == 6 and len(webhook.ids) == 6, 3.0, "nothing sent twice")
+    assert sorted(m.recipients[0] for m in smtp.mails) == sorted(f"{u}@example.com" for u in users)
+    assert sorted(h.body["data"]["user_id"] for h in webhook.hooks) == users

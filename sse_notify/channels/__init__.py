@@ -70,6 +70,7 @@ def build(
     render: Render,
     contacts: ContactsHook | None,
     user_agent: str,
+    instance_path: str,
 ) -> Fallbacks | None:
     """The channels the settings turn on, on the store's scheduler; ``None`` if none is."""
     channels: list[Channel] = []
@@ -82,6 +83,12 @@ def build(
         channels.append(
             EmailChannel(settings.smtp_url, settings.email_from, address, render, settings.fallback_timeout)
         )
+    if settings.push:
+        from .push import PushChannel, vapid_key
+
+        key = vapid_key(settings.vapid_private_key, instance_path)
+        subject = settings.vapid_subject or "mailto:sse-notify@localhost"  # (production requires one)
+        channels.append(PushChannel(key, subject, settings.push_ttl, settings.fallback_timeout, broker))
     if settings.webhook_url:
         from .webhook import WebhookChannel
 

@@ -41,6 +41,12 @@
     return item;
   }
 
+  // The bytes of URL-safe base64 text (a VAPID public key).
+  function base64UrlBytes(text) {
+    const plain = atob(text.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((text.length + 3) % 4));
+    return Uint8Array.from(plain, (c) => c.charCodeAt(0));
+  }
+
   // Of a grouped entry: "Ana and 19 others", from a function that names one data item.
   function groupLabel(item, name) {
     const group = item.group;
@@ -264,11 +270,49 @@
       return this._request("PUT", this._userPath("/preferences"), null, preferences);
     }
 
-    // Mute or unmute one category in-app, keeping the rest of the preferences.
-    async setCategory(category, wanted) {
+    // Mute or unmute one category on a channel (in-app by default), keeping the rest of the preferences.
+    async setCategory(category, wanted, channel) {
       const current = this.preferences || await this._request("GET", this._userPath("/preferences"));
-      const categories = { ...current.categories, [category]: { ...(current.categories[category] || {}), in_app: Boolean(wanted) } };
+      const on = { [channel || "in_app"]: Boolean(wanted) };
+      const categories = { ...current.categories, [category]: { ...(current.categories[category] || {}), ...on } };
       return this.setPreferences({ ...current, categories });
+    }
+
+    // Web Push (the server has SSE_NOTIFY_PUSH on): ask to show notifications, register the
+    // service worker, subscribe with the server's key and give the subscription to the server,
+    // so notices this user leaves unread reach the device. Resolves to the PushSubscription.
+    async enablePush(options) {
+      const opts = options || {};
+      const nav = root.navigator;
+      if (!nav || !nav.serviceWorker || typeof root.PushManager !== "function") {
+        throw new Error("this browser cannot receive Web Push (or the page is not on https)");
+      }
+      if (typeof Notification === "function" && Notification.permission !== "granted") {
+        if (await Notification.requestPermission() !== "granted") throw new Error("notifications are not allowed");
+      }
+      const registration = await nav.serviceWorker.register(opts.serviceWorker || this.baseUrl + "/sse-notify-sw.js");
+      const { public_key: key } = await this._request("GET", "/push/public-key");
+      let subscription = await registration.pushManager.getSubscription();
+      if (!subscription) {
+        subscription = await registration.pushManager.subscribe({
+          userVisibleOnly: true, applicationServerKey: base64UrlBytes(key),
+        });
+      }
+      await this._request("POST", this._userPath("/push-subscriptions"), null, subscription.toJSON());
+      return subscription;
+    }
+
+    // Stop Web Push on this device: the server forgets the subscription, the browser drops it.
+    async disablePush(options) {
+      const opts = options || {};
+      const nav = root.navigator;
+      if (!nav || !nav.serviceWorker) return false;
+      const registration = await nav.serviceWorker.getRegistration(opts.serviceWorker || this.baseUrl + "/sse-notify-sw.js");
+      const subscription = registration && await registration.pushManager.getSubscription();
+      if (!subscription) return false;
+      await this._request("DELETE", this._userPath("/push-subscriptions"), null, { endpoint: subscription.endpoint });
+      await subscription.unsubscribe();
+      return true;
     }
 
     // One page of the inbox from the server: {notices, unread, next}.
