@@ -29,6 +29,10 @@ Scenario ``pending`` (:mod:`bench.pending`): one notice per POST and new streams
 no scheduled notice and with ``--pending`` (100,000) waiting, alternating, medians; and how late
 scheduled notices arrive with them waiting.
 
+Scenario ``fallback`` (:mod:`bench.fallback`): one notice per POST with no fallback channel, with
+the webhook channel on (60 s windows), and with 10 ms windows (a window entry nearly every
+round), rotating, medians.
+
 Scenario ``instructions`` (:mod:`bench.instructions`): instructions per new stream in the
 serving worker, counted by callgrind (the same whatever the machine is doing), for sse_notify
 and the bare streaming app. Without valgrind it is skipped (a failure when
@@ -62,6 +66,7 @@ from httpx_sse import aconnect_sse
 
 from bench import compare
 from bench.compare import PEER_NAMES
+from bench.fallback import fallback, render_fallback
 from bench.instructions import instructions, render_instructions, valgrind_binary
 from bench.limit import ab_binary, limit, render_limit
 from bench.pending import pending, render_pending
@@ -196,7 +201,7 @@ async def crossworker(streams: int, notices: int, rate: float) -> dict[str, t.An
 
 PEER_SCENARIOS = tuple(SCENARIOS)
 #: Every scenario, in the order they run.
-EVERY = ("crossworker", "proxy", "limit", "pending", "instructions", *PEER_SCENARIOS)
+EVERY = ("crossworker", "proxy", "limit", "pending", "fallback", "instructions", *PEER_SCENARIOS)
 
 
 def _clean(value: t.Any) -> t.Any:
@@ -295,6 +300,13 @@ def _pending(runs: int, requests: int, streams: int, count: int) -> bool:
     return _report("pending", lambda: pending(runs, requests, streams, count), render_pending)
 
 
+def _fallback(runs: int, requests: int) -> bool:
+    """Run the fallback scenario, print its JSON line and table; True when it failed."""
+    if ab_binary() is None:
+        return _unavailable("fallback", "ab is not installed (apt-get install apache2-utils)")
+    return _report("fallback", lambda: fallback(runs, requests), render_fallback)
+
+
 def _instructions(small: int, large: int) -> bool:
     """Run the instructions scenario, print its JSON line and table; True when it failed."""
     if valgrind_binary() is None:
@@ -307,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        help="crossworker (the default), proxy, limit, pending, instructions, idle, connect, fanout, "
-        "unicast, churn; 'scenarios' for the last five, 'all' for every one",
+        help="crossworker (the default), proxy, limit, pending, fallback, instructions, idle, connect, "
+        "fanout, unicast, churn; 'scenarios' for the last five, 'all' for every one",
     )
     parser.add_argument(
         "--smoke",
@@ -320,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--notices", type=int, default=500, help="crossworker, proxy: notices to publish")
     parser.add_argument("--rate", type=float, default=100.0, help="crossworker, proxy: notices per second")
-    parser.add_argument("--requests", type=int, default=20000, help="limit, pending: POSTs per ab run")
+    parser.add_argument(
+        "--requests", type=int, default=20000, help="limit, pending, fallback: POSTs per ab run"
+    )
     parser.add_argument(
         "--pending",
         type=int,
@@ -375,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             failed |= _pending(1, 500, 200, 2000)
         else:
             failed |= _pending(args.runs, args.requests, args.streams or 5000, args.pending)
+    if "fallback" in chosen:
+        failed |= _fallback(1, 500) if args.smoke else _fallback(args.runs, args.requests)
     if "instructions" in chosen:
         large = 60 if args.smoke else (args.streams or 1200)
         failed |= _instructions(max(1, large // 6), large)

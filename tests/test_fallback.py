@@ -742,6 +742,14 @@ def test_the_demo_page_sets_channels_an_address_and_sends_a_test_email(
     expect(page.locator("#email-hint")).to_contain_text("Not sent: one test email a minute")
     page.reload()
     expect(page.locator("#email-address")).to_have_value("alice@example.com", timeout=TIMEOUT)
+    # Push: the page registers the service worker and fetches the server's key; the subscription
+    # itself needs the browser's push service, which this machine cannot reach (docs/PRODUCTION.md).
+    context.grant_permissions(["notifications"], origin=server.url)
+    with page.expect_request(lambda request: request.url.endswith("/push/public-key")):
+        page.locator("#push-on").click()
+    expect(page.locator("#push-hint")).to_contain_text("Push is not on:", timeout=TIMEOUT)
+    scope = page.evaluate("navigator.serviceWorker.getRegistration().then((r) => r && r.scope)")
+    assert scope == server.url + "/"
     assert not errors
 
 
