@@ -10,6 +10,8 @@ import base64
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import typing as t
 from pathlib import Path
@@ -506,6 +508,29 @@ def test_a_development_server_makes_its_vapid_key_and_production_needs_one(tmp_p
         )
 
 
+def test_workers_making_the_development_key_at_once_all_use_one(tmp_path: Path) -> None:
+    """Six processes that find no key at the same moment each make one; they all end up reading the same."""
+    instance, go = tmp_path / "instance", tmp_path / "go"
+    code = (
+        "import os, sys, time; from sse_notify.channels.push import vapid_key, public_key\n"
+        "print('ready', flush=True)\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.0005)\n"
+        "print(public_key(vapid_key('', sys.argv[1])))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(instance), str(go)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    for proc in procs:
+        assert t.cast(t.IO[str], proc.stdout).readline() == "ready\n"
+    go.touch()  # all at once
+    keys = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert len(keys) == 1
+    assert [p.name for p in instance.iterdir()] == ["vapid_private_key.pem"]  # (no temporary file left)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -581,9 +606,10 @@ def test_an_away_user_gets_one_push_per_device_with_a_count(make_server: t.Calla
     """Two devices, three notices in one window: each device gets one encrypted, VAPID-signed push."""
     service = PushService().start()
     try:
-        server = away_server(
+        server = away_server(  # (two workers: the key fetched from one, the push sent by either)
             make_server,
             None,
+            workers=2,
             SSE_NOTIFY_PUSH="true",
             SSE_NOTIFY_FALLBACK_DIGEST="3",
             SSE_NOTIFY_VAPID_SUBJECT="mailto:ops@example.com",

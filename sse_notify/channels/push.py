@@ -77,10 +77,19 @@ def vapid_key(setting: str, instance_path: str) -> Vapid01:
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         key.save_key(str(temporary))
         os.chmod(temporary, 0o600)
-        os.replace(temporary, path)  # (two workers at once: one file wins, both read it)
-        log.warning(
-            "made a VAPID key for Web Push in %s (development only: set SSE_NOTIFY_VAPID_PRIVATE_KEY)", path
-        )
+        try:  # create it only if absent: workers starting at once all read the one that won
+            os.link(temporary, path)
+        except FileExistsError:
+            made = False
+        else:
+            made = True
+        finally:
+            os.unlink(temporary)
+        if made:
+            log.warning(
+                "made a VAPID key for Web Push in %s (development only: set SSE_NOTIFY_VAPID_PRIVATE_KEY)",
+                path,
+            )
     try:
         return Vapid.from_file(str(path))
     except Exception as exc:  # py_vapid raises several kinds for a bad file
