@@ -10,7 +10,7 @@ import typing as t
 
 import orjson
 from flask import Blueprint, Response, abort, jsonify, render_template, request
-from werkzeug.exceptions import BadRequest, HTTPException, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 from . import telemetry
 from .delivery import NO_OPTIONS, OPTIONS, SUPPRESSED, Options, checked_options, checked_seconds, parse_time
@@ -94,6 +94,18 @@ def _read_body(limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body is {length} bytes; the limit is {limit} bytes", limit)
+    environ = request.environ
+    if length is not None and "HTTP_TRANSFER_ENCODING" not in environ:
+        # The common case, read straight from the server's input: a known length within both
+        # limits (werkzeug's stream would wrap the input in a LimitedStream first; about 2 % of
+        # a publish, bench/limit.py).
+        most = request.max_content_length
+        if most is not None and length > most:
+            raise RequestEntityTooLarge()
+        body = environ["wsgi.input"].read(length) if length else b""
+        if len(body) != length:
+            raise BadRequest(f"the body ended after {len(body)} of its {length} bytes")
+        return t.cast(bytes, body)
     stream = request.stream  # (which honours the app's MAX_CONTENT_LENGTH too)
     want = limit + 1 if length is None else length  # a known length: no read past it
     parts: list[bytes] = []
@@ -130,7 +142,7 @@ def _options(values: t.Mapping[str, t.Any], where: str = "") -> Options:
 
 def _query_options() -> Options:
     """The delivery options of a single publish or a broadcast: its query parameters (no others)."""
-    if not request.args:
+    if not request.environ.get("QUERY_STRING") or not request.args:  # (most publishes: no query to parse)
         return NO_OPTIONS
     for name in request.args:
         if name not in OPTIONS:

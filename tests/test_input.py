@@ -14,7 +14,18 @@ from flask.testing import FlaskClient
 from sse_notify.config import DEFAULTS
 
 from .sse_client import Subscriber, named
-from .support import AUTH, Server, as_json, assert_json_error, delivered, embed, head, open_stream, token_for
+from .support import (
+    AUTH,
+    Server,
+    as_json,
+    assert_json_error,
+    delivered,
+    embed,
+    head,
+    open_stream,
+    standalone_app,
+    token_for,
+)
 
 # -- 9. bodies and user ids --------------------------------------------------
 
@@ -120,6 +131,15 @@ def test_chunked_body_over_the_limit_is_413(
         timeout=10,
     )
     assert response.status_code == 413, response.text[:200]
+
+
+def test_the_apps_max_content_length_holds_on_publishes() -> None:
+    """Flask's MAX_CONTENT_LENGTH, below the server's own limit, refuses a larger publish with 413."""
+    client = standalone_app("memory://", MAX_CONTENT_LENGTH=16).test_client()
+    assert client.post("/users/alice/notices", json={"a": 1}, headers=AUTH).status_code == 201
+    answer = client.post("/users/alice/notices", json={"title": "longer than sixteen"}, headers=AUTH)
+    assert answer.status_code == 413
+    assert answer.get_json()["error"] == "request_entity_too_large"
 
 
 @pytest.mark.parametrize(
