@@ -865,3 +865,24 @@ def test_two_hosts_on_redis_send_each_fallback_once(
     stays(lambda: len(smtp.mails) == 6 and len(webhook.ids) == 6, 3.0, "nothing sent twice")
     assert sorted(m.recipients[0] for m in smtp.mails) == sorted(f"{u}@example.com" for u in users)
     assert sorted(h.body["data"]["user_id"] for h in webhook.hooks) == users
+
+
+def test_a_push_payload_stays_under_3_kb_however_long_the_digest() -> None:
+    """A digest of 2,000 notices with long titles: at most 3,072 bytes, the newest ids, a count of all."""
+    from sse_notify.channels.push import MAX_PAYLOAD, payload
+    from sse_notify.fallback import Message
+
+    long = "x" * 5000
+    notices = [
+        Notice.stored(
+            n, "alice", "2027-01-15T08:00:00.000Z", json.dumps({"title": long, "text": long, "url": long})
+        )
+        for n in range(1, 2001)
+    ]
+    body = payload(Message("alice", notices, "push:1:alice", 0))
+    assert len(body) <= MAX_PAYLOAD
+    data = json.loads(body)
+    assert data["count"] == 2000
+    assert data["id"] == 2000
+    assert len(data["title"]) == 200
+    assert data["ids"] == list(range(2001 - len(data["ids"]), 2001))
