@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck pytest pytest-gunicorn-lowest bench-smoke system-deps clean
+.PHONY: serve test lint typecheck typecheck-ts pytest pytest-gunicorn-lowest bench-smoke system-deps clean
 
 # The socket handoff leans on gunicorn internals (sse_notify/handoff.py): its tests run
 # against the highest supported gunicorn (the venv's) and the lowest (pyproject.toml).
@@ -37,6 +37,14 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
+# The browser client's TypeScript declarations, checked by tsc (from npm) against tests/ts/.
+node_modules/.done: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+typecheck-ts: node_modules/.done
+	node_modules/.bin/tsc -p tests/ts
+
 pytest: $(VENV)/.dev
 	$(BIN)/pytest
 
@@ -51,7 +59,7 @@ pytest-gunicorn-lowest: $(VENV)/.dev $(GUNICORN_LOWEST_DIR)/.done
 bench-smoke: $(VENV)/.dev
 	$(BIN)/python -m bench --smoke
 
-test: system-deps lint typecheck pytest pytest-gunicorn-lowest bench-smoke
+test: system-deps lint typecheck typecheck-ts pytest pytest-gunicorn-lowest bench-smoke
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache instance
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache instance node_modules

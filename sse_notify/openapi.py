@@ -695,6 +695,32 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 tag="meta",
             )
         },
+        "/sse-notify.mjs": {
+            "get": _operation(
+                "clientModule",
+                "The browser client as an ES module (`import SSENotify, { connect } from ...`)",
+                {
+                    "200": {
+                        "description": "JavaScript: the same code as `/sse-notify.js`, exported.",
+                        "content": {"text/javascript": {"schema": {"type": "string"}}},
+                    }
+                },
+                tag="meta",
+            )
+        },
+        "/sse-notify.d.ts": {
+            "get": _operation(
+                "clientTypes",
+                "The TypeScript declarations of the browser client",
+                {
+                    "200": {
+                        "description": "TypeScript declarations, for the ES module and the script tag.",
+                        "content": {"application/typescript": {"schema": {"type": "string"}}},
+                    }
+                },
+                tag="meta",
+            )
+        },
         "/sse-notify-sw.js": {
             "get": _operation(
                 "serviceWorker",

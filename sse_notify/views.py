@@ -181,14 +181,33 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 @functools.cache
 def _script(name: str) -> tuple[bytes, str]:
-    with open(os.path.join(STATIC, name), "rb") as f:
-        body = f.read()
+    if name == "sse-notify.mjs":
+        body = _module(_script("sse-notify.js")[0])
+    else:
+        with open(os.path.join(STATIC, name), "rb") as f:
+            body = f.read()
     return body, hashlib.sha256(body).hexdigest()[:16]
 
 
-def _serve_script(name: str) -> Response:
+#: How sse-notify.js starts and ends its one function (the ES module calls it, instead of the global).
+_OPENING = b"(function (root, exports) {"
+_CALL = b'})(typeof self !== "undefined" ? self : this, typeof self !== "undefined" ? self : this);'
+
+
+def _module(script: bytes) -> bytes:
+    """sse-notify.js as an ES module: the same code, its API exported instead of set as a global."""
+    if script.count(_OPENING) != 1 or script.count(_CALL) != 1:
+        raise RuntimeError("sse-notify.js no longer starts and ends as _module expects")
+    return script.replace(_OPENING, b"const SSENotify = " + _OPENING).replace(
+        _CALL,
+        b"})(globalThis, {});\nexport default SSENotify;\n"
+        b"export const { version, connect, groupLabel, HttpError } = SSENotify;",
+    )
+
+
+def _serve_script(name: str, mimetype: str = "text/javascript") -> Response:
     body, etag = _script(name)
-    response = Response(body, mimetype="text/javascript")
+    response = Response(body, mimetype=mimetype)
     response.set_etag(etag)
     response.cache_control.public = True
     response.cache_control.max_age = 300
@@ -199,6 +218,18 @@ def _serve_script(name: str) -> Response:
 def client_script() -> Response:
     """The browser client: one connection per user across tabs, read state, token renewal."""
     return _serve_script("sse-notify.js")
+
+
+@bp.get("/sse-notify.mjs")
+def client_module() -> Response:
+    """The browser client as an ES module: ``import SSENotify, { connect } from "/sse-notify.mjs"``."""
+    return _serve_script("sse-notify.mjs")
+
+
+@bp.get("/sse-notify.d.ts")
+def client_types() -> Response:
+    """The TypeScript declarations of the client (for the script tag and the ES module alike)."""
+    return _serve_script("sse-notify.d.ts", "application/typescript")
 
 
 @bp.get("/sse-notify-sw.js")

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from .browser import TIMEOUT, VIEWPORT, notice, query_of, stream_requests, streams_of
-from .support import PUBLISH_KEY, Server, stays, wait_for
+from .support import PUBLISH_KEY, Server, stays, token_for, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -285,3 +285,26 @@ def test_snoozing_in_one_tab_hides_the_notice_in_both_until_it_comes_back(
         expect(notice(tab, "later, please")).to_have_class(UNREAD)
         expect(tab.locator("#badge")).to_have_text("2")
     assert arrived(first).count("later, please") == 2  # announced when it came, and when it came back
+
+
+def test_the_es_module_connects_without_a_global(context: BrowserContext, live_server: Server) -> None:
+    """import("/sse-notify.mjs") gives the same client, leaves no global SSENotify, and gets a notice live."""
+    page = context.new_page()
+    page.goto(live_server.url + "/healthz")  # a page of the origin that loads no script
+    token = token_for("alice")
+    page.evaluate(
+        """async (token) => {
+          const module = await import("/sse-notify.mjs");
+          window.result = { global: typeof window.SSENotify, same: module.default.connect === module.connect,
+                            version: module.version, titles: [] };
+          const inbox = module.connect({ user: "alice", getToken: async () => token, shareTabs: false });
+          inbox.on("notice", (notice) => window.result.titles.push(notice.data.title));
+          inbox.on("status", (status) => { window.result.status = status; });
+        }""",
+        token,
+    )
+    wait_for(lambda: page.evaluate("window.result.status") == "live", 10, "the module's client to be live")
+    live_server.publish("alice", {"title": "from the module"})
+    wait_for(lambda: page.evaluate("window.result.titles") == ["from the module"], 10, "the notice")
+    result = page.evaluate("window.result")
+    assert (result["global"], result["same"], result["version"]) == ("undefined", True, "1.0.0")

@@ -56,6 +56,8 @@ ERRORS: dict[tuple[str, str], set[str]] = {
     ("post", "/users/{user_id}/notices/{notice_id}/snooze"): {"400", "401", "403", "404", "500", "503"},
     ("delete", "/users/{user_id}/notices/{notice_id}"): {"400", "401", "403", "404", "409", "500", "503"},
     ("get", "/sse-notify-sw.js"): set(),
+    ("get", "/sse-notify.mjs"): set(),
+    ("get", "/sse-notify.d.ts"): set(),
     ("get", "/push/public-key"): {"404"},
     ("post", "/users/{user_id}/push-subscriptions"): {"400", "401", "403", "404", "413", "415", "500", "503"},
     ("delete", "/users/{user_id}/push-subscriptions"): {

@@ -182,6 +182,22 @@ def test_index_page(client: FlaskClient) -> None:
     assert b"SSENotify" in script.data
 
 
+def test_the_client_is_served_as_a_script_an_es_module_and_its_types(client: FlaskClient) -> None:
+    """/sse-notify.mjs is the same code as /sse-notify.js with exports; /sse-notify.d.ts its declarations."""
+    script = client.get("/sse-notify.js").data
+    module = client.get("/sse-notify.mjs")
+    assert module.mimetype == "text/javascript"
+    assert module.data.startswith(script[: script.index(b"(function (root, exports)")])
+    assert module.data.rstrip().endswith(
+        b"export const { version, connect, groupLabel, HttpError } = SSENotify;"
+    )
+    assert b"export default SSENotify;" in module.data
+    assert client.get("/sse-notify.mjs", headers={"If-None-Match": module.headers["ETag"]}).status_code == 304
+    types = client.get("/sse-notify.d.ts")
+    assert types.mimetype == "application/typescript"
+    assert b"export declare function connect(options: ConnectOptions): Inbox;" in types.data
+
+
 def test_fresh_stream_starts_with_the_head_cursor(client: FlaskClient, app: Flask) -> None:
     """A stream opened without a cursor sends id: <head> first, so a client that saw no notice can resume."""
     with app.app_context():

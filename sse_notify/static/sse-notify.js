@@ -9,7 +9,7 @@
  * inbox. When the leader closes, a waiting tab gets the lock and resumes from the last event id.
  * Without Web Locks or BroadcastChannel, every tab keeps its own connection.
  */
-(function (root) {
+(function (root, exports) {
   "use strict";
 
   const VERSION = "1.0.0";
@@ -599,10 +599,12 @@
     }
   }
 
-  root.SSENotify = {
+  const api = {
     version: VERSION,
     connect: (options) => new Inbox(options),
     groupLabel,
     HttpError,
   };
-})(typeof self !== "undefined" ? self : this);
+  exports.SSENotify = api;  // a script tag: the global SSENotify (the ES module, /sse-notify.mjs, exports it)
+  return api;
+})(typeof self !== "undefined" ? self : this, typeof self !== "undefined" ? self : this);
