@@ -35,6 +35,7 @@ from .notices import (
     dumps,
     embedded_fields,
     loads,
+    parse_flag,
     stored_text,
     utc_iso,
 )
@@ -116,9 +117,10 @@ def parse_time(value: object, option: str = "send_at") -> float:
 def _flag(value: object, option: str, where: str) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in {"true", "1", "false", "0"}:
-        return value.lower() in {"true", "1"}
-    _refuse(option, "true or false", value, where)
+    flag = parse_flag(value) if isinstance(value, str) else None
+    if flag is None:
+        _refuse(option, "true or false", value, where)
+    return flag
 
 
 def _name(value: object, option: str, where: str) -> str:

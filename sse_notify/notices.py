@@ -24,6 +24,8 @@ from .errors import InvalidRequest, InvalidUserId
 
 __all__ = [
     "BROADCAST",
+    "EMAIL_ADDRESS",
+    "FLAGS",
     "HEADER_MARK",
     "IDEMPOTENCY_KEY",
     "IDEMPOTENCY_KEY_RULE",
@@ -36,6 +38,7 @@ __all__ = [
     "embedded_fields",
     "is_valid_user_id",
     "loads",
+    "parse_flag",
     "stored_text",
     "utc_iso",
     "utc_iso_ago",
@@ -50,6 +53,15 @@ BROADCAST: None = None
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:+\-]{1,128}")
 #: :data:`USER_ID_PATTERN` in words, for error messages.
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . @ : + -"
+#: How a true/false query parameter or option is written (any case): the one rule of every route.
+FLAGS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def parse_flag(value: str) -> bool | None:
+    """``True`` or ``False`` for a text of :data:`FLAGS`, ``None`` for anything else."""
+    return FLAGS.get(value.lower())
+
+
 #: An email address: one @, no spaces, line breaks, quotes or list separators; 254 characters at most.
 EMAIL_ADDRESS = re.compile(r"[^@\s<>,;\"]{1,64}@[^@\s<>,;\"]{1,189}")
 

@@ -25,7 +25,7 @@ from .errors import (
     RateLimited,
     SSENotifyError,
 )
-from .notices import checked_user_id, loads
+from .notices import checked_user_id, loads, parse_flag
 from .service import State, get_state
 from .streaming import open_stream
 
@@ -305,10 +305,11 @@ def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
 
 
 def _bool_arg(name: str) -> bool:
-    raw = request.args.get(name, "false").lower()
-    if raw not in {"true", "false", "1", "0"}:
+    raw = request.args.get(name, "false")
+    flag = parse_flag(raw)
+    if flag is None:
         raise BadRequest(f"{name} must be true or false, got {raw!r}")
-    return raw in {"true", "1"}
+    return flag
 
 
 @bp.get("/users/<user_id>/notices")

@@ -9,11 +9,14 @@ from __future__ import annotations
 import email
 import email.policy
 import http.server
+import ipaddress
 import json
+import ssl
 import threading
 import typing as t
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -46,13 +49,15 @@ class Mail:
 
 
 class _Handler:
-    def __init__(self, inbox: list[Mail], refuse: list[int]) -> None:
+    def __init__(self, inbox: list[Mail], refuse: list[int], sessions: list[tuple[bool, str | None]]) -> None:
         self.inbox = inbox
         self.refuse = refuse
+        self.sessions = sessions
 
     async def handle_DATA(self, server: t.Any, session: t.Any, envelope: t.Any) -> str:
         if self.refuse:
             return f"{self.refuse.pop(0)} refused by the test"
+        self.sessions.append((session.ssl is not None, session.auth_data))
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         self.inbox.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), t.cast(EmailMessage, message)))
         return "250 OK"
@@ -66,6 +71,12 @@ class SMTPServer:
     mails: list[Mail] = field(default_factory=list)
     #: SMTP codes to answer the next DATA commands with (then 250 again).
     refuse: list[int] = field(default_factory=list)
+    #: With a TLS context: STARTTLS is offered and required before anything else.
+    tls: ssl.SSLContext | None = None
+    #: With a login: AUTH (after STARTTLS) is required, and only this one passes.
+    login: tuple[str, str] | None = None
+    #: Each session's (TLS on, the login it passed) when it sent a mail.
+    sessions: list[tuple[bool, str | None]] = field(default_factory=list)
     _controller: Controller | None = None
 
     @property
@@ -75,9 +86,24 @@ class SMTPServer:
 
     def start(self) -> SMTPServer:
         """Listen (again) on :attr:`port`."""
-        self._controller = Controller(_Handler(self.mails, self.refuse), hostname="127.0.0.1", port=self.port)
+        options: dict[str, t.Any] = {}
+        if self.tls is not None:
+            options.update(tls_context=self.tls, require_starttls=True)
+        if self.login is not None:
+            options.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=True)
+        handler = _Handler(self.mails, self.refuse, self.sessions)
+        self._controller = Controller(handler, hostname="127.0.0.1", port=self.port, **options)
         self._controller.start()
         return self
+
+    def _authenticate(
+        self, server: t.Any, session: t.Any, envelope: t.Any, mechanism: str, data: t.Any
+    ) -> t.Any:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        if isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == self.login:
+            return AuthResult(success=True, auth_data=data.login.decode())
+        return AuthResult(success=False, handled=False)
 
     def stop(self) -> None:
         """Stop listening: connections are refused until :meth:`start`."""
@@ -183,3 +209,41 @@ class WebhookReceiver(PostReceiver):
         what = f"{count} webhook call(s) (got {len(self.hooks)})"
         wait_for(lambda: len(self.hooks) >= count, timeout, what)
         return self.hooks[:count]
+
+
+def self_signed(directory: Path) -> tuple[Path, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 (its file, for SSL_CERT_FILE) and a server context with it."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return cert_file, context

@@ -15,6 +15,7 @@ message to the receiving side.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import smtplib
 import ssl
 import typing as t
@@ -116,7 +117,7 @@ class EmailChannel:
                 if self.starttls == "true" or (self.starttls == "auto" and smtp.has_extn("starttls")):
                     smtp.starttls(context=context)
                     smtp.ehlo()
-                elif self.login is not None and self.host not in ("localhost", "127.0.0.1", "::1"):
+                elif self.login is not None and not _loopback(self.host):
                     raise SendFailed(
                         f"SMTP server {self.host} offers no STARTTLS: not sending the login in the clear "
                         "(use smtps://, or a server with STARTTLS)",
@@ -132,3 +133,13 @@ class EmailChannel:
                 smtp.close()
                 raise
         return smtp
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

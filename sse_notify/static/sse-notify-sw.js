@@ -9,8 +9,8 @@
 
 const safeUrl = (url) => (typeof url === "string" && /^https?:\/\//.test(url) ? url : self.registration.scope);
 
+// A new version takes over at once (it controls no page: pushes and clicks are all it handles).
 self.addEventListener("install", () => self.skipWaiting());
-self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
 
 self.addEventListener("push", (event) => {
   let data = {};
