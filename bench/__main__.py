@@ -33,6 +33,9 @@ Scenario ``fallback`` (:mod:`bench.fallback`): one notice per POST with no fallb
 the webhook channel on (60 s windows), and with 10 ms windows (a window entry nearly every
 round), rotating, medians.
 
+Scenario ``stores`` (:mod:`bench.stores`): one notice per POST and 100 per POST on SQLite,
+PostgreSQL and Redis, each on its own server started here, rotating, medians.
+
 Scenario ``instructions`` (:mod:`bench.instructions`): instructions per new stream in the
 serving worker, counted by callgrind (the same whatever the machine is doing), for sse_notify
 and the bare streaming app. Without valgrind it is skipped (a failure when
@@ -73,6 +76,7 @@ from bench.pending import pending, render_pending
 from bench.proxy import nginx_binary, proxy
 from bench.report import render, render_proxy
 from bench.scenarios import SCENARIOS, Load
+from bench.stores import render_stores, stores
 from sse_notify.auth import issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,7 +205,7 @@ async def crossworker(streams: int, notices: int, rate: float) -> dict[str, t.An
 
 PEER_SCENARIOS = tuple(SCENARIOS)
 #: Every scenario, in the order they run.
-EVERY = ("crossworker", "proxy", "limit", "pending", "fallback", "instructions", *PEER_SCENARIOS)
+EVERY = ("crossworker", "proxy", "limit", "pending", "fallback", "stores", "instructions", *PEER_SCENARIOS)
 
 
 def _clean(value: t.Any) -> t.Any:
@@ -307,6 +311,20 @@ def _fallback(runs: int, requests: int) -> bool:
     return _report("fallback", lambda: fallback(runs, requests), render_fallback)
 
 
+def _stores(runs: int, requests: int) -> bool:
+    """Run the stores scenario, print its JSON line and table; True when it failed."""
+    import glob
+    import shutil
+
+    if ab_binary() is None:
+        return _unavailable("stores", "ab is not installed (apt-get install apache2-utils)")
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        return _unavailable("stores", "PostgreSQL is not installed (apt-get install postgresql)")
+    if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        return _unavailable("stores", "redis-server is not installed (apt-get install redis-server)")
+    return _report("stores", lambda: stores(runs, requests), render_stores)
+
+
 def _instructions(small: int, large: int) -> bool:
     """Run the instructions scenario, print its JSON line and table; True when it failed."""
     if valgrind_binary() is None:
@@ -319,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        help="crossworker (the default), proxy, limit, pending, fallback, instructions, idle, connect, "
-        "fanout, unicast, churn; 'scenarios' for the last five, 'all' for every one",
+        help="crossworker (the default), proxy, limit, pending, fallback, stores, instructions, idle, "
+        "connect, fanout, unicast, churn; 'scenarios' for the last five, 'all' for every one",
     )
     parser.add_argument(
         "--smoke",
@@ -333,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notices", type=int, default=500, help="crossworker, proxy: notices to publish")
     parser.add_argument("--rate", type=float, default=100.0, help="crossworker, proxy: notices per second")
     parser.add_argument(
-        "--requests", type=int, default=20000, help="limit, pending, fallback: POSTs per ab run"
+        "--requests", type=int, default=20000, help="limit, pending, fallback, stores: POSTs per ab run"
     )
     parser.add_argument(
         "--pending",
@@ -391,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             failed |= _pending(args.runs, args.requests, args.streams or 5000, args.pending)
     if "fallback" in chosen:
         failed |= _fallback(1, 500) if args.smoke else _fallback(args.runs, args.requests)
+    if "stores" in chosen:
+        failed |= _stores(1, 500) if args.smoke else _stores(args.runs, args.requests)
     if "instructions" in chosen:
         large = 60 if args.smoke else (args.streams or 1200)
         failed |= _instructions(max(1, large // 6), large)

@@ -9,10 +9,13 @@
 
 It speaks the HTTP API of the README with a publish key. Design choices, on purpose:
 
-- **Synchronous, on httpx.** Background jobs are mostly synchronous code; httpx gives
-  timeouts on every phase, a connection pool and a clear family of transport errors.
-  httpx is an optional extra (``pip install "sse-notify[client]"``) and only this module
-  imports it. Nothing here needs gevent: the client works in a plain thread or process.
+- **On httpx, synchronous and asyncio.** Background jobs are mostly synchronous code
+  (:class:`Client`); services on asyncio get :class:`AsyncClient`, with the same methods as
+  coroutines. httpx gives timeouts on every phase, a connection pool and a clear family of
+  transport errors. Both clients send the same requests (``_Calls`` builds each one, without
+  sending it) and judge each attempt by the same rule (``_Policy._verdict``); only the loop that
+  sends and sleeps is written twice, once blocking and once awaiting. Nothing here needs gevent:
+  the client works in a plain thread or process.
 - **Every publish is safe to retry.** Each call of :meth:`Client.publish`,
   :meth:`Client.publish_many` and :meth:`Client.broadcast` sends an ``Idempotency-Key``
   header: the caller's, or a fresh random one. Every retry *of that call* sends the same
@@ -48,7 +51,9 @@ It speaks the HTTP API of the README with a publish key. Design choices, on purp
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import functools
 import logging
 import random
 import time
@@ -73,10 +78,11 @@ from .notices import IDEMPOTENCY_KEY, checked_idempotency_key, dumps, loads
 from .presence import Presence
 
 if t.TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 __all__ = [
     "IDEMPOTENCY_KEY_PATTERN",
+    "AsyncClient",
     "Client",
     "ClientError",
     "IdempotencyKeyReused",
@@ -109,6 +115,7 @@ RETRY_ERRORS: tuple[type[httpx.TransportError], ...] = (
 )
 
 JSONObject = t.Mapping[str, t.Any]
+R = t.TypeVar("R")
 
 
 def new_idempotency_key() -> str:
@@ -190,99 +197,110 @@ def _query(options: t.Mapping[str, t.Any]) -> dict[str, str] | None:
     return query or None
 
 
-def _marking(action: str, summary: str) -> t.Callable[[Client, str, int], int]:
-    """The :class:`Client` method that applies ``action`` (read, unread, archive, unarchive) to a notice."""
+class _Call(t.Generic[R]):
+    """One request of the API, built without sending it: both clients send the same ones."""
 
-    def mark(self: Client, user_id: str, notice_id: int) -> int:
-        return self._mark(user_id, notice_id, action)
+    __slots__ = ("attempts", "idempotency_key", "method", "options", "parse", "path")
 
-    mark.__name__ = mark.__qualname__ = f"mark_{action}" if "read" in action else action
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        parse: t.Callable[[t.Any], R],
+        *,
+        body: t.Any = None,
+        params: t.Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        self.method, self.path, self.parse = method, path, parse
+        self.idempotency_key = idempotency_key
+        #: Attempts made so far.
+        self.attempts = 0
+        headers: dict[str, str] = {}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        # Encoded once, so every attempt sends the same bytes.
+        content = None if body is None else dumps(body).encode()
+        #: The request's other arguments, for ``httpx``'s ``request``.
+        self.options: dict[str, t.Any] = {"content": content, "params": params, "headers": headers}
+
+    @property
+    def what(self) -> str:
+        """``POST /users/…/notices``, for messages."""
+        return f"{self.method} {self.path}"
+
+
+def _publish_call(
+    path: str,
+    body: t.Any,
+    key: str | None,
+    params: t.Mapping[str, str] | None,
+    parse: t.Callable[[t.Any], R],
+) -> _Call[R]:
+    """A publish: with the caller's idempotency key (checked), or a fresh one every retry reuses."""
+    key = new_idempotency_key() if key is None else checked_idempotency_key(key)
+    return _Call("POST", path, parse, body=body, params=params, idempotency_key=key)
+
+
+def _nothing(_: t.Any) -> None:
+    return None
+
+
+P = t.ParamSpec("P")
+
+
+class _Api(t.Generic[P, R]):
+    """One call of the API: on a :class:`Client` a method that sends it and returns its answer, on
+    an :class:`AsyncClient` a coroutine function that does."""
+
+    def __init__(self, build: t.Callable[P, _Call[R]]) -> None:
+        self.build = build
+        self.__doc__ = build.__doc__
+        self.__name__ = self.__qualname__ = build.__name__
+
+    @t.overload
+    def __get__(self, client: None, owner: type[t.Any]) -> _Api[P, R]: ...
+
+    @t.overload
+    def __get__(self, client: Client, owner: type[t.Any]) -> t.Callable[P, R]: ...
+
+    @t.overload
+    def __get__(self, client: AsyncClient, owner: type[t.Any]) -> t.Callable[P, t.Awaitable[R]]: ...
+
+    def __get__(self, client: _Policy[t.Any] | None, owner: type[t.Any]) -> t.Any:
+        return self if client is None else client._method(self.build)
+
+
+def _marker(action: str, summary: str) -> _Api[[str, int], int]:
+    """The call that applies ``action`` (read, unread, archive, unarchive) to one notice."""
+
+    def mark(user_id: str, notice_id: int) -> _Call[int]:
+        path = f"/users/{_segment(user_id)}/notices/{int(notice_id)}/{action}"
+        return _Call("POST", path, lambda body: int(body["unread"]))
+
+    mark.__name__ = f"mark_{action}" if "read" in action else action
     mark.__doc__ = (
         f"{summary}\n\n:returns: the user's unread count afterwards.\n"
         ":raises NotFound: when the notice is not in the user's inbox.\n"
     )
-    return mark
+    return _Api(mark)
 
 
-class Client:
-    """A publisher: sends notices, marks, tokens and kicks to an sse_notify server.
+class _API:
+    """Every call of the API, defined once: the request and how to read its answer.
 
-    :param base_url: where the server's routes are, e.g. ``"https://notify.example.com"``,
-        or ``"http://127.0.0.1:8000/notify"`` under a ``SSE_NOTIFY_URL_PREFIX``.
-    :param publish_key: one of the server's ``SSE_NOTIFY_PUBLISH_KEYS``.
-    :param timeout: seconds each attempt may wait to connect, to send, and between bytes of
-        the answer (an :class:`httpx.Timeout` sets them one by one).
-    :param retries: extra attempts after the first, for the failures that are worth one
-        (see the module docstring). ``0`` never retries.
-    :param backoff: the first retry waits a random time up to this many seconds; each next
-        one up to twice as long as the one before.
-    :param max_backoff: no wait is longer than this, a ``Retry-After`` included.
-    :param headers: extra headers for every request.
-    :param transport: an httpx transport, to route requests through something else (a Unix
-        socket, a test double); by default httpx's own.
-    :raises ValueError: for an empty ``publish_key``, or a negative ``retries``, ``backoff``
-        or ``max_backoff``.
+    Each is an :class:`_Api`: a blocking method of :class:`Client`, a coroutine of
+    :class:`AsyncClient`, with this signature and docstring.
     """
-
-    def __init__(
-        self,
-        base_url: str,
-        publish_key: str,
-        *,
-        timeout: float | httpx.Timeout = 5.0,
-        retries: int = 3,
-        backoff: float = 0.25,
-        max_backoff: float = 5.0,
-        headers: t.Mapping[str, str] | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        if not publish_key.strip():
-            raise ValueError("publish_key is empty: pass one of the server's SSE_NOTIFY_PUBLISH_KEYS")
-        if retries < 0 or backoff < 0 or max_backoff < 0:
-            raise ValueError(
-                f"retries, backoff and max_backoff must not be negative, "
-                f"got {retries}, {backoff} and {max_backoff}"
-            )
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        all_headers = {"User-Agent": "sse-notify-client", **(headers or {})}
-        all_headers["Authorization"] = f"Bearer {publish_key}"
-        self._http = httpx.Client(
-            base_url=base_url,
-            headers=all_headers,
-            timeout=timeout,
-            transport=transport,
-        )
-
-    def __repr__(self) -> str:
-        return f"<Client {self._http.base_url} retries={self.retries}>"
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection pool. The client cannot be used afterwards."""
-        self._http.close()
 
     # -- publishing -------------------------------------------------------------------------
 
+    @_Api
     def publish(
-        self,
-        user_id: str,
-        data: JSONObject,
-        *,
-        idempotency_key: str | None = None,
-        **options: t.Any,
-    ) -> Receipt:
+        user_id: str, data: JSONObject, *, idempotency_key: str | None = None, **options: t.Any
+    ) -> _Call[Receipt]:
         """Deliver a notice to one user: their open streams and inbox (or schedule, hold, suppress it).
 
         :param user_id: the user (1 to 128 of ``A-Z a-z 0-9 _ . @ : + -``).
@@ -299,15 +317,12 @@ class Client:
         :raises ValueError: for an idempotency key the server would refuse.
         """
         path = f"/users/{_segment(user_id)}/notices"
-        return Receipt.from_fields(self._publish(path, data, idempotency_key, _query(options)))
+        return _publish_call(path, data, idempotency_key, _query(options), Receipt.from_fields)
 
+    @_Api
     def publish_many(
-        self,
-        items: t.Sequence[tuple[str, JSONObject]],
-        *,
-        idempotency_key: str | None = None,
-        **options: t.Any,
-    ) -> list[Receipt]:
+        items: t.Sequence[tuple[str, JSONObject]], *, idempotency_key: str | None = None, **options: t.Any
+    ) -> _Call[list[Receipt]]:
         """Deliver several notices; those delivered now are stored in one transaction (all or none).
 
         :param items: ``(user_id, data)`` pairs, 1 to 1000 (the server's limit), in order.
@@ -320,9 +335,14 @@ class Client:
         """
         shared = _query(options) or {}
         batch = [{"user_id": user_id, "data": data, **shared} for user_id, data in items]
-        return [Receipt.from_fields(item) for item in self._publish("/notices", batch, idempotency_key)]
+        return _publish_call(
+            "/notices", batch, idempotency_key, None, lambda b: [Receipt.from_fields(i) for i in b]
+        )
 
-    def broadcast(self, data: JSONObject, *, idempotency_key: str | None = None, **options: t.Any) -> Receipt:
+    @_Api
+    def broadcast(
+        data: JSONObject, *, idempotency_key: str | None = None, **options: t.Any
+    ) -> _Call[Receipt]:
         """Deliver a notice to every user's open streams and inbox (each honours its user's mutes).
 
         :param data: the notice's JSON object.
@@ -332,83 +352,81 @@ class Client:
         :raises ClientError: or a subclass, when the server refuses or cannot be reached.
         :raises ValueError: for an idempotency key the server would refuse.
         """
-        return Receipt.from_fields(self._publish("/broadcast", data, idempotency_key, _query(options)))
+        return _publish_call("/broadcast", data, idempotency_key, _query(options), Receipt.from_fields)
 
-    def _publish(
-        self, path: str, body: t.Any, idempotency_key: str | None, params: t.Mapping[str, str] | None = None
-    ) -> t.Any:
-        key = new_idempotency_key() if idempotency_key is None else checked_idempotency_key(idempotency_key)
-        return self._request("POST", path, body=body, params=params, idempotency_key=key)
-
-    def remove(self, user_id: str, notice_id: int | str) -> None:
+    @_Api
+    def remove(user_id: str, notice_id: int | str) -> _Call[None]:
         """Cancel a notice that waits (by its ``scheduled_id``), or remove one from the user's inbox (by id).
 
         :raises NotFound: when no such notice is the user's.
         :raises ClientError: with ``status`` 409 for a broadcast (archive it instead).
         """
-        self._request("DELETE", f"/users/{_segment(user_id)}/notices/{_segment(str(notice_id))}")
+        return _Call("DELETE", f"/users/{_segment(user_id)}/notices/{_segment(str(notice_id))}", _nothing)
 
     # -- preferences --------------------------------------------------------------------------
 
-    def preferences(self, user_id: str) -> dict[str, t.Any]:
+    @_Api
+    def preferences(user_id: str) -> _Call[dict[str, t.Any]]:
         """The user's preferences: ``categories``, ``default``, ``quiet_hours``."""
-        return t.cast(dict[str, t.Any], self._request("GET", f"/users/{_segment(user_id)}/preferences"))
+        return _Call("GET", f"/users/{_segment(user_id)}/preferences", dict)
 
-    def set_preferences(self, user_id: str, preferences: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    @_Api
+    def set_preferences(user_id: str, preferences: t.Mapping[str, t.Any]) -> _Call[dict[str, t.Any]]:
         """Replace the user's preferences (every open tab of theirs is told); the preferences now."""
-        path = f"/users/{_segment(user_id)}/preferences"
-        return t.cast(dict[str, t.Any], self._request("PUT", path, body=dict(preferences)))
+        return _Call("PUT", f"/users/{_segment(user_id)}/preferences", dict, body=dict(preferences))
 
-    def contacts(self, user_id: str) -> dict[str, str]:
+    @_Api
+    def contacts(user_id: str) -> _Call[dict[str, str]]:
         """Where the user's unread notices fall back to: ``{"email": ...}`` (``{}``: nowhere)."""
-        return t.cast(dict[str, str], self._request("GET", f"/users/{_segment(user_id)}/contacts"))
+        return _Call("GET", f"/users/{_segment(user_id)}/contacts", dict)
 
-    def set_contacts(self, user_id: str, *, email: str | None) -> dict[str, str]:
+    @_Api
+    def set_contacts(user_id: str, *, email: str | None) -> _Call[dict[str, str]]:
         """Set (or, with ``None``, remove) the user's email address for fallbacks; the contacts now."""
-        path = f"/users/{_segment(user_id)}/contacts"
-        return t.cast(dict[str, str], self._request("PUT", path, body={"email": email}))
+        return _Call("PUT", f"/users/{_segment(user_id)}/contacts", dict, body={"email": email})
 
     # -- the inbox ---------------------------------------------------------------------------
 
-    # Each returns the user's unread count afterwards, and raises NotFound for a notice that is not
-    # in the user's inbox; every open stream of the user is told (docs/PYTHON-CLIENT.md).
-    mark_read = _marking("read", "Mark one notice of the user's inbox read.")
-    mark_unread = _marking("unread", "Mark one notice unread again (this wins over :meth:`mark_all_read`).")
-    archive = _marking("archive", "Archive one notice: it leaves the inbox list and the unread count.")
-    unarchive = _marking("unarchive", "Bring an archived notice back to the inbox.")
+    mark_read = _marker("read", "Mark one notice of the user's inbox read.")
+    mark_unread = _marker("unread", "Mark one notice unread again (this wins over ``mark_all_read``).")
+    archive = _marker("archive", "Archive one notice: it leaves the inbox list and the unread count.")
+    unarchive = _marker("unarchive", "Bring an archived notice back to the inbox.")
 
-    def mark_all_read(self, user_id: str) -> int:
+    @_Api
+    def mark_all_read(user_id: str) -> _Call[int]:
         """Mark everything in the user's inbox read, up to the newest notice now.
 
         :returns: the id of the newest notice covered (``0`` for an empty inbox).
         """
-        body = self._request("POST", f"/users/{_segment(user_id)}/notices/read-all")
-        return int(body["through"] or 0)
-
-    def _mark(self, user_id: str, notice_id: int, action: str) -> int:
-        path = f"/users/{_segment(user_id)}/notices/{int(notice_id)}/{action}"
-        return int(self._request("POST", path)["unread"])
+        return _Call("POST", f"/users/{_segment(user_id)}/notices/read-all", lambda b: int(b["through"] or 0))
 
     # -- streams -----------------------------------------------------------------------------
 
-    def issue_token(self, user_id: str, ttl: int | None = None) -> Token:
+    @_Api
+    def issue_token(user_id: str, ttl: int | None = None) -> _Call[Token]:
         """A connection token for the user's stream, for a page of your app to connect with.
 
         :param ttl: seconds it stays valid (1 to 30 days); default: the server's
             ``SSE_NOTIFY_TOKEN_TTL``.
         """
         params = None if ttl is None else {"ttl": str(ttl)}
-        body = self._request("POST", f"/users/{_segment(user_id)}/tokens", params=params)
-        return Token(user_id=body["user_id"], token=body["token"], expires_at=int(body["expires_at"]))
+        return _Call(
+            "POST",
+            f"/users/{_segment(user_id)}/tokens",
+            lambda b: Token(user_id=b["user_id"], token=b["token"], expires_at=int(b["expires_at"])),
+            params=params,
+        )
 
-    def kick(self, user_id: str) -> None:
+    @_Api
+    def kick(user_id: str) -> _Call[None]:
         """Close every open stream of the user, on every worker and host.
 
         A browser client stays closed until its page reconnects; tokens stay valid.
         """
-        self._request("POST", f"/users/{_segment(user_id)}/kick")
+        return _Call("POST", f"/users/{_segment(user_id)}/kick", _nothing)
 
-    def presence(self, user_id: str) -> Presence:
+    @_Api
+    def presence(user_id: str) -> _Call[Presence]:
         """Whether the user has open streams right now, on any worker or host, and how many.
 
         Streams on the worker that answers count at once, others within the server's
@@ -417,57 +435,92 @@ class Client:
         :returns: a :class:`sse_notify.presence.Presence` (``online``, ``streams``), as
             ``sse_notify.presence()`` returns inside the app.
         """
-        body = self._request("GET", f"/users/{_segment(user_id)}/presence")
-        return Presence(user_id=body["user_id"], streams=int(body["streams"]))
+        return _Call(
+            "GET",
+            f"/users/{_segment(user_id)}/presence",
+            lambda b: Presence(user_id=b["user_id"], streams=int(b["streams"])),
+        )
 
-    # -- the retry loop ----------------------------------------------------------------------
 
-    def _request(
+class _Retry(t.NamedTuple):
+    """Another attempt, after ``delay`` seconds."""
+
+    delay: float
+
+
+Transport = t.TypeVar("Transport")
+
+
+class _Policy(_API, t.Generic[Transport]):
+    """What both clients share: the API, the settings, and the verdict on each attempt (see the
+    module docstring). Parameters: :class:`Client`'s."""
+
+    def __init__(
         self,
-        method: str,
-        path: str,
+        base_url: str,
+        publish_key: str,
         *,
-        body: t.Any = None,
-        params: t.Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-    ) -> t.Any:
-        """Send a request, retrying what is worth it; return the answer's JSON.
+        timeout: float | httpx.Timeout = 5.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_backoff: float = 5.0,
+        headers: t.Mapping[str, str] | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        if not publish_key.strip():
+            raise ValueError("publish_key is empty: pass one of the server's SSE_NOTIFY_PUBLISH_KEYS")
+        if retries < 0 or backoff < 0 or max_backoff < 0:
+            raise ValueError(
+                f"retries, backoff and max_backoff must not be negative, "
+                f"got {retries}, {backoff} and {max_backoff}"
+            )
+        self.base_url = base_url
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        all_headers = {"User-Agent": "sse-notify-client", **(headers or {})}
+        all_headers["Authorization"] = f"Bearer {publish_key}"
+        self._http = self._open(base_url, all_headers, timeout, transport)
 
-        The body is encoded once, so every attempt sends the same bytes.
-        """
-        headers: dict[str, str] = {}
-        content = None
-        if body is not None:
-            content = dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        if idempotency_key is not None:
-            headers["Idempotency-Key"] = idempotency_key
-        what = f"{method} {path}"
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                response = self._http.request(method, path, content=content, params=params, headers=headers)
-            except RETRY_ERRORS as exc:
-                failure: httpx.Response | httpx.TransportError = exc
-                wait = None
-            except httpx.TransportError as exc:  # the request itself is wrong: no retry
-                raise self._failure(what, exc, attempts, idempotency_key) from exc
-            else:
-                if response.is_success:
-                    return self._json(what, response, attempts, idempotency_key)
-                if response.status_code not in RETRY_STATUSES:
-                    raise self._failure(what, response, attempts, idempotency_key)
-                failure = response
-                wait = _retry_after(response)
-            if attempts > self.retries:
-                error = self._failure(what, failure, attempts, idempotency_key)
-                if isinstance(failure, httpx.TransportError):
-                    raise error from failure
-                raise error
-            delay = self._delay(attempts, wait)
-            log.info("retrying %s in %.2f s (attempt %d failed: %s)", what, delay, attempts, _brief(failure))
-            time.sleep(delay)
+    def _open(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        timeout: float | httpx.Timeout,
+        transport: Transport | None,
+    ) -> t.Any:
+        """The httpx client that sends the requests."""
+        raise NotImplementedError
+
+    def _method(self, build: t.Callable[P, _Call[R]]) -> t.Callable[P, t.Any]:
+        """A call of the API as this client's method."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.base_url} retries={self.retries}>"
+
+    def _verdict(self, call: _Call[R], outcome: httpx.Response | httpx.TransportError) -> R | _Retry:
+        """The answer's value, another attempt, or (raised) the error that ends the call."""
+        call.attempts += 1
+        attempts, key = call.attempts, call.idempotency_key
+        if isinstance(outcome, httpx.Response):
+            if outcome.is_success:
+                return call.parse(self._json(call.what, outcome, attempts, key))
+            if outcome.status_code not in RETRY_STATUSES:
+                raise self._failure(call.what, outcome, attempts, key)
+            wait = _retry_after(outcome)
+        elif isinstance(outcome, RETRY_ERRORS):
+            wait = None
+        else:  # the request itself is wrong: no retry
+            raise self._failure(call.what, outcome, attempts, key) from outcome
+        if attempts > self.retries:
+            error = self._failure(call.what, outcome, attempts, key)
+            if isinstance(outcome, httpx.TransportError):
+                raise error from outcome
+            raise error
+        delay = self._delay(attempts, wait)
+        log.info("retrying %s in %.2f s (attempt %d failed: %s)", call.what, delay, attempts, _brief(outcome))
+        return _Retry(delay)
 
     def _delay(self, attempts: int, retry_after: float | None) -> float:
         """How long to sleep before the next attempt: ``Retry-After``, or a full-jitter backoff."""
@@ -500,7 +553,7 @@ class Client:
             detail = _brief(failure)
             cls = ServerUnavailable if isinstance(failure, RETRY_ERRORS) else ClientError
             return cls(
-                f"{what}: no answer from {self._http.base_url}: {detail}{tries}",
+                f"{what}: no answer from {self.base_url}: {detail}{tries}",
                 detail=detail,
                 attempts=attempts,
                 idempotency_key=key,
@@ -520,6 +573,102 @@ class Client:
         if status >= 500:
             return ServerUnavailable(message, **fields)
         return _ERRORS_BY_STATUS.get(status, ClientError)(message, **fields)
+
+
+class Client(_Policy[httpx.BaseTransport]):
+    """A publisher: sends notices, marks, tokens and kicks to an sse_notify server.
+
+    :param base_url: where the server's routes are, e.g. ``"https://notify.example.com"``,
+        or ``"http://127.0.0.1:8000/notify"`` under a ``SSE_NOTIFY_URL_PREFIX``.
+    :param publish_key: one of the server's ``SSE_NOTIFY_PUBLISH_KEYS``.
+    :param timeout: seconds each attempt may wait to connect, to send, and between bytes of
+        the answer (an :class:`httpx.Timeout` sets them one by one).
+    :param retries: extra attempts after the first, for the failures that are worth one
+        (see the module docstring). ``0`` never retries.
+    :param backoff: the first retry waits a random time up to this many seconds; each next
+        one up to twice as long as the one before.
+    :param max_backoff: no wait is longer than this, a ``Retry-After`` included.
+    :param headers: extra headers for every request.
+    :param transport: an httpx transport, to route requests through something else (a Unix
+        socket, a test double); by default httpx's own.
+    :raises ValueError: for an empty ``publish_key``, or a negative ``retries``, ``backoff``
+        or ``max_backoff``.
+    """
+
+    _http: httpx.Client
+
+    def _open(
+        self, base_url: str, headers: dict[str, str], timeout: float | httpx.Timeout, transport: t.Any
+    ) -> httpx.Client:
+        return httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool. The client cannot be used afterwards."""
+        self._http.close()
+
+    def _method(self, build: t.Callable[P, _Call[R]]) -> t.Callable[P, R]:
+        @functools.wraps(build)
+        def method(*args: P.args, **kwargs: P.kwargs) -> R:
+            call = build(*args, **kwargs)
+            while isinstance(verdict := self._verdict(call, self._attempt(call)), _Retry):
+                time.sleep(verdict.delay)
+            return verdict
+
+        return method
+
+    def _attempt(self, call: _Call[t.Any]) -> httpx.Response | httpx.TransportError:
+        try:
+            return self._http.request(call.method, call.path, **call.options)
+        except httpx.TransportError as exc:
+            return exc
+
+
+class AsyncClient(_Policy[httpx.AsyncBaseTransport]):
+    """:class:`Client` for asyncio, on :class:`httpx.AsyncClient`: the same methods, each a coroutine,
+    with the same retries, idempotency keys and errors.
+
+    Use one per event loop (``async with AsyncClient(...) as notify:``). ``transport`` is an
+    :class:`httpx.AsyncBaseTransport`; the other parameters are :class:`Client`'s.
+    """
+
+    _http: httpx.AsyncClient
+
+    def _open(
+        self, base_url: str, headers: dict[str, str], timeout: float | httpx.Timeout, transport: t.Any
+    ) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool. The client cannot be used afterwards."""
+        await self._http.aclose()
+
+    def _method(self, build: t.Callable[P, _Call[R]]) -> t.Callable[P, t.Awaitable[R]]:
+        @functools.wraps(build)
+        async def method(*args: P.args, **kwargs: P.kwargs) -> R:
+            call = build(*args, **kwargs)
+            while isinstance(verdict := self._verdict(call, await self._attempt(call)), _Retry):
+                await asyncio.sleep(verdict.delay)  # never blocks the event loop
+            return verdict
+
+        return method
+
+    async def _attempt(self, call: _Call[t.Any]) -> httpx.Response | httpx.TransportError:
+        try:
+            return await self._http.request(call.method, call.path, **call.options)
+        except httpx.TransportError as exc:
+            return exc
 
 
 def _brief(failure: httpx.Response | httpx.TransportError) -> str:

@@ -245,6 +245,9 @@ class Delivery(t.TypedDict, total=False):
     group: str | None
     #: Store once per key (see ``State.publish_once``).
     idempotency_key: str | None
+    #: Write in the app's open transaction: a SQLAlchemy ``Session`` or ``Connection``, or a
+    #: DB-API connection, on the PostgreSQL store's database (see ``State.deliver``).
+    connection: t.Any
 
 
 def checked_options(values: t.Mapping[str, t.Any], *, now: float, where: str = "") -> Options:

@@ -49,6 +49,7 @@ from .delivery import (
 from .errors import (
     BrokerError,
     ChannelFailed,
+    ConfigError,
     Conflict,
     InvalidNotice,
     InvalidOption,
@@ -135,6 +136,7 @@ class State:
         items: t.Sequence[tuple[str | None, t.Any, Options]],
         *,
         idempotency_key: str | None = None,
+        connection: t.Any = None,
     ) -> tuple[list[Receipt], bool]:
         """Check notices and their options, then deliver, schedule, hold or suppress each.
 
@@ -144,9 +146,13 @@ class State:
         stored in one transaction; what waits goes to the store's scheduler. Everything is
         checked before anything is stored.
 
+        :param connection: the app's own database connection or SQLAlchemy session, with its
+            transaction open (PostgreSQL store only): everything is written in that transaction,
+            so it is delivered if and only if the app commits (:func:`~sse_notify.brokers.postgres.joined`).
         :returns: a :class:`Receipt` per item, in order, and whether an earlier publish under
             ``idempotency_key`` had stored the notices delivered now.
         :raises InvalidNotice: for a bad user id, data or option; then nothing is stored.
+        :raises ConfigError: for ``connection`` with a store other than PostgreSQL.
         """
         checked = self._checked([(user_id, data) for user_id, data, _ in items])
         if idempotency_key is not None:
@@ -161,10 +167,34 @@ class State:
         if idempotency_key is not None:
             fingerprint = self._fingerprint(items, metas)
             once = (idempotency_key, fingerprint, float(self.settings.idempotency_ttl))
-        return self._deliveries.submit(_Delivery(items, checked, metas, idempotency_key, once))
+        request = _Delivery(items, checked, metas, idempotency_key, once)
+        if connection is None:
+            return self._deliveries.submit(request)
+        (answer,) = self._deliver_round([request], self._joined(connection))
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
-    def _deliver_round(self, requests: list[_Delivery]) -> list[tuple[list[Receipt], bool] | BaseException]:
-        """Deliver the publishes of one round: one read of preferences, then one store call for all."""
+    def _joined(self, connection: t.Any) -> Broker:
+        """The store, on the app's connection and inside its transaction."""
+        from .brokers.postgres import PostgresBroker, joined
+
+        if not isinstance(self.broker, PostgresBroker):
+            raise ConfigError(
+                "connection= (publishing in your own transaction) needs the PostgreSQL store; with "
+                f"{self.settings.broker_url.partition(':')[0]}:// publish after your commit "
+                "(sse_notify.sqlalchemy.notify_after_commit)"
+            )
+        return joined(self.broker, connection)
+
+    def _deliver_round(
+        self, requests: list[_Delivery], store: Broker | None = None
+    ) -> list[tuple[list[Receipt], bool] | BaseException]:
+        """Deliver the publishes of one round: one read of preferences, then one store call for all.
+
+        ``store``: where to write (the app's transaction); this process's store by default.
+        """
+        store = self.broker if store is None else store
         wanted = list(
             dict.fromkeys(
                 u
@@ -174,7 +204,7 @@ class State:
             )
         )
         try:
-            texts = self.broker.preferences(wanted) if wanted else {}
+            texts = store.preferences(wanted) if wanted else {}
         except BrokerError as exc:
             telemetry.store_failed("publish", exc)
             return [exc] * len(requests)
@@ -188,7 +218,7 @@ class State:
             telemetry.store_failed("publish", exc)
             return [exc] * len(requests)
         started = time.perf_counter()
-        results = self.broker.publish_requests([(plans[i].now_items, requests[i].once) for i in storing])
+        results = store.publish_requests([(plans[i].now_items, requests[i].once) for i in storing])
         seconds = time.perf_counter() - started
         stored = dict(zip(storing, results, strict=True))
         answers: list[tuple[list[Receipt], bool] | BaseException] = []
@@ -204,7 +234,7 @@ class State:
                 telemetry.published(notices, seconds, replayed=replayed)
                 self._after_store(notices)
             try:
-                answers.append((self._receipts(request, plan, notices), replayed))
+                answers.append((self._receipts(request, plan, notices, store), replayed))
             except BrokerError as exc:  # a notice to keep for later could not be
                 telemetry.store_failed("publish", exc)
                 answers.append(exc)
@@ -242,7 +272,9 @@ class State:
             plan.now_items.append((user_id, stored))
         return plan
 
-    def _receipts(self, request: _Delivery, plan: _Plan, notices: list[Notice]) -> list[Receipt]:
+    def _receipts(
+        self, request: _Delivery, plan: _Plan, notices: list[Notice], store: Broker
+    ) -> list[Receipt]:
         """What a publish did, per item; what waits is kept in the store's scheduler now."""
         receipts: list[Receipt] = []
         for index, ((user_id, text), meta, (status, reason, due)) in enumerate(
@@ -255,7 +287,7 @@ class State:
                 receipts.append(Receipt(status, user_id, reason=reason, data_json=text, meta_json=meta))
             else:
                 key = self._scheduled_id(request.idempotency_key, index)
-                self._wait(key, user_id, text, meta, t.cast(float, due))
+                self._wait(key, user_id, text, meta, t.cast(float, due), store)
                 telemetry.withheld(status, user_id, reason)
                 receipts.append(Receipt(status, user_id, None, key, due, reason, text, meta))
         return receipts
@@ -376,10 +408,12 @@ class State:
             return "s" + secrets.token_hex(12)
         return "s" + hashlib.sha256(b"%b\0%d" % (idempotency_key.encode(), index)).hexdigest()[:24]
 
-    def _wait(self, key: str, user_id: str | None, text: str, meta: str, due: float) -> None:
+    def _wait(
+        self, key: str, user_id: str | None, text: str, meta: str, due: float, store: Broker | None = None
+    ) -> None:
         """Keep a checked notice in the store's scheduler until ``due`` (scheduled, or held)."""
         payload = dumps({"u": user_id, "d": text, "m": meta})
-        self._store(lambda: self.broker.schedule(DUE_NOTICE, key, due, payload))
+        self._store(lambda: (store or self.broker).schedule(DUE_NOTICE, key, due, payload))
 
     def _publish_due(self, due: Due) -> None:
         """Deliver a notice that waited (scheduled, or held for quiet hours), once per entry.
@@ -427,7 +461,8 @@ class State:
         """Deliver a notice to ``user_id``'s open streams and inbox (or schedule, hold or suppress it).
 
         :param options: ``category``, ``critical``, ``send_at`` (an aware ``datetime`` or RFC
-            3339 text), ``delay`` (seconds), ``group``; and ``idempotency_key``.
+            3339 text), ``delay`` (seconds), ``group``; ``idempotency_key``; and ``connection``
+            (write in the app's open transaction, see :meth:`deliver`).
         """
         return self.notify_many([(user_id, data)], **options)[0]
 
@@ -439,12 +474,15 @@ class State:
         self, items: t.Sequence[tuple[str | None, t.Any]], **options: Unpack[Delivery]
     ) -> list[Receipt]:
         """:meth:`deliver` several notices with the same options; what is delivered now is one transaction."""
-        unknown = set(options) - set(OPTIONS) - {"idempotency_key"}
+        unknown = set(options) - set(OPTIONS) - {"idempotency_key", "connection"}
         if unknown:
             raise TypeError(f"unknown delivery option {sorted(unknown)[0]!r} (options: {', '.join(OPTIONS)})")
         key = options.pop("idempotency_key", None)
+        connection = options.pop("connection", None)
         checked = checked_options(options, now=time.time())
-        return self.deliver([(u, d, checked) for u, d in items], idempotency_key=key)[0]
+        return self.deliver([(u, d, checked) for u, d in items], idempotency_key=key, connection=connection)[
+            0
+        ]
 
     # -- streams --------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from sse_notify.service import get_state
 
 from .browser import VIEWPORT, launch_chromium
 from .receivers import WEBHOOK_SECRET, SMTPServer, WebhookReceiver
-from .support import PUBLISH_KEY, RedisServer, Server, standalone_app
+from .support import PUBLISH_KEY, PostgresServer, RedisServer, Server, standalone_app
 
 
 @pytest.fixture(name="app")
@@ -78,6 +78,22 @@ def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisS
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(name="postgres_server", scope="session")
+def _postgres_server() -> t.Iterator[PostgresServer]:
+    """One PostgreSQL for the whole session (tests keep apart by database)."""
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(name="own_postgres")
+def _own_postgres() -> t.Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own, which it may stop and restart."""
+    server = PostgresServer().start()
+    yield server
+    server.remove()
 
 
 @pytest.fixture(name="own_redis")

@@ -278,6 +278,8 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: ``always`` for the tests (nothing acknowledged is lost to a kill); the benchmark uses ``everysec``.
+    appendfsync: str = "always"
 
     @property
     def url(self) -> str:
@@ -289,7 +291,7 @@ class RedisServer:
         binary = require_binary("redis-server", "the Redis backend tests start their own redis-server")
         self.directory.mkdir(parents=True, exist_ok=True)
         cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
-        cmd += ["--appendfsync", "always", "--dir", str(self.directory), "--logfile", "redis.log"]
+        cmd += ["--appendfsync", self.appendfsync, "--dir", str(self.directory), "--logfile", "redis.log"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for(self._answers, 10, f"redis-server on port {self.port}")
         return self
@@ -309,6 +311,10 @@ class RedisServer:
             self.proc.wait(15)
         self.proc = None
 
+    def kill(self) -> None:
+        """Kill it (SIGKILL): what it acknowledged must be in its append-only file (fsync always)."""
+        self.stop(signal.SIGKILL)
+
     def clients(self) -> list[dict[str, t.Any]]:
         """CLIENT LIST, without the connection that asks."""
         import redis
@@ -322,6 +328,194 @@ class RedisServer:
 
 
 # -- request-level checks (the test client) ------------------------------------
+
+
+def postgres_binary(name: str) -> str:
+    """A PostgreSQL server program (``initdb``, ``pg_ctl``) of the newest installed version."""
+    import glob
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
+    return require_binary(
+        found[-1] if found else name,
+        "the PostgreSQL store's tests start their own server (apt-get install postgresql)",
+    )
+
+
+@dataclass
+class PostgresServer:
+    """A real PostgreSQL of the tests' own: ``initdb`` and ``pg_ctl`` in a temporary folder, on a free port.
+
+    ``initdb`` refuses to run as root, so as root both run as the ``postgres`` user that
+    Debian's package creates; the folder is made for that user.
+    """
+
+    port: int = field(default_factory=free_port)
+    directory: Path | None = None
+
+    def _as_owner(self, *cmd: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+
+    @property
+    def url(self) -> str:
+        """``postgresql://postgres@127.0.0.1:<port>/postgres``."""
+        return self.url_of("postgres")
+
+    def url_of(self, database: str) -> str:
+        """The URL of one database of this server."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> PostgresServer:
+        """Make the cluster (the first time), start it, and wait until it takes connections."""
+        import tempfile
+
+        initdb, pg_ctl = postgres_binary("initdb"), postgres_binary("pg_ctl")
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="sse-notify-pg-"))
+            if os.geteuid() == 0:
+                shutil.chown(self.directory, "postgres", "postgres")
+            data = str(self.directory / "data")
+            subprocess.run(
+                self._as_owner(
+                    initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        subprocess.run(
+            self._as_owner(
+                pg_ctl,
+                "-D",
+                str(self.directory / "data"),
+                "-o",
+                options,
+                "-l",
+                str(self.directory / "log"),
+                "-w",
+                "start",
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, 20, f"PostgreSQL on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop it: ``fast`` (clean) or ``immediate`` (as if killed: it recovers at the next start)."""
+        if self.directory is not None and (self.directory / "data" / "postmaster.pid").exists():
+            subprocess.run(
+                self._as_owner(
+                    postgres_binary("pg_ctl"), "-D", str(self.directory / "data"), "-m", mode, "-w", "stop"
+                ),
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+    def kill(self) -> None:
+        """Stop it at once, as a crash would (it recovers from its WAL at the next start)."""
+        self.stop("immediate")
+
+    def connections(self) -> list[str]:
+        """The ``application_name`` of every client connection but the one asking."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT application_name FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        return [str(name) for (name,) in rows]
+
+    def remove(self) -> None:
+        """Stop it and delete its folder."""
+        self.stop("immediate")
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def new_database(self, name: str) -> str:
+        """Create an empty database ``name``; its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url_of(name)
+
+
+@dataclass
+class PgBouncer:
+    """A real PgBouncer in front of a :class:`PostgresServer`, pooling in transaction mode.
+
+    It refuses to run as root, so as root it runs as the ``postgres`` user.
+    """
+
+    postgres: PostgresServer
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    directory: Path | None = None
+
+    def url_of(self, database: str) -> str:
+        """The URL of one database, through the bouncer."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> PgBouncer:
+        """Write its configuration, start it, and wait until it takes connections."""
+        import tempfile
+
+        binary = require_binary(
+            "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else "pgbouncer",
+            "the test of PostgreSQL behind PgBouncer starts its own (apt-get install pgbouncer)",
+        )
+        self.directory = Path(tempfile.mkdtemp(prefix="sse-notify-pgbouncer-"))
+        (self.directory / "users.txt").write_text('"postgres" ""\n')
+        (self.directory / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={self.postgres.port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.directory / 'users.txt'}\n"
+            "pool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 10\n"
+            f"logfile = {self.directory / 'log'}\n"
+        )
+        if os.geteuid() == 0:
+            for path in (self.directory, *self.directory.iterdir()):
+                shutil.chown(path, "postgres", "postgres")
+        cmd = [binary, str(self.directory / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(self._answers, 10, f"PgBouncer on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url_of("postgres"), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def stop(self) -> None:
+        """Stop it and delete its folder."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def embed(instance: Path, **config: t.Any) -> Flask:

@@ -6,7 +6,9 @@ server sent it, a Redis that stops, a listener that never answers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import json
 import re
 import socket
@@ -22,6 +24,7 @@ import pytest
 
 import sse_notify.errors
 from sse_notify.client import (
+    AsyncClient,
     Client,
     ClientError,
     IdempotencyKeyReused,
@@ -40,6 +43,43 @@ from .support import AUTH, PUBLISH_KEY, ROOT, RedisServer, Server, free_port, wa
 pytestmark = pytest.mark.server
 
 MakeServer = t.Callable[..., Server]
+MakeClient = t.Callable[..., Client]
+
+
+class BlockingAsyncClient:
+    """An :class:`AsyncClient` that a test drives as it drives a :class:`Client`: each call runs to
+    its end on one event loop of its own, so every test of the client holds for both."""
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._client = AsyncClient(*args, **kwargs)
+        except BaseException:
+            self._loop.close()
+            raise
+
+    def __getattr__(self, name: str) -> t.Any:
+        method = getattr(self._client, name)
+
+        def call(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            result = method(*args, **kwargs)
+            assert inspect.isawaitable(result), f"AsyncClient.{name} should be a coroutine function"
+            return self._loop.run_until_complete(result)
+
+        return call
+
+    def __enter__(self) -> BlockingAsyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.close()
+
+
+@pytest.fixture(name="make_client", params=["sync", "async"])
+def _make_client(request: pytest.FixtureRequest) -> MakeClient:
+    """Client, or AsyncClient driven to the end of each call: the same tests hold for both."""
+    return t.cast(MakeClient, Client if request.param == "sync" else BlockingAsyncClient)
 
 
 class Proxy:
@@ -166,10 +206,12 @@ def assert_error(error: ClientError, status: int | None, code: str | None, attem
 # -- the API, on a real server ---------------------------------------------------------------
 
 
-def test_publish_calls_reach_the_stream_and_return_the_stored_notices(live_server: Server) -> None:
+def test_publish_calls_reach_the_stream_and_return_the_stored_notices(
+    live_server: Server, make_client: MakeClient
+) -> None:
     """publish, publish_many and broadcast reach the user's stream; each returns the server's notices."""
     alice = subscribe(live_server.stream_url("alice"))
-    with Client(live_server.url, PUBLISH_KEY) as client:
+    with make_client(live_server.url, PUBLISH_KEY) as client:
         one = client.publish("alice", {"title": "Hello", "n": 1})
         many = client.publish_many([("alice", {"n": 2}), ("bob", {"n": 3}), ("alice", {"n": 4})])
         everyone = client.broadcast({"title": "maintenance at 22:00"})
@@ -185,9 +227,9 @@ def test_publish_calls_reach_the_stream_and_return_the_stored_notices(live_serve
     alice.close()
 
 
-def test_marks_change_the_unread_count(live_server: Server) -> None:
+def test_marks_change_the_unread_count(live_server: Server, make_client: MakeClient) -> None:
     """mark_read, mark_unread and mark_all_read change the inbox's unread count; a missing notice is 404."""
-    with Client(live_server.url, PUBLISH_KEY) as client:
+    with make_client(live_server.url, PUBLISH_KEY) as client:
         sent = [t.cast(Notice, client.publish("carol", {"n": n}).notice) for n in range(3)]
         assert inbox(live_server, "carol")["unread"] == 3
         assert client.mark_read("carol", sent[0].id) == 2
@@ -200,9 +242,11 @@ def test_marks_change_the_unread_count(live_server: Server) -> None:
     assert_error(caught.value, 404, "not_found", 1)
 
 
-def test_an_issued_token_opens_a_stream_and_a_kick_closes_it(live_server: Server) -> None:
+def test_an_issued_token_opens_a_stream_and_a_kick_closes_it(
+    live_server: Server, make_client: MakeClient
+) -> None:
     """issue_token's token opens the user's stream; kick ends it with a close event (kicked)."""
-    with Client(live_server.url, PUBLISH_KEY) as client:
+    with make_client(live_server.url, PUBLISH_KEY) as client:
         token = client.issue_token("erin", ttl=60)
         assert token.user_id == "erin"
         assert time.time() + 50 < token.expires_at <= time.time() + 61
@@ -217,9 +261,9 @@ def test_an_issued_token_opens_a_stream_and_a_kick_closes_it(live_server: Server
     sub.close()
 
 
-def test_presence_counts_open_streams(live_server: Server) -> None:
+def test_presence_counts_open_streams(live_server: Server, make_client: MakeClient) -> None:
     """presence says online with the number of streams while some are open, offline once kicked."""
-    with Client(live_server.url, PUBLISH_KEY) as client:
+    with make_client(live_server.url, PUBLISH_KEY) as client:
         assert client.presence("fred") == Presence("fred", streams=0)
         assert not client.presence("fred").online
         subs = [subscribe(live_server.stream_url("fred")) for _ in range(2)]
@@ -231,9 +275,9 @@ def test_presence_counts_open_streams(live_server: Server) -> None:
         sub.close()
 
 
-def test_user_ids_travel_as_one_path_segment(live_server: Server) -> None:
+def test_user_ids_travel_as_one_path_segment(live_server: Server, make_client: MakeClient) -> None:
     """User ids with ``@ : + .``, even ``..`` and ``.``, reach that user and no other route."""
-    with Client(live_server.url, PUBLISH_KEY) as client:
+    with make_client(live_server.url, PUBLISH_KEY) as client:
         for user_id in ("a@b.example", "x:y+z", "..", "."):
             notice = t.cast(Notice, client.publish(user_id, {"to": user_id}).notice)
             assert (notice.user_id, notice.data) == (user_id, {"to": user_id})
@@ -258,19 +302,22 @@ def test_a_4xx_is_not_retried_and_carries_the_server_detail(
     expected: type[ClientError],
     status: int,
     error: str,
+    make_client: MakeClient,
 ) -> None:
     """A 400 or 403 reaches the server once and raises with the server's status, code and detail."""
     proxy = proxy_to(live_server)
-    with Client(proxy.url, key, retries=3, backoff=0.01) as client, pytest.raises(expected) as caught:
+    with make_client(proxy.url, key, retries=3, backoff=0.01) as client, pytest.raises(expected) as caught:
         client.publish(user_id, {"n": 1})
     assert_error(caught.value, status, error, 1)
     assert proxy.requests == 1
     assert inbox(live_server, "alice")["notices"] == []
 
 
-def test_a_bad_idempotency_key_is_refused_before_sending(live_server: Server) -> None:
+def test_a_bad_idempotency_key_is_refused_before_sending(
+    live_server: Server, make_client: MakeClient
+) -> None:
     """An idempotency key the server would refuse (empty, a space, too long) raises ValueError at once."""
-    with Client(live_server.url, PUBLISH_KEY) as client:
+    with make_client(live_server.url, PUBLISH_KEY) as client:
         for key in ("", "has space", "x" * 201, "caf\u00e9"):
             with pytest.raises(ValueError, match="Idempotency-Key must be"):
                 client.publish("alice", {"n": 1}, idempotency_key=key)
@@ -286,16 +333,18 @@ def test_a_bad_idempotency_key_is_refused_before_sending(live_server: Server) ->
         pytest.param("k", {"max_backoff": -1.0}, id="max_backoff"),
     ],
 )
-def test_bad_settings_are_refused_at_construction(key: str, setting: dict[str, float]) -> None:
+def test_bad_settings_are_refused_at_construction(
+    key: str, setting: dict[str, float], make_client: MakeClient
+) -> None:
     """An empty publish key or a negative retries, backoff or max_backoff raises ValueError."""
     with pytest.raises(ValueError, match=r"publish_key is empty|must not be negative"):
-        Client("http://127.0.0.1:1", key, **setting)  # type: ignore[arg-type]
+        make_client("http://127.0.0.1:1", key, **setting)  # type: ignore[arg-type]
 
 
 # -- retries -----------------------------------------------------------------------------------
 
 
-def test_a_publish_waits_for_a_server_that_is_still_starting(tmp_path: Path) -> None:
+def test_a_publish_waits_for_a_server_that_is_still_starting(tmp_path: Path, make_client: MakeClient) -> None:
     """A publish sent before the server listens is retried on connection errors until it is stored."""
     server = Server(str(tmp_path / "notices.sqlite3"), port=free_port())
     with pytest.raises(ConnectionRefusedError):
@@ -303,7 +352,7 @@ def test_a_publish_waits_for_a_server_that_is_still_starting(tmp_path: Path) -> 
     starter = threading.Timer(0.7, server.start)
     starter.start()
     try:
-        with Client(server.url, PUBLISH_KEY, retries=60, backoff=0.1, max_backoff=0.5) as client:
+        with make_client(server.url, PUBLISH_KEY, retries=60, backoff=0.1, max_backoff=0.5) as client:
             notice = client.publish("gina", {"n": 1})
         starter.join()
         assert [n["id"] for n in inbox(server, "gina")["notices"]] == [notice.id]
@@ -322,11 +371,14 @@ def test_a_publish_waits_for_a_server_that_is_still_starting(tmp_path: Path) -> 
     ],
 )
 def test_a_publish_whose_answer_is_lost_is_stored_once(
-    live_server: Server, proxy_to: t.Callable[..., Proxy], call: t.Callable[[Client], list[Receipt]]
+    live_server: Server,
+    proxy_to: t.Callable[..., Proxy],
+    call: t.Callable[[Client], list[Receipt]],
+    make_client: MakeClient,
 ) -> None:
     """The answer of a stored publish is lost; the retry (same key) stores nothing new and returns it."""
     proxy = proxy_to(live_server, lose=1)
-    with Client(proxy.url, PUBLISH_KEY, retries=3, backoff=0.05) as client:
+    with make_client(proxy.url, PUBLISH_KEY, retries=3, backoff=0.05) as client:
         notices = call(client)
     assert proxy.requests == 2, "the first answer should have been lost, and the request sent again"
     stored = inbox(live_server, "hana")["notices"]
@@ -347,9 +399,9 @@ def test_without_a_key_a_lost_answer_means_a_duplicate(
     assert [n["data"] for n in inbox(live_server, "hana")["notices"]] == [{"n": 1}, {"n": 1}]
 
 
-def test_the_same_key_returns_the_original_notice(live_server: Server) -> None:
+def test_the_same_key_returns_the_original_notice(live_server: Server, make_client: MakeClient) -> None:
     """Two calls with one key (a retried task) store one notice and both return it."""
-    with Client(live_server.url, PUBLISH_KEY) as client:
+    with make_client(live_server.url, PUBLISH_KEY) as client:
         first = client.publish("jo", {"n": 1}, idempotency_key="task-1234")
         again = client.publish("jo", {"n": 1}, idempotency_key="task-1234")
         batch = client.publish_many([("jo", {"n": 2})], idempotency_key="task-5678")
@@ -359,9 +411,9 @@ def test_the_same_key_returns_the_original_notice(live_server: Server) -> None:
     assert [n["id"] for n in inbox(live_server, "jo")["notices"]] == [batch[0].id, first.id]
 
 
-def test_a_key_reused_for_different_data_is_refused(live_server: Server) -> None:
+def test_a_key_reused_for_different_data_is_refused(live_server: Server, make_client: MakeClient) -> None:
     """The same key with other data raises IdempotencyKeyReused (422, not retried); nothing new is stored."""
-    with Client(live_server.url, PUBLISH_KEY, retries=3) as client:
+    with make_client(live_server.url, PUBLISH_KEY, retries=3) as client:
         first = client.publish("kim", {"n": 1}, idempotency_key="job-42")
         with pytest.raises(IdempotencyKeyReused) as caught:
             client.publish("kim", {"n": 2}, idempotency_key="job-42")
@@ -371,11 +423,13 @@ def test_a_key_reused_for_different_data_is_refused(live_server: Server) -> None
     assert [n["id"] for n in inbox(live_server, "kim")["notices"]] == [first.id]
 
 
-def test_a_store_outage_is_retried_then_reported(make_server: MakeServer, own_redis: RedisServer) -> None:
+def test_a_store_outage_is_retried_then_reported(
+    make_server: MakeServer, own_redis: RedisServer, make_client: MakeClient
+) -> None:
     """Redis down: a publish is retried on 503 and raises ServerUnavailable with the server's detail."""
     server = make_server(store=own_redis.url)
     own_redis.stop()
-    client = Client(server.url, PUBLISH_KEY, retries=2, backoff=0.05)
+    client = make_client(server.url, PUBLISH_KEY, retries=2, backoff=0.05)
     with client, pytest.raises(ServerUnavailable) as caught:
         client.publish("lee", {"n": 1}, idempotency_key="outage-1")
     assert_error(caught.value, 503, "store_unavailable", 3)
@@ -383,7 +437,7 @@ def test_a_store_outage_is_retried_then_reported(make_server: MakeServer, own_re
 
 
 def test_a_store_back_within_the_retries_takes_the_publish(
-    make_server: MakeServer, own_redis: RedisServer
+    make_server: MakeServer, own_redis: RedisServer, make_client: MakeClient
 ) -> None:
     """Redis restarts while a publish is being retried on 503: the publish succeeds, stored once."""
     server = make_server(store=own_redis.url)
@@ -391,17 +445,17 @@ def test_a_store_back_within_the_retries_takes_the_publish(
     restarter = threading.Timer(1.0, own_redis.start)
     restarter.start()
     try:
-        with Client(server.url, PUBLISH_KEY, retries=80, backoff=0.1, max_backoff=0.5) as client:
+        with make_client(server.url, PUBLISH_KEY, retries=80, backoff=0.1, max_backoff=0.5) as client:
             notice = client.publish("lee", {"n": 1})
     finally:
         restarter.join()
     assert [n["id"] for n in inbox(server, "lee")["notices"]] == [notice.id]
 
 
-def test_a_rate_limit_is_waited_out(make_server: MakeServer) -> None:
+def test_a_rate_limit_is_waited_out(make_server: MakeServer, make_client: MakeClient) -> None:
     """Over the key's rate limit: without retries RateLimited (with Retry-After); with them, all succeed."""
     server = make_server(SSE_NOTIFY_RATE_LIMIT="2/second")
-    with Client(server.url, PUBLISH_KEY, retries=0) as client:
+    with make_client(server.url, PUBLISH_KEY, retries=0) as client:
         caught = None
         for n in range(20):  # well over 2 within one second, whatever the machine's speed
             try:
@@ -414,13 +468,13 @@ def test_a_rate_limit_is_waited_out(make_server: MakeServer) -> None:
     assert caught.retry_after is not None
     assert caught.retry_after >= 1
     before = len(inbox(server, "max")["notices"])
-    with Client(server.url, PUBLISH_KEY, retries=10, max_backoff=2) as client:
+    with make_client(server.url, PUBLISH_KEY, retries=10, max_backoff=2) as client:
         sent = [client.publish("max", {"n": n}) for n in range(5)]
     assert [n["id"] for n in inbox(server, "max")["notices"][:5]] == [n.id for n in reversed(sent)]
     assert len(inbox(server, "max")["notices"]) == before + 5
 
 
-def test_a_server_that_never_answers_times_out() -> None:
+def test_a_server_that_never_answers_times_out(make_client: MakeClient) -> None:
     """A listener that accepts and never answers: each attempt times out, then ServerUnavailable."""
     listener = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
@@ -434,7 +488,7 @@ def test_a_server_that_never_answers_times_out() -> None:
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     started = time.monotonic()
     try:
-        client = Client(url, PUBLISH_KEY, timeout=0.3, retries=1, backoff=0)
+        client = make_client(url, PUBLISH_KEY, timeout=0.3, retries=1, backoff=0)
         with client, pytest.raises(ServerUnavailable) as caught:
             client.publish("noa", {"n": 1})
     finally:
@@ -474,11 +528,13 @@ def test_importing_the_client_without_httpx_says_what_to_install() -> None:
     assert 'pip install "sse-notify[client]"' in result.stderr
 
 
-def test_options_preferences_and_removal_through_the_client(live_server: Server) -> None:
+def test_options_preferences_and_removal_through_the_client(
+    live_server: Server, make_client: MakeClient
+) -> None:
     """Delivery options as keywords, receipts back; preferences and removal as the HTTP API has them."""
     from datetime import datetime, timedelta, timezone
 
-    with Client(live_server.url, PUBLISH_KEY) as client:
+    with make_client(live_server.url, PUBLISH_KEY) as client:
         body = {"categories": {"promo": {"in_app": False}}}
         assert client.set_preferences("zoe", body)["categories"] == body["categories"]
         assert client.preferences("zoe")["categories"] == body["categories"]
@@ -501,11 +557,11 @@ def test_options_preferences_and_removal_through_the_client(live_server: Server)
     assert inbox(live_server, "zoe")["notices"] == []
 
 
-def test_contacts_through_the_client(live_server: Server) -> None:
+def test_contacts_through_the_client(live_server: Server, make_client: MakeClient) -> None:
     """set_contacts keeps, contacts reads, None removes; a bad address is the server's 400."""
     from sse_notify.errors import ClientError
 
-    with Client(live_server.url, PUBLISH_KEY) as client:
+    with make_client(live_server.url, PUBLISH_KEY) as client:
         assert client.contacts("zoe") == {}
         assert client.set_contacts("zoe", email="zoe@example.com") == {"email": "zoe@example.com"}
         assert client.contacts("zoe") == {"email": "zoe@example.com"}
@@ -513,3 +569,39 @@ def test_contacts_through_the_client(live_server: Server) -> None:
             client.set_contacts("zoe", email="not an address")
         assert caught.value.status == 400
         assert client.set_contacts("zoe", email=None) == {}
+
+
+def test_the_async_client_waits_out_an_outage_without_blocking_its_loop(
+    make_server: MakeServer, own_redis: RedisServer
+) -> None:
+    """While an AsyncClient backs off between retries (the store down, 503), other tasks of its
+    loop keep running; the publish succeeds once the store is back."""
+    server = make_server(store=own_redis.url)
+    own_redis.stop()
+    restarter = threading.Timer(1.0, own_redis.start)
+
+    async def scenario() -> tuple[Receipt, int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        async with AsyncClient(server.url, PUBLISH_KEY, retries=80, backoff=0.1, max_backoff=0.3) as client:
+            receipt = await client.publish("uma", {"n": 1})
+        done.set()
+        await ticker
+        return receipt, ticks
+
+    restarter.start()
+    try:
+        receipt, ticks = asyncio.run(scenario())
+    finally:
+        restarter.join()
+    assert receipt.status == "delivered"
+    assert [n["id"] for n in inbox(server, "uma")["notices"]] == [receipt.id]
+    assert ticks >= 50, f"the loop ran only {ticks} times in the second of backoff"

@@ -47,7 +47,7 @@ def test_load_env_keeps_text_that_is_not_json() -> None:
         ("SSE_NOTIFY_RETRY", -1, "positive"),
         ("SSE_NOTIFY_MAX_BATCH", True, "positive"),
         ("SSE_NOTIFY_BROKER_URL", "", "non-empty"),
-        ("SSE_NOTIFY_BROKER_URL", "postgres://x", "unknown store"),
+        ("SSE_NOTIFY_BROKER_URL", "mysql://x", "unknown store"),
         ("SSE_NOTIFY_BROKER_URL", "nonsense", "scheme://"),
     ],
 )

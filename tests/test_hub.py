@@ -197,7 +197,7 @@ def test_idle_streams_do_not_query_the_store(tmp_path: Path) -> None:
     ]
     assert 1 <= len(others) <= 8, others
     assert 1 <= len(scheduler) <= 8, scheduler
-    assert 1 <= sum(sql.startswith("INSERT OR REPLACE INTO presence_workers") for sql in presence) <= 2
+    assert 1 <= sum(sql.startswith("INSERT INTO presence_workers") for sql in presence) <= 2
 
 
 def test_sqlite_feed_delivers_to_streams(tmp_path: Path) -> None:

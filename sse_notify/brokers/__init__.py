@@ -8,6 +8,8 @@
 ``redis://host:6379/0``     Redis (``rediss://`` for TLS; ``?prefix=app1:`` to
                             share a server), for several hosts; needs the
                             ``[redis]`` extra
+``postgresql://u@host/db``  PostgreSQL (``?pool_size=4``; every libpq option),
+                            for several hosts; needs the ``[postgres]`` extra
 ==========================  ==================================================
 """
 
@@ -72,21 +74,43 @@ def make_broker(
     if scheme in ("redis", "rediss"):
         from .redis import RedisBroker
 
-        parts = urlsplit(url)
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        prefix = options.get("prefix", "sse_notify:")
+        # Every other query option (ssl_cert_reqs=, ...) is redis-py's own.
+        rest, ours = _own_options(url, {"prefix"})
+        prefix = ours.get("prefix", "sse_notify:")
         if not prefix:
             raise ConfigError("the Redis URL option prefix= must not be empty")
-        # Every other query option (ssl_cert_reqs=, ...) is redis-py's own.
-        kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "prefix"]
         return RedisBroker(
-            urlunsplit(parts._replace(query=urlencode(kept))),
+            rest,
             prefix=prefix,
             retention_count=retention_count,
             retention_age=retention_age,
             poll_interval=poll_interval,
         )
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresBroker
+
+        # Every other query option (sslmode=, application_name=, ...) is libpq's own.
+        rest, ours = _own_options(url, {"pool_size"})
+        size = ours.get("pool_size", "4")
+        if not size.isdigit() or int(size) < 1:
+            raise ConfigError(f"pool_size= in the PostgreSQL URL must be a positive number, got {size!r}")
+        return PostgresBroker(
+            rest,
+            pool_size=int(size),
+            retention_count=retention_count,
+            retention_age=retention_age,
+            poll_interval=poll_interval,
+        )
     raise ConfigError(
-        f"unknown store {scheme}:// in SSE_NOTIFY_BROKER_URL; this version supports sqlite://, memory:// "
-        "and redis:// (rediss://)"
+        f"unknown store {scheme}:// in SSE_NOTIFY_BROKER_URL; this version supports sqlite://, memory://, "
+        "redis:// (rediss://) and postgresql://"
     )
+
+
+def _own_options(url: str, names: set[str]) -> tuple[str, dict[str, str]]:
+    """``url`` without the query options that are ours (``names``), and their values (the last of each)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in names}
+    rest = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in names])))
+    return rest, ours

@@ -74,8 +74,9 @@ def test_make_broker_sqlite_synchronous(from_url: Callable[..., Broker], value: 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgres://localhost/0", "unknown store postgres://"),
-        ("postgres://db/x", "unknown store postgres://"),
+        ("mysql://localhost/0", "unknown store mysql://"),
+        ("postgresql://db/x?pool_size=0", "pool_size= in the PostgreSQL URL"),
+        ("postgresql://db/x?pool_size=many", "pool_size= in the PostgreSQL URL"),
         ("notices.sqlite3", "must look like scheme://"),
         ("sqlite:", "must look like scheme://"),
         ("sqlite://", "names no file"),

@@ -1,4 +1,5 @@
-"""Several gunicorn instances on one Redis: delivery across hosts, moving clients, Redis faults."""
+"""Several gunicorn instances on one shared store (Redis, PostgreSQL): delivery across hosts, moving
+clients, the store's faults."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from .sse_client import subscribe
-from .support import RedisServer, Server, token_for, wait_for
+from .support import PostgresServer, RedisServer, Server, token_for, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -22,12 +23,23 @@ def ids(events: list[t.Any]) -> list[int]:
     return [int(e.id) for e in events]
 
 
+@pytest.fixture(name="shared_store", params=["redis", "postgresql"])
+def _shared_store(request: pytest.FixtureRequest) -> RedisServer | PostgresServer:
+    """A store server of this test's own that several hosts share (it may stop and restart it)."""
+    server: RedisServer | PostgresServer = request.getfixturevalue(
+        "own_redis" if request.param == "redis" else "own_postgres"
+    )
+    return server
+
+
 @pytest.fixture(name="two_hosts")
-def _two_hosts(make_server: t.Callable[..., Server], own_redis: RedisServer) -> tuple[Server, Server]:
-    """Two separate gunicorn instances (2 workers each) sharing one Redis, as two hosts would."""
+def _two_hosts(
+    make_server: t.Callable[..., Server], shared_store: RedisServer | PostgresServer
+) -> tuple[Server, Server]:
+    """Two separate gunicorn instances (2 workers each) sharing one store, as two hosts would."""
     return (
-        make_server(workers=2, store=own_redis.url),
-        make_server(workers=2, store=own_redis.url),
+        make_server(workers=2, store=shared_store.url),
+        make_server(workers=2, store=shared_store.url),
     )
 
 
@@ -75,17 +87,17 @@ def test_kick_on_one_host_closes_streams_on_the_other(two_hosts: tuple[Server, S
     on_b.close()
 
 
-def test_redis_outage_streams_stay_open_and_nothing_acknowledged_is_lost(
-    make_server: t.Callable[..., Server], own_redis: RedisServer
+def test_a_store_outage_keeps_streams_open_and_loses_nothing_acknowledged(
+    make_server: t.Callable[..., Server], shared_store: RedisServer | PostgresServer
 ) -> None:
-    """Redis stops for seconds: publish 503, /healthz down, streams stay open; then everything resumes."""
-    server = make_server(workers=2, store=own_redis.url)
+    """The store dies for seconds: publish 503, /healthz down, streams stay open; then everything resumes."""
+    server = make_server(workers=2, store=shared_store.url)
     subs = [subscribe(server.stream_url("erin")) for _ in range(4)]
     before = server.publish("erin", {"n": "before"})
     for sub in subs:
         assert ids(sub.notices(1)) == [before["id"]]
 
-    own_redis.stop()
+    shared_store.kill()
     refused = server.post("/users/erin/notices", {"n": "during"})
     assert refused.status_code == 503
     assert refused.json()["error"] == "store_unavailable"
@@ -93,7 +105,7 @@ def test_redis_outage_streams_stay_open_and_nothing_acknowledged_is_lost(
     assert health.status_code == 503
     assert health.json()["store"] == "down"
     time.sleep(2)  # an outage of a few seconds, with heartbeats going on
-    own_redis.start()
+    shared_store.start()
 
     # The first publishes after the restart race the feeds' reconnect (backoff up to 5 s):
     # whatever a feed missed live it must catch up from the store.
@@ -104,7 +116,7 @@ def test_redis_outage_streams_stay_open_and_nothing_acknowledged_is_lost(
                 (r := server.post("/users/erin/notices", {"n": f"after {i}"})).status_code == 201 and r
             ),
             15,
-            "a publish to succeed after Redis came back",
+            "a publish to succeed after the store came back",
         )
         after.append(response.json())
     for sub in subs:
@@ -115,11 +127,11 @@ def test_redis_outage_streams_stay_open_and_nothing_acknowledged_is_lost(
     assert httpx.get(server.url + "/healthz", timeout=10).json()["store"] == "up"
 
 
-def test_500_streams_use_a_handful_of_redis_connections(
-    make_server: t.Callable[..., Server], own_redis: RedisServer
+def test_500_streams_use_a_handful_of_store_connections(
+    make_server: t.Callable[..., Server], shared_store: RedisServer | PostgresServer
 ) -> None:
-    """500 SSE clients on one worker hold one pub/sub connection and a small command pool, not 500."""
-    server = make_server(workers=1, store=own_redis.url)
+    """500 SSE clients on one worker hold one feed connection and a small pool, not 500."""
+    server = make_server(workers=1, store=shared_store.url)
     sockets = []
     try:
         for i in range(500):
@@ -132,11 +144,17 @@ def test_500_streams_use_a_handful_of_redis_connections(
             assert b"200 OK" in sock.recv(4096)
         wait_for(lambda: server.health()["streams"] == 500, 15, "500 open streams")
         published = server.broadcast({"to": "everyone"})
-        clients = own_redis.clients()
-        subscribers = [c for c in clients if int(c.get("sub", 0)) > 0]
-        assert len(subscribers) == 1, subscribers
-        # One pub/sub connection plus the command pool (at most 8), whatever the number of streams.
-        assert len(clients) <= 9, [c.get("cmd") for c in clients]
+        if isinstance(shared_store, RedisServer):
+            clients = shared_store.clients()
+            subscribers = [c for c in clients if int(c.get("sub", 0)) > 0]
+            assert len(subscribers) == 1, subscribers
+            # One pub/sub connection plus the command pool (at most 8), whatever the number of streams.
+            assert len(clients) <= 9, [c.get("cmd") for c in clients]
+        else:
+            # One LISTEN connection plus the pool (pool_size=4 by default).
+            connections = shared_store.connections()
+            assert 2 <= len(connections) <= 5, connections
+            assert set(connections) == {"sse-notify"}
         for sock in sockets[:20]:
             data = b""
             while f"id: {published['id']}".encode() not in data:
@@ -147,22 +165,22 @@ def test_500_streams_use_a_handful_of_redis_connections(
 
 
 def test_a_worker_whose_first_stream_meets_an_outage_recovers(
-    make_server: t.Callable[..., Server], own_redis: RedisServer
+    make_server: t.Callable[..., Server], shared_store: RedisServer | PostgresServer
 ) -> None:
-    """A first stream that meets a Redis outage is told to retry (200); streams work once Redis is back."""
-    server = make_server(workers=1, store=own_redis.url)
-    own_redis.stop()
+    """A first stream that meets a store outage is told to retry (200); streams work once it is back."""
+    server = make_server(workers=1, store=shared_store.url)
+    shared_store.kill()
     with httpx.Client(timeout=10) as client, client.stream("GET", server.stream_url("gina")) as response:
         assert response.status_code == 200
         body = response.read()
     assert b"retry: " in body
     assert b"connected" not in body
-    own_redis.start()
+    shared_store.start()
     sub = subscribe(server.stream_url("gina"), reconnect=True)  # retries as EventSource would
     sent = wait_for(
         lambda: (r := server.post("/users/gina/notices", {"n": 1})).status_code == 201 and r.json(),
         15,
-        "a publish once Redis is back",
+        "a publish once the store is back",
     )
     assert ids(sub.notices(1, timeout=15)) == [sent["id"]]
     sub.close()
