@@ -4,16 +4,21 @@ clients, the store's faults."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
+import threading
 import time
 import typing as t
 
 import httpx
 import pytest
 
+from sse_notify.brokers import make_broker
+
 from .sse_client import subscribe
-from .support import PostgresServer, RedisServer, Server, token_for, wait_for
+from .support import AUTH, PostgresServer, RedisServer, Server, token_for, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -203,3 +208,55 @@ def test_redis_that_lost_its_data_resets_clients(
     sent = server.publish("hank", {"n": "after"})
     assert ids(sub.notices(1, timeout=15)) == [sent["id"]]
     sub.close()
+
+
+def test_a_worker_killed_while_publishing_loses_nothing_acknowledged(
+    make_server: t.Callable[..., Server], shared_store: RedisServer | PostgresServer
+) -> None:
+    """8 publishers on 2 workers, one worker kill -9'd midway: every notice answered 201 is stored
+    once, in cursor order, and replays; the publishes it cut off get an error, never a 201."""
+    server = make_server(workers=2, store=shared_store.url)
+    acked: list[dict[str, t.Any]] = []
+    refused = 0
+    lock = threading.Lock()
+    halfway = threading.Barrier(9)
+
+    def publisher(who: int) -> None:
+        nonlocal refused
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as client:
+            for n in range(60):
+                if n == 30:
+                    halfway.wait(20)
+                try:
+                    answer = client.post("/users/kim/notices", json={"who": who, "n": n})
+                except httpx.TransportError:
+                    answer = None
+                with lock:
+                    if answer is not None and answer.status_code == 201:
+                        acked.append(answer.json())
+                    else:
+                        assert answer is None or answer.status_code >= 500, answer.text
+                        refused += 1
+
+    threads = [threading.Thread(target=publisher, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    halfway.wait(20)
+    os.kill(server.worker_pids()[0], signal.SIGKILL)
+    for thread in threads:
+        thread.join(60)
+    store = make_broker(shared_store.url)
+    stored = store.replay("kim", "0").notices  # all of them, read from the store itself
+    store.close()
+    ids = [n.id for n in stored]
+    assert ids == sorted(set(ids)), "stored out of order or twice"
+    assert {n["id"] for n in acked} <= set(ids), "a notice answered 201 is missing"
+    assert len({(n.data["who"], n.data["n"]) for n in stored}) == len(stored), "a notice stored twice"
+    assert len(acked) + refused == 8 * 60
+    assert len(acked) > 8 * 30, "the other worker should have gone on taking publishes"
+    # And a client resuming from before them all gets every one, in order.
+    resumed = subscribe(server.stream_url("kim"), last_event_id="0")
+    try:
+        assert [int(e.id) for e in resumed.notices(len(stored), timeout=20)] == ids
+    finally:
+        resumed.close()

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 from sse_notify import notify
 from sse_notify.brokers.postgres import PostgresBroker
@@ -157,6 +158,22 @@ def test_connection_needs_the_postgresql_store(tmp_path: Path) -> None:
     with app[0].app_context():
         assert get_state().broker.head() == 0
     close(app)
+
+
+def test_a_connection_to_another_database_is_refused(
+    app: App, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A session on a database without the store's tables: a ConfigError naming the mistake."""
+    other = postgres_server.new_database("y" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12])
+    flask_app, _ = app
+    elsewhere = create_engine(other.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with flask_app.app_context(), Session(elsewhere) as session:
+            with pytest.raises(ConfigError, match="database of SSE_NOTIFY_BROKER_URL"):
+                notify("ann", {"title": "x"}, connection=session)
+            session.rollback()
+    finally:
+        elsewhere.dispose()
 
 
 def test_an_autocommit_connection_is_refused(app: App, pg_url: str) -> None:

@@ -49,6 +49,8 @@ __all__ = ["MIGRATIONS", "PostgresBroker"]
 
 log = logging.getLogger("sse_notify.brokers.postgres")
 
+#: PostgreSQL's SQLSTATE for a table that does not exist.
+UNDEFINED_TABLE = "42P01"
 #: The channel of the feed's ``LISTEN``/``NOTIFY``.
 CHANNEL = "sse_notify"
 T = t.TypeVar("T")
@@ -329,11 +331,20 @@ class JoinedStore(PostgresBroker):
         super().__init__(store.url, retention_count=store.retention_count, retention_age=store.retention_age)
         self._given = connection
 
-    def _connect(self) -> t.Any:
-        return self._given
-
-    def _disconnect(self, connection: t.Any) -> None:
-        """The app's connection stays the app's."""
+    def _run(self, work: t.Callable[[t.Any], T]) -> T:
+        """Run ``work`` on the app's connection; its driver's errors (psycopg 3 or psycopg2) translated."""
+        try:
+            return work(self._given)
+        except Exception as exc:
+            state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+            if state is None:  # not an error of the database
+                raise
+            if state == UNDEFINED_TABLE:
+                raise ConfigError(
+                    "connection= is on a database without sse_notify's tables: it must be the "
+                    f"database of SSE_NOTIFY_BROKER_URL ({self.describe()})"
+                ) from exc
+            raise BrokerError(f"{self.describe()}, in your transaction: {exc}") from exc
 
     def _sql(self, work: t.Callable[[t.Any], T]) -> T:
         return self._run(work)
