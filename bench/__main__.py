@@ -36,6 +36,10 @@ round), rotating, medians.
 Scenario ``stores`` (:mod:`bench.stores`): one notice per POST and 100 per POST on SQLite,
 PostgreSQL and Redis, each on its own server started here, rotating, medians.
 
+Scenario ``scaling`` (:mod:`bench.scaling`): Redis output bytes, Redis commands and worker CPU
+per notice on the Redis store with 1, 2, 4 and 8 workers holding the same streams, the same
+notices published at the same rate (``--streams`` 400, 4 x ``--notices``, 4 x ``--rate``).
+
 Scenario ``instructions`` (:mod:`bench.instructions`): instructions per new stream in the
 serving worker, counted by callgrind (the same whatever the machine is doing), for sse_notify
 and the bare streaming app. Without valgrind it is skipped (a failure when
@@ -75,6 +79,7 @@ from bench.limit import ab_binary, limit, render_limit
 from bench.pending import pending, render_pending
 from bench.proxy import nginx_binary, proxy
 from bench.report import render, render_proxy
+from bench.scaling import render_scaling, scaling
 from bench.scenarios import SCENARIOS, Load
 from bench.stores import render_stores, stores
 from sse_notify.auth import issue_token
@@ -205,7 +210,17 @@ async def crossworker(streams: int, notices: int, rate: float) -> dict[str, t.An
 
 PEER_SCENARIOS = tuple(SCENARIOS)
 #: Every scenario, in the order they run.
-EVERY = ("crossworker", "proxy", "limit", "pending", "fallback", "stores", "instructions", *PEER_SCENARIOS)
+EVERY = (
+    "crossworker",
+    "proxy",
+    "limit",
+    "pending",
+    "fallback",
+    "stores",
+    "scaling",
+    "instructions",
+    *PEER_SCENARIOS,
+)
 
 
 def _clean(value: t.Any) -> t.Any:
@@ -325,6 +340,15 @@ def _stores(runs: int, requests: int) -> bool:
     return _report("stores", lambda: stores(runs, requests), render_stores)
 
 
+def _scaling(runs: int, streams: int, notices: int, rate: float, workers: t.Sequence[int]) -> bool:
+    """Run the scaling scenario, print its JSON line and table; True when it failed."""
+    import shutil
+
+    if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        return _unavailable("scaling", "redis-server is not installed (apt-get install redis-server)")
+    return _report("scaling", lambda: scaling(runs, streams, notices, rate, workers), render_scaling)
+
+
 def _instructions(small: int, large: int) -> bool:
     """Run the instructions scenario, print its JSON line and table; True when it failed."""
     if valgrind_binary() is None:
@@ -337,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        help="crossworker (the default), proxy, limit, pending, fallback, stores, instructions, idle, "
-        "connect, fanout, unicast, churn; 'scenarios' for the last five, 'all' for every one",
+        help="crossworker (the default), proxy, limit, pending, fallback, stores, scaling, instructions, "
+        "idle, connect, fanout, unicast, churn; 'scenarios' for the last five, 'all' for every one",
     )
     parser.add_argument(
         "--smoke",
@@ -411,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         failed |= _fallback(1, 500) if args.smoke else _fallback(args.runs, args.requests)
     if "stores" in chosen:
         failed |= _stores(1, 500) if args.smoke else _stores(args.runs, args.requests)
+    if "scaling" in chosen:
+        if args.smoke:
+            failed |= _scaling(1, 20, 40, 100.0, (1, 2))
+        else:
+            failed |= _scaling(args.runs, args.streams or 400, args.notices * 4, args.rate * 4, (1, 2, 4, 8))
     if "instructions" in chosen:
         large = 60 if args.smoke else (args.streams or 1200)
         failed |= _instructions(max(1, large // 6), large)

@@ -49,16 +49,16 @@ def ab_binary() -> str | None:
 
 
 class _Server:
-    """One ``gunicorn -k gevent -w 1`` serving ``app`` from the repository root."""
+    """One ``gunicorn -k gevent -w 1`` (or ``-w workers``) serving ``app`` from the repository root."""
 
-    def __init__(self, app: str, env: dict[str, str]) -> None:
+    def __init__(self, app: str, env: dict[str, str], workers: int = 1) -> None:
         import socket
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [str(BIN / "gunicorn"), "--no-control-socket", "-k", "gevent", "-w", "1"]
+        cmd = [str(BIN / "gunicorn"), "--no-control-socket", "-k", "gevent", "-w", str(workers)]
         cmd += ["--worker-connections", "20000", "-b", f"127.0.0.1:{self.port}", app]
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
