@@ -477,7 +477,9 @@ class StoreBase(t.Generic[C]):
         raise NotImplementedError
 
     def close(self) -> None:
-        """Stop the feed (and wait for it), then release this process's connection."""
+        """Stop the feed (and wait for it), then release this process's connection; once."""
+        if self._closed:
+            return
         self._closed = True
         if self._feeding:
             self._stop_feed()

@@ -909,6 +909,17 @@ class BrokerContract:
                 closed.publish("alice", payload(2))
         assert feed.notices == [first]
 
+    def test_closing_twice_is_harmless_and_does_not_wait(self, make_broker: MakeBroker) -> None:
+        """A second close (an app's teardown after a test's) neither raises nor waits for a feed."""
+        broker = make_broker(**self.fast_feed)
+        feed = Feed()
+        broker.subscribe(feed)
+        feed.wait_through(broker.publish("alice", payload(1)))
+        broker.close()
+        started = time.monotonic()
+        broker.close()
+        assert time.monotonic() - started < 1.0, "the second close waited for a feed already stopped"
+
     @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
     def test_close_releases_file_descriptors(self, make_broker: MakeBroker) -> None:
         """close() releases every file descriptor the broker (and its feed) opened."""
