@@ -180,6 +180,8 @@ class PostgresBroker(SQLStore["psycopg_pool.ConnectionPool[t.Any]"]):
         self._feed_task: Task | None = None
         #: Whether the feed's LISTEN works (``False`` behind PgBouncer in transaction mode).
         self.listening: bool | None = None
+        #: Whether the server was lost (see :meth:`_pooled`).
+        self._down = False
 
     def _forked(self) -> None:
         super()._forked()
@@ -222,15 +224,28 @@ class PostgresBroker(SQLStore["psycopg_pool.ConnectionPool[t.Any]"]):
         pool.close()
 
     def _ping(self, pool: psycopg_pool.ConnectionPool[t.Any]) -> None:
-        with pool.connection() as conn:
-            conn.execute("SELECT 1").fetchone()
+        self._pooled(pool, lambda conn: conn.execute("SELECT 1").fetchone())
 
     def _sql(self, work: t.Callable[[t.Any], T]) -> T:
-        def run(pool: psycopg_pool.ConnectionPool[t.Any]) -> T:
+        return self._run(lambda pool: self._pooled(pool, work))
+
+    def _pooled(self, pool: psycopg_pool.ConnectionPool[t.Any], work: t.Callable[[t.Any], T]) -> T:
+        """Run ``work`` with a connection of the pool; fail at once while the server is known down.
+
+        The pool waits up to ``connect_timeout`` for a connection it cannot make, so every call
+        during an outage would answer 503 only after that wait. Once a call or the feed lost the
+        server, each call first tries a connection of its own: refused, it fails at once; made,
+        the server is back and the pool (which reconnects by itself) is used again.
+        """
+        if self._down:
+            with psycopg.connect(self.url, **self.connect_options):
+                self._down = False
+        try:
             with pool.connection() as conn:
                 return work(conn)
-
-        return self._run(run)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+            self._down = True
+            raise
 
     def _tx(self, work: t.Callable[[t.Any], T]) -> T:
         def run(conn: t.Any) -> T:
@@ -289,6 +304,7 @@ class PostgresBroker(SQLStore["psycopg_pool.ConnectionPool[t.Any]"]):
             except (psycopg.Error, BrokerError) as exc:
                 if self._closed:
                     return
+                self._down = self._down or isinstance(exc, (psycopg.OperationalError, BrokerUnavailable))
                 log.warning("feed lost %s, reconnecting in %.1f s: %s", self.describe(), backoff, exc)
                 time.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
