@@ -142,10 +142,6 @@ class SQLiteDialect(Dialect):
 
     head = "SELECT seq FROM sqlite_sequence WHERE name = 'notices'"
 
-    def many(self, conn: t.Any, sql: str, rows: t.Sequence[t.Sequence[t.Any]]) -> None:
-        if rows:
-            conn.executemany(sql, rows)  # nothing to spell
-
 
 class SQLiteBroker(SQLStore[sqlite3.Connection]):
     """Notices in one SQLite file, shared by every process on the host."""
