@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import typing as t
 from pathlib import Path
 
@@ -67,6 +68,14 @@ def socket_count(pid: int) -> int:
     return count
 
 
+def settled_count(subscribers: list[Subscriber]) -> tuple[int] | None:
+    """How many subscribers are still reading, if that number holds for half a second (else None)."""
+    before = sum(s._thread.is_alive() for s in subscribers)
+    time.sleep(0.5)
+    after = sum(s._thread.is_alive() for s in subscribers)
+    return (after,) if after == before else None
+
+
 def test_metrics_add_up_over_workers(make_server: t.Callable[..., Server]) -> None:
     """/metrics on any of 2 workers counts every stream, publish, delivery, replay, reconnect and eviction."""
     server = make_server(workers=2)
@@ -116,7 +125,8 @@ def test_metrics_forget_the_streams_of_a_killed_worker(make_server: t.Callable[.
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: victim not in server.worker_pids(), 10, "the killed worker to be gone")
         wait_for(lambda: sum(s._thread.is_alive() for s in subscribers) < 8, 10, "its streams to break")
-        alive = sum(s._thread.is_alive() for s in subscribers)
+        # the victim's streams break one by one: count them once no more have broken for half a second
+        (alive,) = wait_for(lambda: settled_count(subscribers), 10, "its streams to have all broken")
         steady(server, "sse_notify_streams_open", alive)
     finally:
         for sub in subscribers:
