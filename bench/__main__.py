@@ -326,7 +326,7 @@ def _fallback(runs: int, requests: int) -> bool:
     return _report("fallback", lambda: fallback(runs, requests), render_fallback)
 
 
-def _stores(runs: int, requests: int) -> bool:
+def _stores(runs: int, requests: int, streams: int) -> bool:
     """Run the stores scenario, print its JSON line and table; True when it failed."""
     import glob
     import shutil
@@ -337,7 +337,7 @@ def _stores(runs: int, requests: int) -> bool:
         return _unavailable("stores", "PostgreSQL is not installed (apt-get install postgresql)")
     if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
         return _unavailable("stores", "redis-server is not installed (apt-get install redis-server)")
-    return _report("stores", lambda: stores(runs, requests), render_stores)
+    return _report("stores", lambda: stores(runs, requests, streams), render_stores)
 
 
 def _scaling(runs: int, streams: int, notices: int, rate: float, workers: t.Sequence[int]) -> bool:
@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     if "fallback" in chosen:
         failed |= _fallback(1, 500) if args.smoke else _fallback(args.runs, args.requests)
     if "stores" in chosen:
-        failed |= _stores(1, 500) if args.smoke else _stores(args.runs, args.requests)
+        streams = 100 if args.smoke else args.streams or 2000
+        failed |= _stores(1, 500, streams) if args.smoke else _stores(args.runs, args.requests, streams)
     if "scaling" in chosen:
         if args.smoke:
             failed |= _scaling(1, 20, 40, 100.0, (1, 2))

@@ -10,11 +10,16 @@ notice:
 - **Redis commands** (``total_commands_processed``);
 - **worker CPU** (``utime + stime`` of every worker, from /proc), less what the workers spend at
   rest over as long (heartbeats, presence, the scheduler's polls: measured just before, and
-  reported on its own).
+  reported on its own);
+- the same **worker CPU with the notices stored from outside** (a publisher process with the
+  Python API, as a backend service would): delivery alone, without the POSTs' handling;
+- the **stack's own** worker CPU per request for the same POSTs to a bare Flask endpoint with as
+  many workers (:mod:`bench.peers.limit_app`): what gunicorn, gevent and Flask cost as workers
+  are added on this machine.
 
 Every notice must reach its stream (the scenario fails otherwise). With one pub/sub channel that
-every worker subscribes to, each notice is sent to every worker: the output bytes and the CPU
-per notice grow with the number of workers. Issue #17's targeted delivery must keep them within
+every worker subscribes to, each notice was sent to every worker: the output bytes and the CPU
+per notice grew with the number of workers. Targeted delivery (issue #17) must keep them within
 20 % from 1 to 8 workers. Loopback only; every server started here is stopped by PID.
 """
 
@@ -37,9 +42,11 @@ __all__ = ["render_scaling", "scaling"]
 
 #: Worker counts, in the order of the table.
 WORKERS = (1, 2, 4, 8)
-#: What is measured per notice: Redis output bytes, Redis commands, worker CPU (µs); and the
-#: workers' CPU at rest (% of one core), which the CPU per notice leaves out.
-FIGURES = ("bytes", "commands", "cpu_us", "idle_cpu_pct")
+#: What is measured per notice: Redis output bytes, Redis commands, worker CPU (µs) with the
+#: publishes POSTed to the workers, a bare Flask endpoint's for the same POSTs (the stack's own),
+#: and sse_notify's with the notices stored from outside (delivery alone); and the workers' CPU
+#: at rest (% of one core), which the CPU per notice leaves out.
+FIGURES = ("bytes", "commands", "cpu_us", "stack_cpu_us", "feed_cpu_us", "idle_cpu_pct")
 
 
 def _publish(url: str, key: str, users: int, notices: int, rate: float) -> None:
@@ -100,16 +107,70 @@ def _one(workers: int, streams: int, notices: int, rate: float, tmp: str) -> dic
             busy = time.monotonic() - began
             stats = client.info("stats")
             client.close()
+            # Then the same notices stored by a publisher outside the workers (a backend's own
+            # process, with the Python API): what the workers spend is delivery alone.
+            before_events = load.counters()["events"]
+            began, feed_cpu = time.monotonic(), sum(cpu_seconds(pid) for pid in pids)
+            _publish_to_store(store.url, streams, notices, rate)
+            got = load.wait_events(before_events + notices, 30) - before_events
+            if got < notices:
+                raise RuntimeError(f"only {got} of {notices} notices stored from outside reached a stream")
+            feed_cpu = sum(cpu_seconds(pid) for pid in pids) - feed_cpu
+            feed_busy = time.monotonic() - began
     finally:
         server.stop()
         store.stop()
+    # The rest's CPU scaled to each phase's duration, taken off.
+    at_rest = idle / (notices / rate)
     return {
         "bytes": stats["total_net_output_bytes"] / notices,
         "commands": stats["total_commands_processed"] / notices,
-        # The rest's CPU scaled to the publishing's duration, taken off.
-        "cpu_us": max(0.0, cpu - idle * busy / (notices / rate)) * 1e6 / notices,
-        "idle_cpu_pct": idle * 100 / (notices / rate),
+        "cpu_us": max(0.0, cpu - at_rest * busy) * 1e6 / notices,
+        "feed_cpu_us": max(0.0, feed_cpu - at_rest * feed_busy) * 1e6 / notices,
+        "idle_cpu_pct": at_rest * 100,
     }
+
+
+def _stack(workers: int, streams: int, notices: int, rate: float) -> float:
+    """Worker CPU per request (µs) of a bare Flask JSON endpoint on ``workers`` workers, POSTed alike.
+
+    The stack's own cost of a POST as workers are added (:mod:`bench.peers.limit_app`), beside
+    sse_notify's: what grows in both is gunicorn, gevent, Flask and the machine, not delivery.
+    """
+    from tests.support import children
+
+    server = _Server("bench.peers.limit_app:app", {}, workers=workers)
+    try:
+        deadline = time.monotonic() + 30
+        while len(pids := children(server.proc.pid)) < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        idle = sum(cpu_seconds(pid) for pid in pids)
+        time.sleep(notices / rate)
+        idle = sum(cpu_seconds(pid) for pid in pids) - idle
+        began, cpu = time.monotonic(), sum(cpu_seconds(pid) for pid in pids)
+        _publish(server.url, "unused", streams, notices, rate)
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
+        busy = time.monotonic() - began
+    finally:
+        server.stop()
+    return max(0.0, cpu - idle * busy / (notices / rate)) * 1e6 / notices
+
+
+def _publish_to_store(url: str, users: int, notices: int, rate: float) -> None:
+    """``notices`` publishes straight to the Redis store at ``rate`` per second, user ``i % users``."""
+    from sse_notify.brokers.redis import RedisBroker
+    from sse_notify.notices import dumps
+
+    broker = RedisBroker(url)
+    began = time.monotonic()
+    try:
+        for i in range(notices):
+            delay = began + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            broker.publish(f"user-{i % users}", dumps({"title": "Score", "n": i}))
+    finally:
+        broker.close()
 
 
 def scaling(
@@ -121,7 +182,9 @@ def scaling(
         for run in range(runs):
             order = list(workers[run % len(workers) :]) + list(workers[: run % len(workers)])
             for count in order:
-                figures[count].append(_one(count, streams, notices, rate, f"{tmp}/{run}"))
+                one = _one(count, streams, notices, rate, f"{tmp}/{run}")
+                one["stack_cpu_us"] = _stack(count, streams, notices, rate)
+                figures[count].append(one)
     medians = {
         count: {name: round(statistics.median(f[name] for f in each), 1) for name in FIGURES}
         for count, each in figures.items()
@@ -129,7 +192,7 @@ def scaling(
     first = medians[workers[0]]
     return {
         "scenario": "scaling",
-        "mode": "one channel",
+        "commit": _commit(),
         "runs": runs,
         "streams": streams,
         "notices": notices,
@@ -142,17 +205,29 @@ def scaling(
     }
 
 
+def _commit() -> str:
+    """The commit measured (``+`` when the work tree has changes)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "sse_notify")
+    return git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
+
+
 def render_scaling(result: dict[str, t.Any]) -> str:
     """The Markdown table of a ``scaling`` run."""
     lines = [
-        "| workers | Redis output [bytes/notice] | Redis commands [/notice] | worker CPU [µs/notice] "
+        "| workers | Redis output [bytes/notice] | Redis commands [/notice] | worker CPU, POSTed [µs/notice] "
+        "| bare Flask, POSTed [µs/request] | worker CPU, delivery alone [µs/notice] "
         "| workers at rest [% of a core] |",
-        "|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for count, v in result["per_notice"].items():
         lines.append(
             f"| {count} | {v['bytes']:,.0f} | {v['commands']:.1f} | {v['cpu_us']:,.0f} "
-            f"| {v['idle_cpu_pct']:.1f} |"
+            f"| {v['stack_cpu_us']:,.0f} | {v['feed_cpu_us']:,.0f} | {v['idle_cpu_pct']:.1f} |"
         )
     counts = list(result["per_notice"])
     growth = [f"{g}x" if g is not None else "n/a" for g in result["growth"].values()]

@@ -23,6 +23,7 @@ from .extension import issue_token as issue_token
 from .extension import kick as kick
 from .extension import notify as notify
 from .extension import notify_many as notify_many
+from .extension import notify_topic as notify_topic
 from .extension import presence as presence
 from .extension import set_token_cookie as set_token_cookie
 from .notices import Notice as Notice
@@ -56,6 +57,7 @@ __all__ = [
     "make_broker",
     "notify",
     "notify_many",
+    "notify_topic",
     "presence",
     "set_token_cookie",
 ]

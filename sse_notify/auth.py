@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import orjson
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
-from .errors import Forbidden, InvalidRequest, InvalidToken, TokenExpired, Unauthenticated
+from .errors import Forbidden, InvalidRequest, InvalidToken, InvalidTopic, TokenExpired, Unauthenticated
+from .notices import TOPIC_PATTERN, TOPIC_RULE
 
 __all__ = [
     "MAX_TOKEN_TTL",
@@ -65,10 +66,33 @@ def checked_ttl(ttl: object) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a valid token allows: streaming ``user_id`` until ``expires_at`` (Unix time)."""
+    """What a valid token allows: streaming ``user_id`` until ``expires_at`` (Unix time), and ``topics``."""
 
     user_id: str
     expires_at: float
+    #: The topics the stream may follow: names, or prefixes ending in ``*`` (``*`` alone: any).
+    topics: tuple[str, ...] = ()
+
+    def allows(self, topic: str) -> bool:
+        """Whether this grant lets its stream follow ``topic``."""
+        return any(g == topic or (g.endswith("*") and topic.startswith(g[:-1])) for g in self.topics)
+
+
+def checked_topic_grants(grants: t.Iterable[object]) -> tuple[str, ...]:
+    """Topics a token may grant (names, or a prefix of one ending in ``*``), checked.
+
+    :raises ~sse_notify.errors.InvalidTopic: naming the rule, for one that is neither.
+    """
+    checked = []
+    for grant in grants:
+        if not (
+            isinstance(grant, str) and (grant == "*" or TOPIC_PATTERN.fullmatch(grant.removesuffix("*")))
+        ):
+            raise InvalidTopic(
+                f"a topic grant must be {TOPIC_RULE}, optionally ending in *, got {grant!r}", grant
+            )
+        checked.append(grant)
+    return tuple(dict.fromkeys(checked))
 
 
 class _KeptKeySigner(TimestampSigner):
@@ -163,11 +187,14 @@ def _loads(secret: str | bytes, token: str) -> tuple[t.Any, float]:
     return loaded, signed.timestamp()
 
 
-def issue_token(secret: str | bytes, user_id: str, ttl: float) -> str:
-    """A token that lets its holder open ``user_id``'s stream for ``ttl`` seconds."""
+def issue_token(secret: str | bytes, user_id: str, ttl: float, topics: t.Sequence[str] = ()) -> str:
+    """A token that lets its holder open ``user_id``'s stream for ``ttl`` seconds (following ``topics``)."""
     if ttl <= 0:
         raise ValueError(f"ttl must be positive, got {ttl}")
-    return _serializer(secret).dumps({"u": user_id, "t": ttl})
+    payload: dict[str, t.Any] = {"u": user_id, "t": ttl}
+    if topics:
+        payload["p"] = list(checked_topic_grants(topics))
+    return _serializer(secret).dumps(payload)
 
 
 def verify_token(secret: str | bytes, token: str, user_id: str, *, now: float | None = None) -> Grant:
@@ -193,7 +220,10 @@ def verify_token(secret: str | bytes, token: str, user_id: str, *, now: float | 
         raise TokenExpired("the token has expired; ask for a new one")
     if payload["u"] != user_id:
         raise Forbidden("this token is for another user")
-    return Grant(user_id, expires_at)
+    topics = payload.get("p", [])
+    if not isinstance(topics, list) or not all(isinstance(topic, str) for topic in topics):
+        raise InvalidToken("the token's topics are not a list of names")
+    return Grant(user_id, expires_at, tuple(topics))
 
 
 def check_publish_key(keys: tuple[str, ...], presented: str | None) -> str:

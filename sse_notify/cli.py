@@ -59,11 +59,17 @@ def broadcast_command(data: str) -> None:
     default=None,
     help=f"Lifetime in seconds, at most {MAX_TOKEN_TTL} (30 days) [default: SSE_NOTIFY_TOKEN_TTL].",
 )
+@click.option(
+    "--topic",
+    "topics",
+    multiple=True,
+    help="A topic the stream may follow (repeat for several; match-* for a prefix).",
+)
 @with_appcontext
-def token_command(user_id: str, ttl: int | None) -> None:
+def token_command(user_id: str, ttl: int | None, topics: tuple[str, ...]) -> None:
     """Print a connection token that opens USER_ID's stream."""
     try:
-        click.echo(get_state().issue_token(user_id, ttl))
+        click.echo(get_state().issue_token(user_id, ttl, topics))
     except SSENotifyError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -355,6 +355,22 @@ class _API:
         return _publish_call("/broadcast", data, idempotency_key, _query(options), Receipt.from_fields)
 
     @_Api
+    def notify_topic(
+        topic: str, data: JSONObject, *, idempotency_key: str | None = None, **options: t.Any
+    ) -> _Call[Receipt]:
+        """Deliver a notice to every open stream that follows ``topic`` (``?topics=``); in no inbox.
+
+        :param data: the notice's JSON object.
+        :param idempotency_key: as for :meth:`publish`.
+        :param options: as for :meth:`publish` (not ``group``).
+        :returns: what happened; a delivered notice's ``topic`` is ``topic``, its ``user_id`` ``None``.
+        :raises ClientError: or a subclass, when the server refuses or cannot be reached.
+        :raises ValueError: for an idempotency key the server would refuse.
+        """
+        path = f"/topics/{_segment(topic)}/notices"
+        return _publish_call(path, data, idempotency_key, _query(options), Receipt.from_fields)
+
+    @_Api
     def remove(user_id: str, notice_id: int | str) -> _Call[None]:
         """Cancel a notice that waits (by its ``scheduled_id``), or remove one from the user's inbox (by id).
 
@@ -403,13 +419,16 @@ class _API:
     # -- streams -----------------------------------------------------------------------------
 
     @_Api
-    def issue_token(user_id: str, ttl: int | None = None) -> _Call[Token]:
+    def issue_token(user_id: str, ttl: int | None = None, topics: t.Sequence[str] = ()) -> _Call[Token]:
         """A connection token for the user's stream, for a page of your app to connect with.
 
         :param ttl: seconds it stays valid (1 to 30 days); default: the server's
             ``SSE_NOTIFY_TOKEN_TTL``.
+        :param topics: topics the stream may follow (``?topics=``): names, or prefixes ending in ``*``.
         """
-        params = None if ttl is None else {"ttl": str(ttl)}
+        params = {} if ttl is None else {"ttl": str(ttl)}
+        if topics:
+            params["topics"] = ",".join(topics)
         return _Call(
             "POST",
             f"/users/{_segment(user_id)}/tokens",

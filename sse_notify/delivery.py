@@ -29,6 +29,7 @@ import orjson
 from .errors import InvalidOption
 from .notices import (
     HEADER_MARK,
+    TOPIC_MARK,
     USER_ID_PATTERN,
     USER_ID_RULE,
     Notice,
@@ -546,6 +547,8 @@ class Receipt:
         if self.notice is not None:
             return {**self.notice.fields(), "status": self.status}
         fields: dict[str, t.Any] = {"status": self.status, "user_id": self.user_id}
+        if self.user_id is not None and self.user_id[:1] == TOPIC_MARK:
+            fields.update(user_id=None, topic=self.user_id[1:])
         if self.scheduled_id is not None:
             fields["scheduled_id"] = self.scheduled_id
         if self.due is not None:
@@ -570,9 +573,12 @@ class Receipt:
         meta_json = dumps(meta) if meta else ""
         data_json = dumps(body["data"])
         user_id = body["user_id"]
+        topic = body.get("topic")
         if "id" in body:
-            notice = Notice(int(body["id"]), user_id, str(body["created_at"]), data_json, meta_json)
-            return cls(str(body.get("status", DELIVERED)), user_id, notice)
+            notice = Notice(int(body["id"]), user_id, str(body["created_at"]), data_json, meta_json, topic)
+            return cls(str(body.get("status", DELIVERED)), notice.key, notice)
+        if topic is not None:
+            user_id = TOPIC_MARK + topic
         due = parse_time(body["due_at"]) if "due_at" in body else None
         return cls(
             str(body["status"]),

@@ -69,6 +69,7 @@ __all__ = [
     "InvalidOption",
     "InvalidRequest",
     "InvalidToken",
+    "InvalidTopic",
     "InvalidUserId",
     "NotFound",
     "NoticeNotFound",
@@ -136,6 +137,17 @@ class InvalidUserId(InvalidNotice):
         super().__init__(message)
         #: The refused user id, as given.
         self.user_id = user_id
+
+
+class InvalidTopic(InvalidNotice):
+    """A topic name outside the rule (:data:`sse_notify.notices.TOPIC_RULE`), or too many on a stream."""
+
+    error_code = "invalid_topic"
+
+    def __init__(self, message: str, topic: object = None) -> None:
+        super().__init__(message)
+        #: The refused topic, as given.
+        self.topic = topic
 
 
 class InvalidOption(InvalidNotice):

@@ -26,7 +26,7 @@ from .handoff import capture_start_response
 from .hub import Hub
 from .node import Node
 from .presence import Presence
-from .security import AuthorizeHook, Security, announce
+from .security import AuthorizeHook, Security, TopicHook, announce
 from .service import EXTENSION_KEY, State, get_state
 from .views import bp
 
@@ -42,6 +42,7 @@ __all__ = [
     "kick",
     "notify",
     "notify_many",
+    "notify_topic",
     "presence",
     "set_token_cookie",
 ]
@@ -54,6 +55,9 @@ class SSENotify:
         ``SSE_NOTIFY_URL_PREFIX``, else ``""``: at the root).
     :param authorize: optional ``authorize(user_id) -> bool | None`` deciding who may
         open a stream with the host app's own login (``None`` falls back to tokens).
+    :param authorize_topic: optional ``authorize_topic(user_id, topic) -> bool | None``
+        deciding which topics a user's stream may follow (``?topics=``; ``None`` falls back
+        to the topics the token grants).
     :param contacts: optional ``contacts(user_id) -> {"email": ...} | None``: where the host app
         keeps its users' addresses (``None`` falls back to ``PUT /users/<id>/contacts``).
     """
@@ -65,9 +69,11 @@ class SSENotify:
         url_prefix: str | None = None,
         authorize: AuthorizeHook | None = None,
         contacts: ContactsHook | None = None,
+        authorize_topic: TopicHook | None = None,
     ) -> None:
         self.url_prefix = url_prefix
         self._authorize = authorize
+        self._authorize_topic = authorize_topic
         self._contacts = contacts
         if app is not None:
             self.init_app(app)
@@ -75,6 +81,11 @@ class SSENotify:
     def authorize(self, func: AuthorizeHook) -> AuthorizeHook:
         """Decorator form of the ``authorize`` argument (set it before ``init_app``)."""
         self._authorize = func
+        return func
+
+    def authorize_topic(self, func: TopicHook) -> TopicHook:
+        """Decorator form of the ``authorize_topic`` argument (set it before ``init_app``)."""
+        self._authorize_topic = func
         return func
 
     def contacts(self, func: ContactsHook) -> ContactsHook:
@@ -89,6 +100,7 @@ class SSENotify:
         os.makedirs(app.instance_path, exist_ok=True)
         security = Security.from_settings(settings, app.config.get("SECRET_KEY"), app.instance_path)
         security.authorize = self._authorize
+        security.authorize_topic = self._authorize_topic
         broker = make_broker(
             settings.broker_url,
             base_dir=app.instance_path,
@@ -183,9 +195,18 @@ def notify_many(
     return get_state(app).notify_many(items, **options)
 
 
-def issue_token(user_id: str, ttl: float | None = None, *, app: Flask | None = None) -> str:
-    """A connection token that opens ``user_id``'s stream for ``ttl`` seconds."""
-    return get_state(app).issue_token(user_id, ttl)
+def issue_token(
+    user_id: str, ttl: float | None = None, *, topics: t.Sequence[str] = (), app: Flask | None = None
+) -> str:
+    """A connection token that opens ``user_id``'s stream for ``ttl`` seconds (and may follow ``topics``)."""
+    return get_state(app).issue_token(user_id, ttl, topics)
+
+
+def notify_topic(
+    topic: str, data: dict[str, t.Any], *, app: Flask | None = None, **options: Unpack[Delivery]
+) -> Receipt:
+    """Deliver a notice to every open stream following ``topic`` (``?topics=``), on every worker and host."""
+    return get_state(app).notify_topic(topic, data, **options)
 
 
 def kick(user_id: str, *, app: Flask | None = None) -> None:

@@ -151,6 +151,7 @@ def fast_streams(app: Flask, wsgi_app: WSGIApp) -> WSGIApp:
             environ.get("REQUEST_METHOD") == "GET"
             and environ.get("PATH_INFO", "").startswith(prefix)
             and state.security.authorize is None
+            and state.security.authorize_topic is None
             and flask_untouched(app)
         ):
             try:

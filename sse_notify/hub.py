@@ -22,7 +22,7 @@ from . import telemetry
 from .control import Control, Kind
 from .delivery import Preferences
 from .events import encode_event
-from .notices import Notice, dumps
+from .notices import TOPIC_MARK, Notice, dumps
 from .streams import QueuedStream, SocketStream, Stream, encode_notice
 
 if t.TYPE_CHECKING:
@@ -50,6 +50,8 @@ class Hub:
         self.capacity = max_streams
         #: Per user, streams in the order they opened (a dict as an ordered set).
         self.users: dict[str, dict[Stream, None]] = {}
+        #: Per topic, the streams that follow it.
+        self.topics: dict[str, dict[Stream, None]] = {}
         self.streams: set[Stream] = set()
         #: Evicted streams whose last write had not finished (checked for a stuck writer).
         self.evicted_writers: set[Stream] = set()
@@ -71,6 +73,10 @@ class Hub:
         #: record): then a new stream need not read its user's preferences (one that opens
         #: as the first preferences ever are set gets them a moment later, from the feed).
         self.any_preferences: bool | None = None
+        #: Called with a user id (or ``#<topic>``) when the last stream here of that user (or
+        #: following that topic) closed (the node sets it to the store's
+        #: :meth:`~sse_notify.brokers.base.Broker.unfollow`).
+        self.on_leave: t.Callable[[str], None] | None = None
         self._round = 0
         self._controls: dict[Kind, t.Callable[[Control], None]] = {
             Kind.KICK: self._on_kick,
@@ -82,6 +88,7 @@ class Hub:
     def reset(self, capacity: int) -> None:
         """Forget every stream (a forked child starts with none), taking at most ``capacity``."""
         self.users, self.streams, self.evicted_writers = {}, set(), set()
+        self.topics = {}
         self.changed = set()
         self.preferences = {}
         self.any_preferences = None
@@ -92,7 +99,12 @@ class Hub:
     # -- the registry -------------------------------------------------------
 
     def connect(
-        self, user_id: str, expires_at: float | None = None, *, resumed: bool = False
+        self,
+        user_id: str,
+        expires_at: float | None = None,
+        *,
+        resumed: bool = False,
+        topics: tuple[str, ...] = (),
     ) -> QueuedStream:
         """Register a new stream of ``user_id``; it gets every notice handed to the hub from now on.
 
@@ -102,9 +114,10 @@ class Hub:
         new tab always works. At ``expires_at`` (Unix time: its token's end)
         the stream is closed with reason ``token expired`` (its timer starts when it goes
         live: at :meth:`hand_over`, or with ``stream.expire_at``). ``resumed``: the
-        client sent a ``Last-Event-ID`` (counted and logged).
+        client sent a ``Last-Event-ID`` (counted and logged). ``topics``: the stream also gets
+        the notices of these topics.
         """
-        stream = QueuedStream(user_id, self.max_pending)
+        stream = QueuedStream(user_id, self.max_pending, topics)
         if self.stopping:
             stream.close("shutdown")
             return stream
@@ -118,6 +131,8 @@ class Hub:
             self.evict(next(iter(mine)), "replaced")  # may drop the user's (now empty) entry
         self.streams.add(stream)
         self.users.setdefault(user_id, {})[stream] = None
+        for topic in topics:
+            self.topics.setdefault(topic, {})[stream] = None
         self.changed.add(user_id)
         telemetry.stream_opened(user_id, resumed)
         stream.expires_at = expires_at
@@ -134,6 +149,10 @@ class Hub:
             mine[live] = None
         else:  # in its place among the user's streams, oldest first
             self.users[stream.user_id] = {(live if s is stream else s): None for s in mine}
+        for topic in stream.topics:
+            followers = self.topics[topic]
+            del followers[stream]
+            followers[live] = None
         live.expire_at(stream.expires_at)
         stream.expires_at = live.expires_at = None  # the timer holds the time
         return live
@@ -149,6 +168,16 @@ class Hub:
                 if not mine:
                     del self.users[stream.user_id]
                     self.preferences.pop(stream.user_id, None)
+                    if self.on_leave is not None:
+                        self.on_leave(stream.user_id)
+            for topic in stream.topics:
+                followers = self.topics.get(topic)
+                if followers is not None:
+                    followers.pop(stream, None)
+                    if not followers:
+                        del self.topics[topic]
+                        if self.on_leave is not None:
+                            self.on_leave(TOPIC_MARK + topic)
             self.changed.add(stream.user_id)
             telemetry.stream_closed(stream.user_id, reason, time.monotonic() - stream.opened)
         stream.close(reason)
@@ -203,8 +232,15 @@ class Hub:
         handed = 0
         for notice in notices:
             self.cursor = notice.id
-            if notice.user_id is None:
-                targets: list[Stream] = list(self.streams)
+            if notice.topic is not None:
+                followers = self.topics.get(notice.topic)
+                if not followers:
+                    continue
+                targets: list[Stream] = list(followers)
+                if notice.meta_json and self.preferences:
+                    targets = self._wanting(notice, targets)
+            elif notice.user_id is None:
+                targets = list(self.streams)
                 if notice.meta_json and self.preferences:
                     targets = self._wanting(notice, targets)
             else:

@@ -61,6 +61,7 @@ class Node:
     ) -> None:
         self.broker = broker
         self.hub = hub
+        hub.on_leave = broker.unfollow
         self.presence = PresenceWriter(hub, broker, presence_interval)
         #: Does what falls due in the store's scheduler; runs from the worker's start
         #: (:meth:`start_due_work`), not only once a stream opened.

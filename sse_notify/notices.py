@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
-from .errors import InvalidRequest, InvalidUserId
+from .errors import InvalidRequest, InvalidTopic, InvalidUserId
 
 __all__ = [
     "BROADCAST",
@@ -29,10 +29,14 @@ __all__ = [
     "HEADER_MARK",
     "IDEMPOTENCY_KEY",
     "IDEMPOTENCY_KEY_RULE",
+    "TOPIC_MARK",
+    "TOPIC_PATTERN",
+    "TOPIC_RULE",
     "USER_ID_PATTERN",
     "USER_ID_RULE",
     "Notice",
     "checked_idempotency_key",
+    "checked_topic",
     "checked_user_id",
     "dumps",
     "embedded_fields",
@@ -53,6 +57,12 @@ BROADCAST: None = None
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:+\-]{1,128}")
 #: :data:`USER_ID_PATTERN` in words, for error messages.
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . @ : + -"
+#: What a topic's name may be (``match-42``, ``team:7``): the user id's characters.
+TOPIC_PATTERN = USER_ID_PATTERN
+#: :data:`TOPIC_PATTERN` in words, for error messages.
+TOPIC_RULE = USER_ID_RULE
+#: Starts the key a store keeps a topic's notices under (``#match-42``): never a user id, ``*`` or ``!``.
+TOPIC_MARK = "#"
 #: How a true/false query parameter or option is written (any case): the one rule of every route.
 FLAGS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -85,6 +95,16 @@ def checked_user_id(user_id: object, where: str = "") -> str:
     if not is_valid_user_id(user_id):
         raise InvalidUserId(f"{where}user_id must be {USER_ID_RULE}, got {user_id!r}", user_id)
     return t.cast(str, user_id)
+
+
+def checked_topic(topic: object, where: str = "") -> str:
+    """``topic``, if it fits :data:`TOPIC_PATTERN`: the one check of every route and call.
+
+    :raises ~sse_notify.errors.InvalidTopic: naming the rule, if not.
+    """
+    if not isinstance(topic, str) or TOPIC_PATTERN.fullmatch(topic) is None:
+        raise InvalidTopic(f"{where}a topic must be {TOPIC_RULE}, got {topic!r}", topic)
+    return topic
 
 
 def checked_idempotency_key(key: object) -> str:
@@ -190,6 +210,8 @@ class Notice:
     the publisher's JSON object, kept as text so it is encoded once. ``meta_json``
     holds its delivery fields (``category``, ``critical``, ``group``...) as a JSON
     object, or ``""`` for none; they sit beside ``data`` in the notice's JSON.
+    A notice is for one user (``user_id``), for the followers of a ``topic``, or
+    (neither) for everyone.
     """
 
     id: int
@@ -197,14 +219,26 @@ class Notice:
     created_at: str
     data_json: str
     meta_json: str = ""
+    topic: str | None = None
 
     @classmethod
-    def stored(cls, id: int, user_id: str | None, created_at: str, text: str) -> Notice:
-        """The notice a store keeps as ``text`` (see :func:`stored_text`)."""
+    def stored(cls, id: int, key: str | None, created_at: str, text: str) -> Notice:
+        """The notice a store keeps as ``text`` (see :func:`stored_text`) under ``key``.
+
+        ``key``: the user id, ``#<topic>`` for a topic's notice, or ``None`` for a broadcast.
+        """
+        topic = None
+        if key is not None and key[:1] == TOPIC_MARK:
+            topic, key = key[1:], None
         if type(text) is not str or text[:1] != HEADER_MARK:  # (a store refuses what is not text)
-            return cls(id, user_id, created_at, text)
+            return cls(id, key, created_at, text, "", topic)
         end = text.index(HEADER_MARK, 1)
-        return cls(id, user_id, created_at, text[end + 1 :], text[1:end])
+        return cls(id, key, created_at, text[end + 1 :], text[1:end], topic)
+
+    @property
+    def key(self) -> str | None:
+        """What a store keeps it under: the user id, ``#<topic>``, or ``None`` (a broadcast)."""
+        return TOPIC_MARK + self.topic if self.topic is not None else self.user_id
 
     @property
     def text(self) -> str:
@@ -219,7 +253,7 @@ class Notice:
     @property
     def is_broadcast(self) -> bool:
         """Whether this notice goes to every user."""
-        return self.user_id is None
+        return self.user_id is None and self.topic is None
 
     @property
     def data(self) -> dict[str, t.Any]:
@@ -235,6 +269,8 @@ class Notice:
             "created_at": self.created_at,
             "data": orjson.Fragment(self.data_json),
         }
+        if self.topic is not None:
+            fields["topic"] = self.topic
         if self.meta_json:
             fields.update(embedded_fields(self.meta_json))
         return fields
@@ -250,5 +286,6 @@ class Notice:
             "user_id": self.user_id,
             "created_at": self.created_at,
             "data": self.data,
+            **({"topic": self.topic} if self.topic is not None else {}),
             **self.meta,
         }

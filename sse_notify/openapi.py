@@ -12,7 +12,7 @@ import typing as t
 from .auth import MAX_TOKEN_TTL
 from .config import Settings
 from .delivery import CHANNELS, MAX_CATEGORIES, MAX_DELAY
-from .notices import EMAIL_ADDRESS, IDEMPOTENCY_KEY, USER_ID_PATTERN, USER_ID_RULE
+from .notices import EMAIL_ADDRESS, IDEMPOTENCY_KEY, TOPIC_PATTERN, TOPIC_RULE, USER_ID_PATTERN, USER_ID_RULE
 
 __all__ = ["document"]
 
@@ -202,7 +202,26 @@ def _schemas() -> dict[str, Schema]:
         },
         data={"type": "object", "description": "The publisher's JSON object."},
     )
+    topic = {
+        "type": "string",
+        "pattern": _anchored(TOPIC_PATTERN.pattern),
+        "description": f"A topic: {TOPIC_RULE}.",
+    }
+    notice["properties"]["topic"] = {
+        **topic,
+        "description": "Set on a topic's notice (`POST /topics/{topic}/notices`); its `user_id` is `null`.",
+    }
     notice["properties"].update(_delivery_fields())
+    token = _obj(
+        user_id=user_id,
+        token={"type": "string", "minLength": 1},
+        expires_at={"type": "integer", "description": "Unix time."},
+    )
+    token["properties"]["topics"] = {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "The topics the token grants (when `?topics=` asked for some).",
+    }
     notice["properties"]["scheduled_id"] = {
         "type": "string",
         "description": "For a notice that was scheduled or held: the `scheduled_id` its publish answered.",
@@ -247,6 +266,7 @@ def _schemas() -> dict[str, Schema]:
     ids = {"type": "array", "items": {"type": "integer", "minimum": 1}}
     return {
         "UserId": user_id,
+        "Topic": topic,
         "Notice": notice,
         "InboxNotice": inbox_notice,
         "InboxPage": _obj(
@@ -302,6 +322,7 @@ def _schemas() -> dict[str, Schema]:
                     "properties": {
                         "status": {"enum": ["scheduled", "held"]},
                         "user_id": notice["properties"]["user_id"],
+                        "topic": notice["properties"]["topic"],
                         "scheduled_id": {
                             "type": "string",
                             "description": "Cancel it with `DELETE /users/{user_id}/notices/{scheduled_id}`.",
@@ -344,11 +365,7 @@ def _schemas() -> dict[str, Schema]:
             ],
             "description": "A notice taken out of the inbox (`removed`), or cancelled before it was due.",
         },
-        "Token": _obj(
-            user_id=_schema("UserId"),
-            token={"type": "string", "minLength": 1},
-            expires_at={"type": "integer", "description": "Unix time."},
-        ),
+        "Token": token,
         "Kicked": _obj(user_id=_schema("UserId"), kicked={"const": True}),
         "Contacts": {
             "type": "object",
@@ -822,6 +839,16 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                         "description": "Resume after this cursor; wins over `?last_event_id=`.",
                         "schema": {"type": "string"},
                     },
+                    {
+                        "name": "topics",
+                        "in": "query",
+                        "description": (
+                            "Also get these topics' notices (comma-separated, at most 32), live and in "
+                            "replay. Each must be granted by the token, or allowed by the host app's "
+                            "`authorize_topic` hook: else 403."
+                        ),
+                        "schema": {"type": "string"},
+                    },
                 ],
                 tag="stream",
             )
@@ -891,6 +918,34 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 ),
                 security=publisher,
                 parameters=[idempotency_key, *[p for p in options if p["name"] != "group"]],
+                body=notice_body,
+            )
+        },
+        "/topics/{topic}/notices": {
+            "post": _operation(
+                "publishTopic",
+                "Send a notice to every stream that follows a topic",
+                {
+                    "201": created_or_replayed,
+                    **_responses("400", *auth_errors, "413", "415", "422", "500", "503"),
+                },
+                description=(
+                    "Stored with history: a stream that follows the topic (`?topics=`) gets it live, or in "
+                    "its replay when it resumes. It is in no inbox. Each follower's mutes apply on their "
+                    "stream; `group` is refused (400)."
+                ),
+                security=publisher,
+                parameters=[
+                    {
+                        "name": "topic",
+                        "in": "path",
+                        "required": True,
+                        "description": "The topic; one that breaks the rule is answered 400.",
+                        "schema": _schema("Topic"),
+                    },
+                    idempotency_key,
+                    *[p for p in options if p["name"] != "group"],
+                ],
                 body=notice_body,
             )
         },
@@ -1091,6 +1146,15 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                         "in": "query",
                         "description": "Seconds (default `SSE_NOTIFY_TOKEN_TTL`); out of range: 400.",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_TTL},
+                    },
+                    {
+                        "name": "topics",
+                        "in": "query",
+                        "description": (
+                            "Topics the token lets a stream follow (comma-separated): names, or prefixes "
+                            "ending in `*` (`match-*`; `*` alone: any)."
+                        ),
+                        "schema": {"type": "string"},
                     },
                 ],
                 tag="stream",

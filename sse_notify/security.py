@@ -32,17 +32,20 @@ from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 from werkzeug.wrappers import Request
 
-from .auth import check_publish_key, issue_token, key_id, verify_token
+from .auth import Grant, check_publish_key, issue_token, key_id, verify_token
 from .config import Settings
 from .errors import ConfigError, Forbidden, RateLimited, Unauthenticated
 
-__all__ = ["AuthorizeHook", "Security", "announce", "instance_secret"]
+__all__ = ["AuthorizeHook", "Security", "TopicHook", "announce", "instance_secret"]
 
 log = logging.getLogger("sse_notify.security")
 
 #: ``authorize(user_id)`` of a host app: ``True`` allows the stream, ``False``
 #: refuses it (403), ``None`` leaves the decision to tokens.
 AuthorizeHook = t.Callable[[str], "bool | None"]
+#: ``authorize_topic(user_id, topic)``: ``True`` lets the user's stream follow the topic,
+#: ``False`` refuses it (403), ``None`` leaves it to the token's topics.
+TopicHook = t.Callable[[str, str], "bool | None"]
 
 
 def instance_secret(instance_path: str, name: str) -> str:
@@ -83,6 +86,7 @@ class Security:
     cookie: str
     development: bool = False
     authorize: AuthorizeHook | None = None
+    authorize_topic: TopicHook | None = None
     #: Browser origins allowed to call the API (``SSE_NOTIFY_CORS_ORIGINS``).
     origins: tuple[str, ...] = ()
     rate: RateLimitItem | None = None
@@ -119,20 +123,35 @@ class Security:
             security._limiter = FixedWindowRateLimiter(storage)
         return security
 
-    def issue(self, user_id: str, ttl: float | None = None) -> str:
-        """A connection token for ``user_id`` (default lifetime ``SSE_NOTIFY_TOKEN_TTL``)."""
-        return issue_token(self.secret, user_id, self.token_ttl if ttl is None else ttl)
+    def issue(self, user_id: str, ttl: float | None = None, topics: t.Sequence[str] = ()) -> str:
+        """A connection token for ``user_id`` (``SSE_NOTIFY_TOKEN_TTL`` by default), granting ``topics``."""
+        return issue_token(self.secret, user_id, self.token_ttl if ttl is None else ttl, topics)
 
-    def stream_grant(self, request: Request, user_id: str, *, cookie: bool = True) -> float | None:
-        """Check a stream request; return when its access ends (``None``: never).
+    def stream_grant(self, request: Request, user_id: str, topics: t.Sequence[str] = ()) -> float | None:
+        """Check a stream request (following ``topics``); return when its access ends (``None``: never).
+
+        A topic is allowed where the ``authorize_topic`` hook says so, else where the token
+        grants it.
 
         :raises ~sse_notify.errors.AuthError: 401 or 403, before any byte of the stream is sent.
         """
         if not self.enabled:
             return None
-        if self._hook_allows(user_id):
-            return None
-        return self._token_grant(request, user_id, cookie)
+        grant = None if self._hook_allows(user_id) else self._token_grant(request, user_id, cookie=True)
+        for topic in topics:
+            self._check_topic(user_id, topic, grant)
+        return None if grant is None else grant.expires_at
+
+    def _check_topic(self, user_id: str, topic: str, grant: Grant | None) -> None:
+        """Allow ``topic`` on ``user_id``'s stream (the hook, else the token), or raise 403."""
+        if self.authorize_topic is not None:
+            decision = self.authorize_topic(user_id, topic)
+            if decision is False:
+                raise Forbidden(f"the application does not allow the topic {topic!r}")
+            if decision is True:
+                return
+        if grant is None or not grant.allows(topic):
+            raise Forbidden(f"the topic {topic!r} is not allowed: the token does not grant it")
 
     def _hook_allows(self, user_id: str) -> bool:
         """The ``authorize`` hook's answer: ``True`` allows, ``False`` raises 403, else tokens decide."""
@@ -143,7 +162,7 @@ class Security:
             raise Forbidden("the application does not allow this")
         return decision is True
 
-    def _token_grant(self, request: Request, user_id: str, cookie: bool) -> float | None:
+    def _token_grant(self, request: Request, user_id: str, cookie: bool) -> Grant:
         # The URL's token first: it is the one the page chose for this stream
         # (an Authorization header may belong to a proxy or another API).
         token = request.args.get("token") or _bearer(request) or (cookie and request.cookies.get(self.cookie))
@@ -156,7 +175,7 @@ class Security:
             raise Unauthenticated(
                 f"this {'stream' if cookie else 'endpoint'} needs a connection token: {where}"
             )
-        return verify_token(self.secret, token, user_id).expires_at
+        return verify_token(self.secret, token, user_id)
 
     def check_owner(self, request: Request, user_id: str) -> None:
         """Allow ``user_id``'s own token (or the ``authorize`` hook), or a publish key (inbox endpoints).

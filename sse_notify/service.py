@@ -21,7 +21,7 @@ import orjson
 from flask import Flask, current_app
 
 from . import telemetry
-from .auth import checked_ttl
+from .auth import checked_topic_grants, checked_ttl
 from .brokers import Broker
 from .brokers.base import Published
 from .channels import CONTACT_FIELDS, CONTACTS, checked_contacts
@@ -62,7 +62,16 @@ from .fallback import FALLBACK, SEND, Fallbacks, Message, SendFailed
 from .hub import Hub
 from .inbox import InboxFilter, InboxPage, StateChange, change, list_page, read_all, remove, returned, snooze
 from .node import Node
-from .notices import Notice, checked_idempotency_key, checked_user_id, dumps, stored_text, utc_iso
+from .notices import (
+    TOPIC_MARK,
+    Notice,
+    checked_idempotency_key,
+    checked_topic,
+    checked_user_id,
+    dumps,
+    stored_text,
+    utc_iso,
+)
 from .presence import Presence
 from .schedule import Due
 from .security import Security
@@ -159,9 +168,11 @@ class State:
             checked_idempotency_key(idempotency_key)
         metas: list[str] = []
         for index, ((user_id, text), (_, _, options)) in enumerate(zip(checked, items, strict=True)):
-            if options.group is not None and user_id is None:
+            if options.group is not None and (user_id is None or user_id[:1] == TOPIC_MARK):
                 where = f"notice {index}: " if len(items) > 1 else ""
-                raise InvalidOption(f"{where}group needs a user_id (a broadcast is not grouped)", "group")
+                raise InvalidOption(
+                    f"{where}group needs a user_id (a broadcast or a topic's notice is not grouped)", "group"
+                )
             metas.append(options.meta_json(text) if options is not NO_OPTIONS else "")
         once = None
         if idempotency_key is not None:
@@ -200,7 +211,7 @@ class State:
                 u
                 for r in requests
                 for (u, _, o) in r.items
-                if u is not None and o.due is None and not o.critical
+                if u is not None and u[:1] != TOPIC_MARK and o.due is None and not o.critical
             )
         )
         try:
@@ -343,7 +354,7 @@ class State:
     def _before_store(self, user_ids: t.Iterable[str | None]) -> None:
         """Before user notices are stored: their fallback windows are kept (``fallback.py``)."""
         if self.fallbacks is not None:
-            self.fallbacks.before_publish(u for u in user_ids if u is not None)
+            self.fallbacks.before_publish(u for u in user_ids if u is not None and u[:1] != TOPIC_MARK)
 
     def _after_store(self, notices: t.Sequence[Notice]) -> None:
         if self.fallbacks is not None and notices:
@@ -383,7 +394,9 @@ class State:
         limit = self.settings.max_body
         for index, (user_id, data) in enumerate(items):
             where = f"notice {index}: " if len(items) > 1 else ""
-            if user_id is not None:
+            if user_id is not None and user_id[:1] == TOPIC_MARK:
+                checked_topic(user_id[1:], where)
+            elif user_id is not None:
                 checked_user_id(user_id, where)
             if not isinstance(data, dict):
                 raise InvalidNotice(f"{where}data must be a JSON object, got {type(data).__name__}")
@@ -470,6 +483,10 @@ class State:
         """Deliver a notice to every user (each stream honours its user's mutes), or schedule it."""
         return self.notify_many([(None, data)], **options)[0]
 
+    def notify_topic(self, topic: str, data: dict[str, t.Any], **options: Unpack[Delivery]) -> Receipt:
+        """Deliver a notice to every stream that follows ``topic`` (not to any inbox), or schedule it."""
+        return self.notify_many([(TOPIC_MARK + checked_topic(topic), data)], **options)[0]
+
     def notify_many(
         self, items: t.Sequence[tuple[str | None, t.Any]], **options: Unpack[Delivery]
     ) -> list[Receipt]:
@@ -486,13 +503,16 @@ class State:
 
     # -- streams --------------------------------------------------------------
 
-    def issue_token(self, user_id: str, ttl: float | None = None) -> str:
+    def issue_token(self, user_id: str, ttl: float | None = None, topics: t.Sequence[str] = ()) -> str:
         """A connection token that opens ``user_id``'s stream for ``ttl`` seconds (default: the setting).
 
-        :raises InvalidRequest: for a ``ttl`` out of range (1 s to 30 days).
+        :param topics: the topics the stream may follow (``?topics=``): names, or prefixes
+            ending in ``*`` (``match-*``; ``*`` alone: any).
+        :raises InvalidRequest: for a ``ttl`` out of range (1 s to 30 days), or a bad topic.
         """
         checked_user_id(user_id)
-        return self.security.issue(user_id, self.security.token_ttl if ttl is None else checked_ttl(ttl))
+        ttl = self.security.token_ttl if ttl is None else checked_ttl(ttl)
+        return self.security.issue(user_id, ttl, checked_topic_grants(topics))
 
     def kick(self, user_id: str) -> None:
         """Close every open stream of ``user_id``, on every worker (through the store's feed)."""

@@ -22,17 +22,19 @@ import time
 import typing as t
 
 from . import telemetry
+from .brokers.base import Followed, topic_keys
 from .delivery import DEFAULT_PREFERENCES, Preferences
-from .errors import BrokerError
+from .errors import BrokerError, InvalidTopic
 from .events import comment, encode_event
 from .handoff import START_RESPONSE_KEY, SocketHandoff
 from .inbox import snapshot as inbox_snapshot
-from .notices import checked_user_id, dumps
+from .notices import checked_topic, checked_user_id, dumps
 from .streams import Stream, closing_frame, encode_notice
 
 if t.TYPE_CHECKING:
     from werkzeug.wrappers import Request
 
+    from .brokers import Broker
     from .node import Node
     from .service import State
 
@@ -40,6 +42,8 @@ __all__ = ["HEADERS", "StreamResponse", "event_stream", "open_stream"]
 
 #: Replayed notices are written in chunks of about this many bytes.
 REPLAY_CHUNK = 64 * 1024
+#: The most topics one stream may follow (``?topics=``).
+MAX_TOPICS = 32
 
 #: The headers of every stream.
 HEADERS: tuple[tuple[str, str], ...] = (
@@ -68,7 +72,8 @@ def open_stream(state: State, request: Request, user_id: str, start_response: t.
     :raises ~sse_notify.errors.AuthError: 401 or 403, before any byte of the stream is sent.
     """
     checked_user_id(user_id)
-    expires_at = state.security.stream_grant(request, user_id)
+    topics = stream_topics(request.args.get("topics"))
+    expires_at = state.security.stream_grant(request, user_id, topics)
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id is None:
         last_event_id = request.args.get("last_event_id")
@@ -85,8 +90,31 @@ def open_stream(state: State, request: Request, user_id: str, start_response: t.
         expires_at=expires_at,
         handoff=handoff,
         snapshot=settings.snapshot_size if settings.snapshot else 0,
+        topics=topics,
     )
     return StreamResponse(list(HEADERS), body)
+
+
+def _follow(broker: Broker, user_id: str, topics: tuple[str, ...]) -> Followed | None:
+    """Follow the user and each topic; where a new stream starts if the feed only now follows some."""
+    found = [broker.follow(key) for key in (user_id, *topic_keys(topics))]
+    started = [f for f in found if f is not None]
+    if not started:
+        return None
+    return Followed(min(f.cursor for f in started), any(f.missed for f in started))
+
+
+def stream_topics(value: str | None) -> tuple[str, ...]:
+    """The topics of ``?topics=a,b`` (each checked, once each, at most :data:`MAX_TOPICS`).
+
+    :raises ~sse_notify.errors.InvalidTopic: for a name outside the rule, or too many.
+    """
+    if not value:
+        return ()
+    topics = tuple(dict.fromkeys(checked_topic(name, "topics: ") for name in value.split(",")))
+    if len(topics) > MAX_TOPICS:
+        raise InvalidTopic(f"topics: at most {MAX_TOPICS} per stream, got {len(topics)}", value)
+    return topics
 
 
 def event_stream(
@@ -97,6 +125,7 @@ def event_stream(
     expires_at: float | None = None,
     handoff: SocketHandoff | None = None,
     snapshot: int = 0,
+    topics: tuple[str, ...] = (),
 ) -> t.Iterator[bytes]:
     """Yield the bytes of ``user_id``'s stream until the client or the server ends it.
 
@@ -107,6 +136,7 @@ def event_stream(
         stream is live (see ``handoff.py``); without one, everything is yielded.
     :param snapshot: when above 0, the first event is a ``snapshot`` of the
         inbox: the unread count and this many newest notices.
+    :param topics: the stream also gets these topics' notices (live and replayed).
     """
     hub, broker = node.hub, node.broker
     try:
@@ -118,7 +148,7 @@ def event_stream(
         telemetry.store_failed("subscribe", exc)
         yield closing_frame("store unavailable", hub.retry)
         return
-    stream = hub.connect(user_id, expires_at, resumed=last_event_id is not None)
+    stream = hub.connect(user_id, expires_at, resumed=last_event_id is not None, topics=topics)
     handed: Stream | None = None
     try:
         if stream.closed:
@@ -127,7 +157,21 @@ def event_stream(
             # makes EventSource give up for good.
             yield closing_frame(stream.close_reason, hub.retry)
             return
-        if last_event_id is None:
+        try:
+            # From here on the feed brings this user's (and topics') notices (targeted Redis:
+            # once it subscribed). ``followed``: where to start, if the feed only now follows.
+            followed = _follow(broker, user_id, topics)
+        except BrokerError as exc:
+            telemetry.store_failed("follow", exc)
+            yield closing_frame("store unavailable", hub.retry)
+            return
+        if last_event_id is None and followed is not None:
+            # A notice after this cursor that the feed may not bring is read below. One the
+            # feed brought since the stream joined the hub waits in its queue: start before it.
+            oldest = stream.oldest_queued()
+            stream.cursor = followed.cursor if oldest is None else min(followed.cursor, oldest - 1)
+            preamble = comment("connected") + encode_event(id=stream.cursor, retry=hub.retry)
+        elif last_event_id is None:
             # A fresh client starts from the store's head. Its first frame
             # carries that id (an id without data sets the browser's
             # lastEventId, dispatching nothing), so even a client that has
@@ -169,15 +213,18 @@ def event_stream(
             handoff.send_head(preamble)  # the head and the preamble in one write
         else:
             yield preamble
-        if last_event_id is not None:
+        replay_from = last_event_id
+        if replay_from is None and followed is not None and followed.missed:
+            replay_from = str(followed.cursor)
+        if replay_from is not None:
             try:
-                replay = broker.replay(user_id, last_event_id)
+                replay = broker.replay(user_id, replay_from, topics)
             except BrokerError as exc:
                 telemetry.store_failed("replay", exc)
                 yield closing_frame("store unavailable", hub.retry)
                 return
             stream.cursor = replay.cursor
-            if replay.reset is not None:
+            if replay.reset is not None and last_event_id is not None:
                 info = {"reason": replay.reset, "last_event_id": last_event_id, "id": replay.cursor}
                 yield encode_event(dumps(info), event="reset", id=replay.cursor)
             chunk: list[bytes] = []

@@ -99,12 +99,15 @@ class Stream:
         "pending",
         "quiet",
         "round",
+        "topics",
         "user_id",
         "writing_since",
     )
 
-    def __init__(self, user_id: str, max_pending: int) -> None:
+    def __init__(self, user_id: str, max_pending: int, topics: tuple[str, ...] = ()) -> None:
         self.user_id = user_id
+        #: The topics whose notices this stream also gets.
+        self.topics = topics
         self.max_pending = max_pending
         #: Bytes sent to this stream that the client has not taken yet.
         self.pending = 0
@@ -189,8 +192,8 @@ class QueuedStream(Stream):
 
     __slots__ = ("_beat", "_event", "_frames", "_greenlet")
 
-    def __init__(self, user_id: str, max_pending: int) -> None:
-        super().__init__(user_id, max_pending)
+    def __init__(self, user_id: str, max_pending: int, topics: tuple[str, ...] = ()) -> None:
+        super().__init__(user_id, max_pending, topics)
         # Made by the first take() that waits: a stream handed over at once never needs one.
         self._event: Event | None = None
         self._frames: list[tuple[int, bytes]] = []
@@ -216,6 +219,10 @@ class QueuedStream(Stream):
             self._beat = True
             if self._event is not None:
                 self._event.set()
+
+    def oldest_queued(self) -> int | None:
+        """The id of the oldest notice waiting to be sent (``None``: none waits)."""
+        return min((seq for seq, _ in self._frames if seq), default=None)
 
     def take(self, timeout: float | None = None) -> bytes | None:
         """Wait up to ``timeout`` (``None``: for ever) for frames; return them, ``None`` once closed.
@@ -266,7 +273,7 @@ class SocketStream(Stream):
     __slots__ = ("_hub", "_out", "_reading", "_writing", "fd", "framing")
 
     def __init__(self, queued: Stream, fd: int, framing: Framing, hub: Hub) -> None:
-        super().__init__(queued.user_id, queued.max_pending)
+        super().__init__(queued.user_id, queued.max_pending, queued.topics)
         for name in ("cursor", "round", "quiet", "opened"):
             setattr(self, name, getattr(queued, name))
         self.fd = fd

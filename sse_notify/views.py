@@ -25,7 +25,7 @@ from .errors import (
     RateLimited,
     SSENotifyError,
 )
-from .notices import checked_user_id, loads, parse_flag
+from .notices import TOPIC_MARK, checked_topic, checked_user_id, loads, parse_flag
 from .service import State, get_state
 from .streaming import open_stream
 
@@ -249,19 +249,28 @@ def connection(user_id: str) -> Response:
 @publisher
 def publish(user_id: str) -> Response:
     """Store a notice for one user, deliver it, answer 201 with it."""
-    checked_user_id(user_id)
-    state = get_state()
-    options = _query_options()
-    return _publish(state, [(user_id, _json_body(state.settings.max_body), options)], single=True)
+    return _publish_one(checked_user_id(user_id))
 
 
 @bp.post("/broadcast")
 @publisher
 def publish_broadcast() -> Response:
     """Store a notice for every user, deliver it, answer 201 with it."""
+    return _publish_one(None)
+
+
+@bp.post("/topics/<topic>/notices")
+@publisher
+def publish_topic(topic: str) -> Response:
+    """Store a notice for the streams that follow a topic, deliver it, answer 201 with it."""
+    return _publish_one(TOPIC_MARK + checked_topic(topic))
+
+
+def _publish_one(recipient: str | None) -> Response:
+    """One notice from the body (options from the query) for a user, ``#<topic>``, or (``None``) everyone."""
     state = get_state()
     options = _query_options()
-    return _publish(state, [(None, _json_body(state.settings.max_body), options)], single=True)
+    return _publish(state, [(recipient, _json_body(state.settings.max_body), options)], single=True)
 
 
 @bp.post("/notices")
@@ -469,8 +478,12 @@ def token(user_id: str) -> tuple[Response, int]:
         ttl = state.settings.token_ttl if raw is None else int(raw)
     except ValueError:
         raise BadRequest(f"ttl must be a whole number of seconds, got {raw!r}") from None
-    value = state.issue_token(user_id, ttl)
-    return jsonify(user_id=user_id, token=value, expires_at=int(time.time() + ttl)), 201
+    topics = [name for name in request.args.get("topics", "").split(",") if name]
+    value = state.issue_token(user_id, ttl, topics)
+    answer = {"user_id": user_id, "token": value, "expires_at": int(time.time() + ttl)}
+    if topics:
+        answer["topics"] = list(dict.fromkeys(topics))
+    return jsonify(answer), 201
 
 
 @bp.post("/users/<user_id>/kick")

@@ -554,3 +554,25 @@ def open_stream(client: FlaskClient, path: str, **kw: t.Any) -> tuple[TestRespon
     """GET a stream without buffering: the response and an iterator over its chunks."""
     response = client.get(path, buffered=False, **kw)
     return response, iter(response.response)
+
+
+def on_targeted_redis(
+    make_server: t.Callable[..., Server], redis_server: RedisServer, workers: int = 2
+) -> tuple[Server, t.Callable[..., list[int]]]:
+    """A server on the session's Redis under a prefix of its own (linger 0.3 s), and a count of listeners.
+
+    The count: for each key (a user id, ``#<topic>``), how many of the server's worker feeds
+    are subscribed to its channel right now.
+    """
+    import redis
+
+    prefix = f"tg{os.getpid()}x{time.monotonic_ns()}:"
+    server = make_server(workers=workers, store=f"{redis_server.url}?prefix={prefix}&linger=0.3")
+
+    def listeners(*keys: str) -> list[int]:
+        channels = [f"{prefix}events@0:{key}" for key in keys]
+        with redis.Redis(port=redis_server.port) as admin:
+            found = dict(admin.pubsub_numsub(*channels))
+        return [int(found[channel.encode()]) for channel in channels]
+
+    return server, listeners

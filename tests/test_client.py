@@ -242,6 +242,24 @@ def test_marks_change_the_unread_count(live_server: Server, make_client: MakeCli
     assert_error(caught.value, 404, "not_found", 1)
 
 
+def test_a_token_with_topics_follows_them_and_notify_topic_reaches_the_stream(
+    live_server: Server, make_client: MakeClient
+) -> None:
+    """issue_token(topics=) lets a stream follow them; notify_topic's notice reaches it, with its topic."""
+    with make_client(live_server.url, PUBLISH_KEY) as client:
+        token = client.issue_token("fay", ttl=60, topics=["match-*"])
+        sub = Subscriber(f"{live_server.url}/connection/fay?token={token.token}&topics=match-42")
+        try:
+            assert sub.opened.wait(10), "the issued token did not open a stream with its topic"
+            receipt = client.notify_topic("match-42", {"goal": 1}, category="score")
+            assert receipt.status == "delivered"
+            assert receipt.notice is not None
+            assert (receipt.notice.topic, receipt.notice.user_id) == ("match-42", None)
+            assert received(sub, 1) == [receipt.notice.to_dict()]
+        finally:
+            sub.close()
+
+
 def test_an_issued_token_opens_a_stream_and_a_kick_closes_it(
     live_server: Server, make_client: MakeClient
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 from sse_notify.brokers import make_broker
 
 from .sse_client import subscribe
-from .support import AUTH, PostgresServer, RedisServer, Server, token_for, wait_for
+from .support import AUTH, PostgresServer, RedisServer, Server, on_targeted_redis, token_for, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -265,3 +265,30 @@ def test_a_worker_killed_while_publishing_loses_nothing_acknowledged(
         assert [int(e.id) for e in resumed.notices(len(stored), timeout=20)] == ids
     finally:
         resumed.close()
+
+
+def test_redis_workers_subscribe_to_the_users_they_hold(
+    make_server: t.Callable[..., Server], redis_server: RedisServer
+) -> None:
+    """Each worker's feed subscribes to the users it holds streams of, and leaves them after the linger."""
+    server, subscribers = on_targeted_redis(make_server, redis_server)
+    users = [f"u{i}" for i in range(6)]
+    subs = {user: subscribe(server.stream_url(user)) for user in users}
+    try:
+        # Each stream is open (a 200) only once its worker follows the user: one worker holds each
+        # user's one stream, nobody holds "nobody", and each worker with a stream takes broadcasts.
+        assert subscribers(*users, "nobody") == [1] * 6 + [0]
+        assert subscribers("*")[0] in (1, 2)
+        subs.pop("u0").close()
+        wait_for(lambda: subscribers("u0") == [0], 10, "the worker to leave u0 after the linger")
+        assert subscribers(*users[1:]) == [1] * 5
+        sent = server.publish("u1", {"n": 1})
+        assert ids(subs["u1"].notices(1)) == [sent["id"]]
+        back = subscribe(server.stream_url("u0"))
+        subs["u0"] = back
+        wait_for(lambda: subscribers("u0") == [1], 10, "a worker to follow u0 again")
+        again = server.publish("u0", {"n": 2})
+        assert ids(back.notices(1)) == [again["id"]]
+    finally:
+        for sub in subs.values():
+            sub.close()

@@ -43,6 +43,7 @@ ERRORS: dict[tuple[str, str], set[str]] = {
     ("get", "/connection/{user_id}"): {"400", "401", "403"},
     ("post", "/users/{user_id}/notices"): PUBLISHER | {"400", "413", "415", "422", "500", "503"},
     ("post", "/broadcast"): PUBLISHER | {"400", "413", "415", "422", "500", "503"},
+    ("post", "/topics/{topic}/notices"): PUBLISHER | {"400", "413", "415", "422", "500", "503"},
     ("post", "/notices"): PUBLISHER | {"400", "413", "415", "422", "500", "503"},
     ("post", "/users/{user_id}/tokens"): PUBLISHER | {"400"},
     ("post", "/users/{user_id}/kick"): PUBLISHER | {"400", "500", "503"},

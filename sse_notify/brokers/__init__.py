@@ -75,13 +75,20 @@ def make_broker(
         from .redis import RedisBroker
 
         # Every other query option (ssl_cert_reqs=, ...) is redis-py's own.
-        rest, ours = _own_options(url, {"prefix"})
+        rest, ours = _own_options(url, {"prefix", "linger"})
         prefix = ours.get("prefix", "sse_notify:")
         if not prefix:
             raise ConfigError("the Redis URL option prefix= must not be empty")
+        try:
+            linger = float(ours.get("linger", "10"))
+        except ValueError:
+            linger = -1.0
+        if not 0 <= linger < float("inf"):
+            raise ConfigError(f"linger= in the Redis URL must be a number of seconds, got {ours['linger']!r}")
         return RedisBroker(
             rest,
             prefix=prefix,
+            linger=linger,
             retention_count=retention_count,
             retention_age=retention_age,
             poll_interval=poll_interval,

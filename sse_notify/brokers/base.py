@@ -31,7 +31,9 @@ Two rules every backend keeps:
    durable in the store (as durable as the backend is), and only then is it announced on
    the feed. Replay can therefore always return what a subscriber may have seen live.
 2. **One feed per process.** The backend delivers every new notice and control record, in
-   store order, to the one handler of its process. Streams never talk to the feed.
+   store order, to the one handler of its process: every one, or (targeted Redis) every one
+   of the users the process follows (:meth:`Broker.follow`), every broadcast and every
+   control record that is not about one user. Streams never read the feed themselves.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from ..delivery import PreferenceStore, fold
 from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, IdempotencyKeyReused
 from ..fallback import RecordStore
 from ..inbox import InboxState, InboxStore
-from ..notices import Notice
+from ..notices import TOPIC_MARK, Notice
 from ..presence import PresenceStore
 from ..schedule import SchedulerStore
 
@@ -59,6 +61,7 @@ __all__ = [
     "CONTROL_KEY",
     "Broker",
     "FeedHandler",
+    "Followed",
     "Published",
     "Replay",
     "Request",
@@ -109,6 +112,15 @@ class Replay:
     notices: list[Notice]
     cursor: int
     reset: str | None = None
+
+
+class Followed(t.NamedTuple):
+    """What :meth:`Broker.follow` tells a new stream when the feed only now follows its user or topic."""
+
+    #: Where a new stream starts: a cursor read before the feed followed.
+    cursor: int
+    #: Whether a notice came after :attr:`cursor` that the feed may not bring (read it from the store).
+    missed: bool
 
 
 class Published(t.NamedTuple):
@@ -162,6 +174,11 @@ def plan_replay(last_event_id: str, floor: int, head: int) -> tuple[int, str | N
     if cursor < floor:
         return floor, "expired"
     return cursor, None
+
+
+def topic_keys(topics: t.Iterable[str]) -> list[str]:
+    """The keys a store keeps these topics' notices under (``#<topic>``)."""
+    return [TOPIC_MARK + topic for topic in topics]
 
 
 def stored_item(seq: int, key: str, created_at: str, data: str) -> Item | None:
@@ -222,8 +239,8 @@ class Broker(InboxStore, PresenceStore, SchedulerStore, PreferenceStore, RecordS
         """Announce a control record to every process's feed, in order with the notices; never replayed."""
         ...
 
-    def replay(self, user_id: str, last_event_id: str) -> Replay:
-        """The notices for ``user_id`` (own and broadcasts) after a client's cursor."""
+    def replay(self, user_id: str, last_event_id: str, topics: t.Sequence[str] = ()) -> Replay:
+        """The notices for ``user_id`` (own, broadcasts and ``topics``') after a client's cursor."""
         ...
 
     def head(self) -> int:
@@ -236,6 +253,25 @@ class Broker(InboxStore, PresenceStore, SchedulerStore, PreferenceStore, RecordS
         :raises RuntimeError: if this process already has a feed.
         :raises BrokerError: if the store cannot be reached; a later call may try again.
         """
+        ...
+
+    def follow(self, key: str) -> Followed | None:
+        """Make this process's feed bring the notices of ``key`` (a user id, or ``#<topic>``) from now on.
+
+        A stream calls it after joining the hub and before it reads the store. A store
+        whose feed brings everything returns ``None`` at once. One that routes notices
+        to the processes that follow their user or topic (targeted Redis) returns ``None``
+        when this process already followed it, else, once the feed is sure to bring every
+        later notice, a :class:`Followed`: the cursor it read before, and whether a notice
+        of ``key`` came after that cursor meanwhile (it may have been published before the
+        feed followed, so a new stream reads what the store holds after the cursor).
+
+        :raises BrokerError: if the feed cannot follow (the store is down).
+        """
+        ...
+
+    def unfollow(self, key: str) -> None:
+        """This process holds no stream of ``key`` any more (the feed may stop bringing its notices)."""
         ...
 
     def trim_expired(self) -> int:
@@ -435,6 +471,13 @@ class StoreBase(t.Generic[C]):
             with self._lock:
                 self._feed_pid, self._handler = -1, None  # a later call tries again
             raise
+
+    def follow(self, key: str) -> Followed | None:
+        """This feed brings every notice (each store but targeted Redis): nothing to do."""
+        return None
+
+    def unfollow(self, key: str) -> None:
+        """This feed brings every notice: nothing to stop."""
 
     @property
     def _feeding(self) -> bool:

@@ -20,7 +20,16 @@ from ..delivery import group_key
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
 from ..schedule import Due, checked_kind
-from .base import BROADCAST_KEY, FeedHandler, Published, Replay, StoreBase, plan_replay, replay_publish
+from .base import (
+    BROADCAST_KEY,
+    FeedHandler,
+    Published,
+    Replay,
+    StoreBase,
+    plan_replay,
+    replay_publish,
+    topic_keys,
+)
 
 __all__ = ["MemoryBroker"]
 
@@ -80,7 +89,7 @@ class MemoryBroker(StoreBase[_Memory]):
     # -- writing ----------------------------------------------------------
 
     def _append(self, memory: _Memory, notice: Notice) -> None:
-        key = BROADCAST_KEY if notice.user_id is None else notice.user_id
+        key = notice.key or BROADCAST_KEY
         log = memory.logs[key]
         log.append(notice)
         memory.by_id[notice.id] = notice
@@ -151,13 +160,14 @@ class MemoryBroker(StoreBase[_Memory]):
 
     # -- reading ----------------------------------------------------------
 
-    def replay(self, user_id: str, last_event_id: str) -> Replay:
-        """The user's notices and the broadcasts after the client's cursor."""
+    def replay(self, user_id: str, last_event_id: str, topics: t.Sequence[str] = ()) -> Replay:
+        """The user's notices, the broadcasts and the topics' after the client's cursor."""
+        keys = (user_id, BROADCAST_KEY, *topic_keys(topics))
 
         def work(memory: _Memory) -> Replay:
-            floor = max(memory.floor.get(user_id, 0), memory.floor.get(BROADCAST_KEY, 0))
+            floor = max(memory.floor.get(key, 0) for key in keys)
             cursor, reset = plan_replay(last_event_id, floor, memory.seq)
-            found = [n for key in (user_id, BROADCAST_KEY) for n in memory.logs.get(key, ()) if n.id > cursor]
+            found = [n for key in keys for n in memory.logs.get(key, ()) if n.id > cursor]
             found.sort(key=lambda n: n.id)
             return Replay(found, cursor, reset)
 
@@ -184,7 +194,7 @@ class MemoryBroker(StoreBase[_Memory]):
 
         def work(memory: _Memory) -> list[Notice]:
             found = [memory.by_id[seq] for seq in ids if seq in memory.by_id]
-            return [n for n in found if n.user_id in (user_id, None)]
+            return [n for n in found if n.user_id == user_id or n.is_broadcast]
 
         return self._run(work)
 

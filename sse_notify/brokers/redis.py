@@ -9,9 +9,9 @@ Layout (every key under one prefix, ``sse_notify:`` by default):
 ``{p}floor``           hash: per user, the newest cursor retention dropped
 ``{p}last``            hash: per user, the newest cursor ever stored (a stream
                        that expired whole lost everything up to it)
-``{p}all``             a short stream of every notice, for a feed to catch up
-                       after it lost its subscription (``~`` capped)
-``{p}events``          the pub/sub channel announcing every batch
+``{p}log:!``           the control records (never replayed)
+``{p}events@{db}:{k}`` the pub/sub channel of audience ``k``: a user, ``*``
+                       (broadcasts) or ``!`` (control records for every hub)
 ``{p}marks:{user}``    hash: a user's inbox marks, field ``<cursor>``, value
                        ``r``/``u`` (read, unread) and ``a`` (archived)
 ``{p}through``         hash: per user, the read-all cursor
@@ -35,27 +35,45 @@ Layout (every key under one prefix, ``sse_notify:`` by default):
 and PUBLISHes it: no subscriber can see a notice that replay would not return,
 or the reverse.
 
+**Targeted delivery.** Each notice is announced on its audience's channel only
+(a run of one audience's items in a batch as one message, the runs in store
+order), so a worker receives the notices of the users it holds streams for,
+every broadcast, and control records (a kick or an inbox change on its user's
+channel). With one channel for everything, every worker received every notice:
+Redis's output and each worker's CPU per notice grew with the number of
+workers (``bench scaling``, docs/BENCHMARKS.md). A worker subscribes to a user
+at the user's first stream (:meth:`RedisBroker.follow`), and only returns once
+Redis confirmed it, so a notice published after that is announced to it; one
+published before is in the replay the new stream reads from the head taken
+before subscribing. It unsubscribes :attr:`RedisBroker.linger` seconds after
+the user's last stream closed (a reconnect within that costs nothing).
+
 **One subscription per process.** The feed is one pub/sub connection per
-worker, whatever the number of streams, plus a small blocking pool for
-commands. When the subscription breaks (Redis restarted, a network blip) the
-feed reconnects with backoff, resubscribes, and catches up from ``{p}all``; if
-that is too short to cover the gap, it tells the hub to close its streams so
-that every client resumes from its own ``Last-Event-ID``. A cheap check of
-``{p}seq`` once per poll interval also catches any lost announcement.
+worker, whatever the number of streams and users, plus a small blocking pool
+for commands. Redis sends a connection's messages in the order the scripts ran,
+so the feed's cursor (the newest item it handed over) stays exact. When the
+subscription breaks (Redis restarted, a network blip, or redis-py reconnected by
+itself) the feed subscribes afresh to everything it follows, waits for Redis to
+confirm it, and catches up each followed user's log, the broadcasts' and the
+control records' after that cursor; if retention dropped some of them, it tells
+the hub to close its streams so that every client resumes from its own
+``Last-Event-ID``. A check of ``{p}seq`` once per poll interval catches a Redis
+that lost data (restarted without persistence).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import typing as t
 from urllib.parse import urlsplit
 
-from ..concurrency import Task, spawn
+from ..concurrency import Batcher, Task, spawn
 from ..control import Control, Kind
 from ..delivery import group_key
-from ..errors import BrokerError, ConfigError
+from ..errors import BrokerError, BrokerUnavailable, ConfigError
 from ..inbox import InboxState
 from ..notices import Notice, utc_iso_ago, utc_now_iso
 from ..schedule import Due, checked_kind
@@ -75,6 +93,12 @@ log = logging.getLogger("sse_notify.brokers.redis")
 RESYNC = Control(Kind.RESYNC)
 #: The longest the feed waits for a message before it looks whether it was closed.
 _LISTEN = 0.2
+#: The longest a follower (and a resubscribing feed) waits for Redis to confirm subscriptions.
+_CONFIRM = 5.0
+#: Channels per SUBSCRIBE (and keys per catch-up script).
+_CHUNK = 500
+#: Control records announced on their user's channel only (the others reach every process).
+_USER_CONTROLS = frozenset({Kind.KICK, Kind.STATE})
 
 _TRIM = """
 local function trim(p, key, keep, cutoff)
@@ -108,20 +132,20 @@ end
 _PUBLISH = (
     _TRIM
     + """
-local p, keep, ttl, cutoff, created, catchup = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local once = ARGV[8]
+local p, keep, ttl, cutoff, created, events = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local once = ARGV[7]
 if once ~= '' then
   local earlier = redis.call('HMGET', p .. 'idem:' .. once, 'f', 's', 'c')
   if earlier[1] then return {'replayed', earlier[1], earlier[2], earlier[3]} end
 end
--- Grouped notices (ARGV[11] of them): the item's index, the group key, what the publisher
+-- Grouped notices (ARGV[10] of them): the item's index, the group key, what the publisher
 -- read (the group's entry, its mark, the user's read-all cursor) and the entry it replaces.
 -- Anything changed since it was read: store nothing, the publisher reads again.
-local ngroups = tonumber(ARGV[11])
-local first = 12 + ngroups * 6
+local ngroups = tonumber(ARGV[10])
+local first = 11 + ngroups * 6
 local grouped = {}
 for g = 0, ngroups - 1 do
-  local b = 12 + g * 6
+  local b = 11 + g * 6
   local index, gkey, prev = tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2]
   local user = ARGV[first + (index - 1) * 2]
   if (redis.call('HGET', p .. 'groups:' .. user, gkey) or '') ~= prev then return {'retry'} end
@@ -131,13 +155,22 @@ for g = 0, ngroups - 1 do
   end
   grouped[index] = {gkey, ARGV[b + 5]}
 end
-local seqs, lines, touched = {}, {}, {}
+-- Each item is announced on the channel of its audience (its user, '*' or '!'); a control
+-- record about one user ('!' .. user) is kept under '!' and announced on that user's channel.
+-- A run of items for one audience goes out as one message, the runs in store order.
+local seqs, lines, touched, route = {}, {}, {}, nil
 for i = first, #ARGV, 2 do
   local key, data = ARGV[i], ARGV[i + 1]
+  local to = key
+  if string.byte(key, 1) == 33 and #key > 1 then key, to = '!', string.sub(key, 2) end
+  if to ~= route and #lines > 0 then
+    redis.call('PUBLISH', events .. route, table.concat(lines, '\\n'))
+    lines = {}
+  end
+  route = to
   local seq = redis.call('INCR', p .. 'seq')
   local id = seq .. '-0'
   redis.call('XADD', p .. 'log:' .. key, id, 'c', created, 'd', data)
-  redis.call('XADD', p .. 'all', 'MAXLEN', '~', catchup, id, 'u', key, 'c', created, 'd', data)
   redis.call('HSET', p .. 'last', key, seq)
   local group = grouped[(i - first) / 2 + 1]
   if group then
@@ -157,17 +190,17 @@ for key, _ in pairs(touched) do
   redis.call('PEXPIRE', p .. 'log:' .. key, ttl)
 end
 if once ~= '' then
-  redis.call('HSET', p .. 'idem:' .. once, 'f', ARGV[9], 's', seqs[1], 'c', created)
-  redis.call('PEXPIRE', p .. 'idem:' .. once, ARGV[10])
+  redis.call('HSET', p .. 'idem:' .. once, 'f', ARGV[8], 's', seqs[1], 'c', created)
+  redis.call('PEXPIRE', p .. 'idem:' .. once, ARGV[9])
 end
-redis.call('PUBLISH', ARGV[7], table.concat(lines, '\\n'))
+redis.call('PUBLISH', events .. route, table.concat(lines, '\\n'))
 return seqs
 """
 )
 
-_REPLAY = """
-local p, user, cursor = ARGV[1], ARGV[2], ARGV[3]
-local function floor_of(key)
+#: The newest cursor of ``key``'s that no read returns any more (retention, or the log expired whole).
+_FLOOR = """
+local function floor_of(p, key)
   local f = tonumber(redis.call('HGET', p .. 'floor', key) or '0')
   if redis.call('EXISTS', p .. 'log:' .. key) == 0 then
     local last = tonumber(redis.call('HGET', p .. 'last', key) or '0')
@@ -175,15 +208,42 @@ local function floor_of(key)
   end
   return f
 end
-local floor = math.max(floor_of(user), floor_of('*'))
-local head = tonumber(redis.call('GET', p .. 'seq') or '0')
-local mine, all = {}, {}
-if cursor ~= '' and tonumber(cursor) <= head then
-  mine = redis.call('XRANGE', p .. 'log:' .. user, '(' .. cursor .. '-0', '+')
-  all = redis.call('XRANGE', p .. 'log:*', '(' .. cursor .. '-0', '+')
-end
-return {floor, head, mine, all}
 """
+
+_REPLAY = (
+    _FLOOR
+    + """
+-- ARGV: prefix, cursor, then the keys (the user, '*', each topic's '#<topic>').
+local p, cursor = ARGV[1], ARGV[2]
+local floor = 0
+for i = 3, #ARGV do floor = math.max(floor, floor_of(p, ARGV[i])) end
+local head = tonumber(redis.call('GET', p .. 'seq') or '0')
+local found = {}
+for i = 3, #ARGV do
+  found[i - 2] = {}
+  if cursor ~= '' and tonumber(cursor) <= head then
+    found[i - 2] = redis.call('XRANGE', p .. 'log:' .. ARGV[i], '(' .. cursor .. '-0', '+')
+  end
+end
+return {floor, head, found}
+"""
+)
+
+#: The feed's catch-up after it (re)subscribed: ARGV = prefix, then (key, cursor) pairs. For
+#: each key: whether its notices after the cursor are no longer all kept, and its entries after it.
+_CATCH_UP = (
+    _FLOOR
+    + """
+local p = ARGV[1]
+local out = {}
+for i = 2, #ARGV, 2 do
+  local key, from = ARGV[i], tonumber(ARGV[i + 1])
+  local lost = floor_of(p, key) > from and 1 or 0
+  out[#out + 1] = {lost, redis.call('XRANGE', p .. 'log:' .. key, '(' .. from .. '-0', '+')}
+end
+return {tonumber(redis.call('GET', p .. 'seq') or '0'), out}
+"""
+)
 
 _SWEEP = (
     _TRIM
@@ -393,10 +453,30 @@ def _entry_notice(entry: t.Any, key: str) -> Notice:
     return Notice.stored(seq, None if key == BROADCAST_KEY else key, _text(values[b"c"]), _text(values[b"d"]))
 
 
-def _entry_item(entry: t.Any) -> base.Item | None:
-    """A notice or control record from an entry of the catch-up stream (its ``u`` field names the key)."""
-    seq, values = _entry_fields(entry)
-    return base.stored_item(seq, _text(values[b"u"]), _text(values[b"c"]), _text(values[b"d"]))
+class _Following:
+    """A user the feed follows: the head read before subscribing, and whether Redis confirmed it."""
+
+    __slots__ = ("ready", "since")
+
+    def __init__(self, since: int) -> None:
+        self.since = since
+        self.ready = threading.Event()
+
+
+if redis is not None:
+
+    class _PubSub(redis.client.PubSub):
+        """redis-py's pub/sub, telling when it reconnected by itself.
+
+        It then subscribes again to its channels, but what was published meanwhile is
+        lost: the feed must subscribe afresh and catch up.
+        """
+
+        reconnected = False
+
+        def on_connect(self, connection: t.Any) -> None:
+            self.reconnected = True
+            super().on_connect(connection)
 
 
 class RedisBroker(StoreBase[t.Any]):
@@ -415,8 +495,8 @@ class RedisBroker(StoreBase[t.Any]):
         retention_count: int = 1000,
         retention_age: float = 7 * 86400,
         poll_interval: float = 1.0,
-        catchup: int = 10000,
         pool_size: int = 8,
+        linger: float = 10.0,
     ) -> None:
         if redis is None:
             raise ConfigError('the Redis store needs redis-py: pip install "sse-notify[redis]"')
@@ -426,16 +506,28 @@ class RedisBroker(StoreBase[t.Any]):
         self.retention_count = retention_count
         self.retention_age = retention_age
         self.poll_interval = poll_interval
-        self.catchup = catchup
         self.pool_size = pool_size
+        self.linger = linger
         self._scripts: dict[str, t.Any] = {}
+        #: The pub/sub channels' common start (``<prefix>events@<db>:``); each audience's
+        #: channel adds its key. Pub/sub ignores the database number: naming it keeps two
+        #: deployments on one server with different /db (and the same prefix) apart.
+        self._events = ""  # set with the connection (it knows the database)
         self._feed_task: Task | None = None
         self._pubsub: t.Any = None
+        #: The users this process's feed follows (see :meth:`follow`), by key.
+        self._followed: dict[str, _Following] = {}
+        #: Followed users that have no stream here any more, oldest first, with when they left.
+        self._leaving: dict[str, float] = {}
+        self._follow_lock = threading.Lock()
+        self._follows: Batcher[str, base.Followed] = Batcher(self._follow_round)
 
     def _forked(self) -> None:
         super()._forked()
         # The parent's pub/sub connection is the parent's: not closed here, not read.
         self._feed_task, self._pubsub = None, None
+        self._followed, self._leaving = {}, {}
+        self._follow_lock = threading.Lock()
 
     def describe(self) -> str:
         """``Redis at host:port``."""
@@ -453,9 +545,11 @@ class RedisBroker(StoreBase[t.Any]):
             socket_connect_timeout=2,
         )
         client = redis.Redis(connection_pool=pool)
+        self._events = f"{self.prefix}events@{pool.connection_kwargs.get('db', 0)}:"
         self._scripts = {
             "publish": client.register_script(_PUBLISH),
             "replay": client.register_script(_REPLAY),
+            "catch_up": client.register_script(_CATCH_UP),
             "sweep": client.register_script(_SWEEP),
             "mark": client.register_script(_MARK),
             "read_through": client.register_script(_READ_THROUGH),
@@ -496,7 +590,6 @@ class RedisBroker(StoreBase[t.Any]):
             int((self.retention_age * 2 + 60) * 1000),
             "",
             created_at,
-            self.catchup,
         ]
         args += ["", "", 0] if once is None else [once[0], once[1], max(1, int(once[2] * 1000))]
         grouped = [
@@ -506,7 +599,6 @@ class RedisBroker(StoreBase[t.Any]):
         ]
 
         def work(client: t.Any) -> tuple[t.Any, list[str]]:
-            channel = self._channel(client)
             for _ in range(_GROUP_TRIES):
                 texts = [data for _, data in items]
                 records: list[t.Any] = []
@@ -514,7 +606,7 @@ class RedisBroker(StoreBase[t.Any]):
                     record = self._fold_read(client, user, key, texts[index - 1], created_at)
                     texts[index - 1] = record.pop()
                     records += [index, key, *record]
-                call = [*args[:6], channel, *args[6:], len(grouped), *records]
+                call = [*args[:5], self._events, *args[5:], len(grouped), *records]
                 for (recipient, _), text in zip(items, texts, strict=True):
                     call += [BROADCAST_KEY if recipient is None else recipient, text]
                 reply = self._scripts["publish"](args=call)
@@ -582,15 +674,14 @@ class RedisBroker(StoreBase[t.Any]):
         value = self._run(lambda client: client.get(f"{self.prefix}seq"))
         return int(value) if value else 0
 
-    def replay(self, user_id: str, last_event_id: str) -> Replay:
-        """The user's notices and the broadcasts after the client's cursor (one atomic read)."""
+    def replay(self, user_id: str, last_event_id: str, topics: t.Sequence[str] = ()) -> Replay:
+        """The user's notices, the broadcasts and the topics' after the client's cursor (one atomic read)."""
         cursor = base.parse_cursor(last_event_id)
-        args = [self.prefix, user_id, "" if cursor is None else str(cursor)]
-        floor, head, mine, everyone = self._run(lambda client: self._scripts["replay"](args=args))
+        keys = [user_id, BROADCAST_KEY, *base.topic_keys(topics)]
+        args = [self.prefix, "" if cursor is None else str(cursor), *keys]
+        floor, head, found = self._run(lambda client: self._scripts["replay"](args=args))
         start, reset = base.plan_replay(last_event_id, int(floor), int(head))
-        notices = [_entry_notice(e, user_id) for e in mine] + [
-            _entry_notice(e, BROADCAST_KEY) for e in everyone
-        ]
+        notices = [_entry_notice(e, key) for key, entries in zip(keys, found, strict=True) for e in entries]
         notices = sorted((n for n in notices if n.id > start), key=lambda n: n.id)
         return Replay(notices, start, reset)
 
@@ -813,11 +904,74 @@ class RedisBroker(StoreBase[t.Any]):
     # -- the feed ---------------------------------------------------------
 
     def publish_control(self, record: Control) -> None:
-        """Store a control record in the catch-up stream (never replayed), then announce it."""
-        self._publish([(CONTROL_KEY, record.to_json())], None)
+        """Store a control record (never replayed), then announce it.
+
+        A record about one user's streams (a kick, an inbox change) goes to the processes
+        that follow the user; any other (preferences) to every process.
+        """
+        route = record.user_id if record.kind in _USER_CONTROLS and record.user_id else ""
+        self._publish([(CONTROL_KEY + route, record.to_json())], None)
+
+    def follow(self, key: str) -> base.Followed | None:
+        """Subscribe this process's feed to the channel of ``key`` (once), and wait until Redis confirmed it.
+
+        ``None`` when it already was; else the head read before subscribing, and whether the
+        key got a notice after it meanwhile (see :meth:`Broker.follow`). The first streams of
+        several users that open together share one round of commands. While Redis is down
+        this waits for the feed to be back, up to 5 s, then raises
+        :class:`~sse_notify.errors.BrokerUnavailable`.
+        """
+        if not self._feeding:
+            return None
+        with self._follow_lock:
+            if key in self._followed:
+                self._leaving.pop(key, None)
+                if self._followed[key].ready.is_set():
+                    return None
+        return self._follows.submit(key)
+
+    def _follow_round(self, keys: list[str]) -> list[base.Followed | BaseException]:
+        """Follow ``keys``: read the head, SUBSCRIBE those not followed, wait, read their newest cursors."""
+        try:
+            # Read before the subscriptions are confirmed: later notices come live, or are read from here.
+            since = self.head()
+        except BrokerError as exc:
+            return [exc] * len(keys)
+        entries = []
+        with self._follow_lock:
+            channels = []
+            for key in keys:
+                self._leaving.pop(key, None)
+                entry = self._followed.get(key)
+                if entry is None:
+                    entry = self._followed[key] = _Following(since)
+                    channels.append(self._events + key)
+                entries.append(entry)
+            pubsub = self._pubsub
+            if channels and pubsub is not None:
+                # Else (or if this fails) the feed subscribes them when it has Redis again.
+                with contextlib.suppress(redis.RedisError):
+                    for chunk in range(0, len(channels), _CHUNK):
+                        pubsub.subscribe(*channels[chunk : chunk + _CHUNK])
+        deadline = time.monotonic() + _CONFIRM
+        for key, entry in zip(keys, entries, strict=True):
+            if not entry.ready.wait(max(0.0, deadline - time.monotonic())):
+                error = BrokerUnavailable(f"{self.describe()}: the feed could not follow {key!r} (no Redis?)")
+                return [error] * len(keys)
+        try:
+            newest = self._run(lambda client: client.hmget(f"{self.prefix}last", keys))
+        except BrokerError as exc:
+            return [exc] * len(keys)
+        return [base.Followed(since, int(found or 0) > since) for found in newest]
+
+    def unfollow(self, user_id: str) -> None:
+        """The user's last stream here closed: unsubscribe after :attr:`linger` seconds without one."""
+        if user_id in self._followed:
+            self._leaving.pop(user_id, None)
+            self._leaving[user_id] = time.monotonic()
 
     def _start_feed(self, handler: base.FeedHandler) -> None:
-        """Start this process's feed: one pub/sub connection, every new item in order."""
+        """Start this process's feed: one pub/sub connection, for broadcasts, control and followed users."""
         # Every item after this call is delivered: start from the head now. If Redis is
         # down, the feed reads it once Redis is back, so a process whose first stream
         # arrives during an outage still gets a feed.
@@ -837,36 +991,117 @@ class RedisBroker(StoreBase[t.Any]):
             self._feed_task.join(5)
             self._feed_task = None
 
-    def _catch_up(self, client: t.Any, last: int) -> int:
-        """Dispatch what ``{p}all`` holds after ``last``; a RESYNC if it no longer reaches back that far."""
-        entries = client.xrange(f"{self.prefix}all", min=f"({last}-0", max="+")
-        if entries and _seq(entries[0][0]) > last + 1:
-            oldest = client.xrange(f"{self.prefix}all", min="-", max="+", count=1)
-            if oldest and _seq(oldest[0][0]) > last + 1:
-                log.warning("feed missed notices older than its catch-up log: closing streams to resync")
-                self._deliver([RESYNC])
-        if entries:
-            self._deliver([_entry_item(entry) for entry in entries])
-            return _seq(entries[-1][0])
+    def _subscribe(self, client: t.Any) -> tuple[t.Any, dict[str, int], list[t.Any]]:
+        """Subscribe a new connection to everything followed, and wait for Redis to confirm it all.
+
+        Returns the pub/sub, the keys with the cursor after which each must be caught up,
+        and the messages that arrived meanwhile.
+        """
+        pubsub = _PubSub(client.connection_pool, ignore_subscribe_messages=False)
+        with self._follow_lock:
+            followed = dict(self._followed)
+            for entry in followed.values():
+                entry.ready.clear()
+            channels = [self._events + key for key in (BROADCAST_KEY, CONTROL_KEY, *followed)]
+            self._pubsub = pubsub
+            for chunk in range(0, len(channels), _CHUNK):
+                pubsub.subscribe(*channels[chunk : chunk + _CHUNK])
+        waiting = set(channels)
+        early: list[t.Any] = []
+        deadline = time.monotonic() + _CONFIRM
+        while waiting and not self._closed:
+            if time.monotonic() > deadline:
+                confirmed = len(channels) - len(waiting)
+                raise redis.TimeoutError(f"Redis confirmed {confirmed} of {len(channels)} subscriptions")
+            message = pubsub.get_message(timeout=_LISTEN)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                waiting.discard(self._confirmed(message))
+            elif message["type"] == "message":
+                early.append(message)
+        starts = {key: entry.since for key, entry in followed.items()}
+        return pubsub, starts, early
+
+    def _confirmed(self, message: t.Any) -> str:
+        """A subscription Redis confirmed: its follower may go on. Returns the channel."""
+        channel = _text(message["channel"])
+        entry = self._followed.get(channel[len(self._events) :])
+        if entry is not None:
+            entry.ready.set()
+        return channel
+
+    def _catch_up(self, client: t.Any, last: int, starts: dict[str, int], early: list[t.Any]) -> int:
+        """Dispatch what the feed may have missed after ``last`` (each key after its start), and ``early``.
+
+        A RESYNC first if a key's notices after that point are no longer all kept.
+        """
+        keys = [(BROADCAST_KEY, last), (CONTROL_KEY, last)]
+        keys += [(key, max(last, start)) for key, start in starts.items()]
+        found: dict[int, base.Item | None] = {}
+        lost = False
+        head = last
+        for chunk in range(0, len(keys), _CHUNK):
+            args: list[t.Any] = [self.prefix]
+            for key, start in keys[chunk : chunk + _CHUNK]:
+                args += [key, start]
+            head, replies = self._scripts["catch_up"](args=args)
+            for (key, _), (dropped, entries) in zip(keys[chunk : chunk + _CHUNK], replies, strict=True):
+                lost = lost or bool(dropped)
+                for entry in entries:
+                    seq, values = _entry_fields(entry)
+                    found[seq] = base.stored_item(seq, key, _text(values[b"c"]), _text(values[b"d"]))
+        for message in early:
+            for seq, item in self._rows(message):
+                found.setdefault(seq, item)
+        if int(head) < last:
+            # Redis lost data (a restart without persistence): live cursors mean nothing now.
+            log.warning("Redis cursor went back from %d to %d: closing streams to resync", last, int(head))
+            self._deliver([RESYNC])
+            return int(head)
+        if lost:
+            log.warning("feed missed notices that retention already dropped: closing streams to resync")
+            self._deliver([RESYNC])
+        fresh = sorted(seq for seq in found if seq > last)
+        if fresh:
+            self._deliver([found[seq] for seq in fresh])
+            return fresh[-1]
         return last
 
-    def _channel(self, client: t.Any) -> str:
-        # Pub/sub ignores the database number: name it, so that two deployments
-        # on one server with different /db (and the same prefix) stay apart.
-        return f"{self.prefix}events@{client.connection_pool.connection_kwargs.get('db', 0)}"
+    @staticmethod
+    def _rows(message: t.Any) -> list[tuple[int, base.Item | None]]:
+        """The items of one announcement (``seq \\t key \\t created \\t data`` per line)."""
+        rows = [line.split("\t", 3) for line in _text(message["data"]).split("\n")]
+        return [(int(seq), base.stored_item(int(seq), key, c, data)) for seq, key, c, data in rows]
 
     def _resync_if_back(self, client: t.Any, last: int) -> int:
-        """The head; a RESYNC first if it went back (Redis lost data: a restart without persistence)."""
+        """``last``, or the head if it went back (Redis lost data: a restart without persistence)."""
         head = int(client.get(f"{self.prefix}seq") or 0)
         if head < last:
             # Live cursors mean nothing now; every client resumes and gets a reset.
             log.warning("Redis cursor went back from %d to %d: closing streams to resync", last, head)
             self._deliver([RESYNC])
-        return head
+            return head
+        return last
+
+    def _leave(self, pubsub: t.Any) -> None:
+        """Unsubscribe from the users who have had no stream here for :attr:`linger` seconds."""
+        cutoff = time.monotonic() - self.linger
+        gone: list[str] = []
+        # Under the lock, so that a follow of one of them subscribes after this unsubscribes.
+        with self._follow_lock:
+            while self._leaving:
+                user_id, left = next(iter(self._leaving.items()))
+                if left > cutoff:
+                    break  # the rest left later
+                del self._leaving[user_id]
+                self._followed.pop(user_id, None)
+                gone.append(self._events + user_id)
+            for chunk in range(0, len(gone), _CHUNK):
+                pubsub.unsubscribe(*gone[chunk : chunk + _CHUNK])
 
     def _feed(self, last: int | None) -> None:
         backoff = 0.1
-        catch_up = False
         next_check = time.monotonic() + self.poll_interval
         while not self._closed:
             try:
@@ -878,54 +1113,54 @@ class RedisBroker(StoreBase[t.Any]):
                     last = int(client.get(f"{self.prefix}seq") or 0)
                     self._deliver([RESYNC])
                 if self._pubsub is None:
-                    self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-                    self._pubsub.subscribe(self._channel(client))
-                    if catch_up:
-                        log.info("feed resubscribed to Redis; catching up after cursor %d", last)
-                        head = self._resync_if_back(client, last)
-                        last = self._catch_up(client, min(last, head))
-                    catch_up, backoff = False, 0.1
+                    pubsub, starts, early = self._subscribe(client)
+                    if self._closed:
+                        break
+                    last = self._catch_up(client, last, starts, early)
+                    backoff = 0.1
+                pubsub = self._pubsub
                 # Short waits, so that close() is seen soon: redis-py's pub/sub reconnects by
                 # itself after close() dropped its connection, and then waits this long.
-                message = self._pubsub.get_message(timeout=min(_LISTEN, self.poll_interval))
+                message = pubsub.get_message(timeout=min(_LISTEN, self.poll_interval))
                 if self._closed:
                     break  # deliver nothing more
-                if message is None:
-                    if time.monotonic() < next_check:
-                        continue
-                    next_check = time.monotonic() + self.poll_interval
-                    head = self._resync_if_back(client, last)
-                    last = self._catch_up(client, last) if head > last else head
+                if pubsub.reconnected:
+                    # redis-py reconnected and resubscribed by itself: what was published
+                    # meanwhile never came. Subscribe afresh and catch up.
+                    raise redis.ConnectionError("the pub/sub connection was lost")
+                now = time.monotonic()
+                if self._leaving and now - next(iter(self._leaving.values())) >= self.linger:
+                    self._leave(pubsub)
+                if message is None or message["type"] != "message":
+                    if message is not None and message["type"] == "subscribe":
+                        self._confirmed(message)
+                    if now >= next_check:
+                        next_check = now + self.poll_interval
+                        last = self._resync_if_back(client, last)
                     continue
-                rows = [line.split("\t", 3) for line in _text(message["data"]).split("\n")]
-                if rows and int(rows[0][0]) > last + 1:
-                    last = self._catch_up(client, last)
-                fresh = [
-                    base.stored_item(int(seq), key, created, data)
-                    for seq, key, created, data in rows
-                    if int(seq) > last
-                ]
-                if fresh:
-                    self._deliver(fresh)
-                    last = int(rows[-1][0])
+                rows = self._rows(message)
+                if rows[-1][0] > last:
+                    self._deliver([item for seq, item in rows if seq > last])
+                    last = rows[-1][0]
             except redis.RedisError as exc:
                 if self._closed:
                     break
                 log.warning("feed lost Redis (%s); reconnecting in %.1f s", exc, backoff)
                 self._drop_pubsub()
-                catch_up = True
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:
                 if self._closed:  # close() pulled the connection from under a read
                     break
                 log.exception("feed failed; retrying in %.1f s", backoff)
+                self._drop_pubsub()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         self._drop_pubsub()
 
     def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
+        with self._follow_lock:
+            pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 pubsub.close()

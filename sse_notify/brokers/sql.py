@@ -46,6 +46,7 @@ from .base import (
     plan_replay,
     replay_publish,
     stored_item,
+    topic_keys,
 )
 
 __all__ = ["TABLES", "Dialect", "SQLStore"]
@@ -398,22 +399,22 @@ class SQLStore(StoreBase[C]):
         """The newest cursor issued (never reused)."""
         return self._sql(self._head)
 
-    def replay(self, user_id: str, last_event_id: str) -> Replay:
-        """The user's notices and the broadcasts after the client's cursor (one snapshot)."""
+    def replay(self, user_id: str, last_event_id: str, topics: t.Sequence[str] = ()) -> Replay:
+        """The user's notices, the broadcasts and the topics' after the client's cursor (one snapshot)."""
         q = self.dialect
+        keys = q.array([user_id, BROADCAST_KEY, *topic_keys(topics)])
 
         def work(conn: t.Any) -> Replay:
             (floor,) = conn.execute(
-                q("SELECT coalesce(max(seq), 0) FROM trimmed WHERE user_id IN (?, ?)"),
-                (user_id, BROADCAST_KEY),
+                q("SELECT coalesce(max(seq), 0) FROM trimmed WHERE user_id IN LIST(?)"), (keys,)
             ).fetchone()
             cursor, reset = plan_replay(last_event_id, int(floor), self._head(conn))
             rows = conn.execute(
                 q(
                     "SELECT seq, user_id, created_at, data FROM notices "
-                    "WHERE user_id IN (?, ?) AND seq > ? ORDER BY seq"
+                    "WHERE user_id IN LIST(?) AND seq > ? ORDER BY seq"
                 ),
-                (user_id, BROADCAST_KEY, cursor),
+                (keys, cursor),
             ).fetchall()
             return Replay([row_notice(r) for r in rows], cursor, reset)
 

@@ -25,8 +25,10 @@ export interface Group {
 /** A stored notice, as the stream and the inbox give it. */
 export interface Notice {
   id: number;
-  /** `null` for a broadcast. */
+  /** `null` for a broadcast or a topic's notice. */
   user_id: string | null;
+  /** Set on a topic's notice (`topic` events). */
+  topic?: string;
   created_at: string;
   data: NoticeData;
   category?: string;
@@ -77,6 +79,8 @@ export interface ConnectOptions {
   getToken?: () => string | Promise<string>;
   /** Where the server's routes are: "" (same origin), "/notify", or "https://notify.example.com". */
   baseUrl?: string;
+  /** Topics to follow as well (`?topics=`): the token must grant them. Their notices are `topic` events. */
+  topics?: string[];
   /** `false`: one connection per tab, no leader election. */
   shareTabs?: boolean;
   /** Send cookies cross-origin. */
@@ -107,6 +111,8 @@ export interface StateChange {
 export interface Events {
   change: State;
   notice: InboxItem;
+  /** A notice of a followed topic (no inbox item), live or replayed after a reconnect. */
+  topic: Notice;
   status: Status;
   read: StateChange;
   archive: StateChange;

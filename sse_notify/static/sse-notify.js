@@ -90,7 +90,17 @@
 
     // Returns what the caller must do: emit `change`, emit a fresh `notice`, reload the list.
     apply(name, data, eventId) {
-      const out = { changed: true, fresh: null, refetch: false };
+      const out = { changed: true, fresh: null, refetch: false, topic: null };
+      if (name === "notice" && data.topic != null) {
+        // A topic's notice: no inbox item, but its id moves the resume point like any other.
+        out.changed = false;
+        const id = Number(data.id);
+        if (this.lastId === null || id > this.lastId) {
+          this.lastId = id;
+          out.topic = data;
+        }
+        return out;
+      }
       if (name === "notice" && data.returned) {
         // A snoozed notice is back, unread (an event without an id: it is no new notice).
         const item = asItem(data, false, false);
@@ -186,7 +196,11 @@
       if (opts.getToken != null && typeof opts.getToken !== "function") {
         throw new TypeError("SSENotify.connect: `getToken` must be a function returning a token (or a Promise of one)");
       }
+      if (opts.topics != null && !(Array.isArray(opts.topics) && opts.topics.every((t) => typeof t === "string" && t))) {
+        throw new TypeError("SSENotify.connect: `topics` must be an array of topic names");
+      }
       this.user = opts.user;
+      this.topics = opts.topics ? [...new Set(opts.topics)].sort() : [];
       this.baseUrl = String(opts.baseUrl || "").replace(/\/+$/, "");
       this._getToken = opts.getToken || null;
       this._credentials = opts.withCredentials ? "include" : "same-origin";
@@ -209,7 +223,8 @@
       this._channel = null;
       const shared = opts.shareTabs !== false && typeof BroadcastChannel === "function" &&
         Boolean(root.navigator && root.navigator.locks && root.navigator.locks.request);
-      this.lockName = "sse-notify:" + this.baseUrl + ":" + this.user;
+      // Tabs share one connection per user and set of topics.
+      this.lockName = "sse-notify:" + this.baseUrl + ":" + this.user + (this.topics.length ? "#" + this.topics.join(",") : "");
       this.mode = shared ? "shared" : "solo";
       // Start after the caller's synchronous code, so handlers attached right after
       // connect() see the first status.
@@ -372,6 +387,7 @@
       const out = this._model.apply(name, data, eventId);
       if (out.changed) this._emit("change", this.state);
       if (out.fresh) this._emit("notice", out.fresh);
+      if (out.topic) this._emit("topic", out.topic);
       if (["read", "archive", "remove", "snooze", "preferences", "reset"].includes(name)) this._emit(name, data);
       return out;
     }
@@ -494,6 +510,7 @@
       }
       const query = new URLSearchParams();
       if (token) query.set("token", token);
+      if (this.topics.length) query.set("topics", this.topics.join(","));
       if (this._model.lastId !== null) query.set("last_event_id", String(this._model.lastId));
       const source = new EventSource(this._url(this._path("/connection/"), query),
                                      { withCredentials: this._withCredentials });

@@ -72,6 +72,17 @@ def run_together(work: Callable[[int], None], count: int, timeout: float = DEADL
         raise errors[0]
 
 
+#: The users the contract's feeds follow (``Broker.follow``): the tests publish to them.
+FOLLOWED = ("alice", "bob", "carol", *(f"user{i}" for i in range(4)))
+
+
+def listen(broker: Broker, feed: Feed, users: Sequence[str] = FOLLOWED) -> None:
+    """Make ``feed`` the store's feed of this process, following ``users`` (as their first streams would)."""
+    broker.subscribe(feed)
+    for user_id in users:
+        broker.follow(user_id)
+
+
 class Feed:
     """A feed handler that records its batches and control records, and lets a test wait for them."""
 
@@ -244,7 +255,7 @@ class BrokerContract:
     def test_empty_batch_is_not_announced(self, broker: Broker) -> None:
         """An empty publish_many hands the feed no (empty) batch."""
         feed = Feed()
-        broker.subscribe(feed)
+        listen(broker, feed)
         broker.publish_many([])
         sentinel = broker.publish("alice", payload(1))
 
@@ -256,7 +267,7 @@ class BrokerContract:
         kept = broker.publish("alice", payload(0))
         head = broker.head()
         feed = Feed()
-        broker.subscribe(feed)
+        listen(broker, feed)
         batch: list[t.Any] = [("alice", payload(1)), ("bob",), ("carol", payload(3))]  # not a pair
 
         with pytest.raises((ValueError, TypeError, BrokerError)):
@@ -303,7 +314,7 @@ class BrokerContract:
     def test_publish_once_stores_once_and_returns_the_first_notices(self, broker: Broker) -> None:
         """A key sent again with the same request stores nothing and returns the first call's notices."""
         feed = Feed()
-        broker.subscribe(feed)
+        listen(broker, feed)
         items: list[tuple[str | None, str]] = [("alice", payload(1)), (None, payload(2))]
         first = broker.publish_once(items, "job-1", "fp", 60)
         head = broker.head()
@@ -356,7 +367,7 @@ class BrokerContract:
     def test_grouped_notices_fold_into_the_unread_entry(self, broker: Broker) -> None:
         """Each grouped notice replaces the group's unread entry: one entry, counted, newest data first."""
         feed = Feed()
-        broker.subscribe(feed)
+        listen(broker, feed)
         sent = [broker.publish("alice", grouped(n)) for n in range(7)]
         other = broker.publish("alice", grouped(9, key="other"))
         last = sent[-1]
@@ -573,6 +584,38 @@ class BrokerContract:
         assert broker.replay("bob", str(floor)) == Replay(shouts[2:], floor, None)
         assert broker.replay("alice", str(floor)) == Replay([shouts[2], *own, *shouts[3:]], floor, None)
 
+    # -- topics -----------------------------------------------------------
+
+    def test_topic_notices_are_replayed_with_their_topic_and_listed_nowhere(self, broker: Broker) -> None:
+        """A topic's notice is in a replay that names its topic, in order with the user's; in no inbox."""
+        mine = broker.publish("alice", payload(1))
+        goal = broker.publish("#match-42", payload(2))
+        other = broker.publish("#team-7", payload(3))
+        everyone = broker.publish(None, payload(4))
+        assert (goal.topic, goal.user_id, goal.is_broadcast) == ("match-42", None, False)
+        assert broker.replay("alice", "0").notices == [mine, everyone]
+        assert broker.replay("alice", "0", ["match-42"]).notices == [mine, goal, everyone]
+        assert broker.replay("bob", str(mine.id), ["team-7", "match-42"]).notices == [goal, other, everyone]
+        assert goal.id not in broker.inbox_ids("alice")
+        assert broker.inbox_notices("alice", [goal.id, mine.id]) == [mine]
+
+    def test_a_topics_retention_resets_a_resume_that_needs_it(self, make_broker: MakeBroker) -> None:
+        """A resume whose topic's notices were dropped past its cursor gets a reset, as for a user's."""
+        broker = make_broker(retention_count=2)
+        first = broker.publish("#match-42", payload(1))
+        for n in range(3):
+            broker.publish("#match-42", payload(n))
+        assert broker.replay("alice", str(first.id)).reset is None  # no topic named: nothing lost
+        assert broker.replay("alice", str(first.id), ["match-42"]).reset is not None
+
+    def test_the_feed_brings_a_followed_topics_notices(self, broker: Broker) -> None:
+        """A feed that follows ``#<topic>`` gets that topic's notices, in order among the user's."""
+        feed = Feed()
+        listen(broker, feed, ["alice", "#match-42"])
+        sent = [broker.publish("#match-42", payload(1)), broker.publish("alice", payload(2))]
+        sent.append(broker.publish("#match-42", payload(3)))
+        assert feed.wait_through(sent[-1]) == sent
+
     # -- retention --------------------------------------------------------
 
     def test_retention_by_count_per_user(self, make_broker: MakeBroker) -> None:
@@ -757,7 +800,7 @@ class BrokerContract:
     def test_delivery_fields_travel_with_the_notice(self, broker: Broker) -> None:
         """A notice's delivery header is kept apart from its data: publish, feed, replay and inbox agree."""
         feed = Feed()
-        broker.subscribe(feed)
+        listen(broker, feed)
         text = stored_text(payload(1), dumps({"category": "promo", "critical": True}))
         sent = broker.publish("alice", text)
         assert (sent.data_json, sent.meta) == (payload(1), {"category": "promo", "critical": True})
@@ -835,7 +878,7 @@ class BrokerContract:
         """The callback gets every notice published after subscribe, in order, once, in batches."""
         earlier = broker.publish("alice", payload(0))
         feed = Feed()
-        broker.subscribe(feed)
+        listen(broker, feed)
         published = [broker.publish("alice", payload(1)), broker.publish(None, payload(2))]
         published += broker.publish_many([("bob", payload(3)), ("alice", payload(4))])
         published.append(broker.publish("carol", payload(5)))
@@ -852,7 +895,7 @@ class BrokerContract:
         """Notices from concurrent publishers reach the feed exactly once, in increasing id order."""
         subscriber = make_broker()
         feed = Feed()
-        subscriber.subscribe(feed)
+        listen(subscriber, feed)
         publishers = [make_broker(), make_broker()] if self.shared else [subscriber]
         threads, per_thread = 4, 25
         published: list[Notice] = []
@@ -875,7 +918,7 @@ class BrokerContract:
     def test_failing_callback_does_not_fail_publish(self, broker: Broker) -> None:
         """A feed callback that raises neither fails the publish nor stops later deliveries."""
         feed = Feed(fail_first=True)
-        broker.subscribe(feed)
+        listen(broker, feed)
         first = broker.publish("alice", payload(1))
         second = broker.publish("alice", payload(2))
 
@@ -892,7 +935,7 @@ class BrokerContract:
         """After close, the closed broker's callback gets nothing more."""
         closed = make_broker(**self.fast_feed)
         feed = Feed()
-        closed.subscribe(feed)
+        listen(closed, feed)
         first = closed.publish("alice", payload(1))
         feed.wait_through(first)
         closed.close()
@@ -900,7 +943,7 @@ class BrokerContract:
         if self.shared:
             witness = make_broker(**self.fast_feed)
             witness_feed = Feed()
-            witness.subscribe(witness_feed)
+            listen(witness, witness_feed)
             late = make_broker().publish("alice", payload(2))
             witness_feed.wait_through(late)  # it was announced...
             time.sleep(0.5)  # ...and a feed still running would have had 10 polls to see it
@@ -913,7 +956,7 @@ class BrokerContract:
         """A second close (an app's teardown after a test's) neither raises nor waits for a feed."""
         broker = make_broker(**self.fast_feed)
         feed = Feed()
-        broker.subscribe(feed)
+        listen(broker, feed)
         feed.wait_through(broker.publish("alice", payload(1)))
         broker.close()
         started = time.monotonic()
@@ -926,7 +969,7 @@ class BrokerContract:
         before = _open_fds()
         broker = make_broker()
         feed = Feed()
-        broker.subscribe(feed)
+        listen(broker, feed)
         feed.wait_through(broker.publish("alice", payload(1)))
         broker.ping()
         broker.close()
@@ -939,7 +982,7 @@ class BrokerContract:
     def test_control_records_reach_the_feed_in_order_among_notices(self, broker: Broker) -> None:
         """A control record reaches the feed as itself, typed, between the notices around it."""
         feed = Feed()
-        broker.subscribe(feed)
+        listen(broker, feed)
         before = broker.publish("alice", payload(1))
         kick = Control(Kind.KICK, "alice")
         broker.publish_control(kick)
@@ -976,7 +1019,7 @@ class BrokerContract:
             code = 1
             try:
                 feed = Feed()
-                broker.subscribe(feed)
+                listen(broker, feed)
                 sent = broker.publish("alice", payload(7))
                 got = feed.wait_through(sent)
                 os.write(write, json.dumps([n.id for n in got]).encode())

@@ -71,12 +71,23 @@ def test_make_broker_sqlite_synchronous(from_url: Callable[..., Broker], value: 
     broker.ping()
 
 
+def test_make_broker_redis_options() -> None:
+    """?prefix= and ?linger= are the store's; every other option goes to redis-py unchanged."""
+    broker = brokers.make_broker("redis://localhost:1/2?prefix=app1:&linger=2.5&socket_keepalive=true")
+    assert (broker.prefix, broker.linger) == ("app1:", 2.5)  # type: ignore[attr-defined]
+    assert broker.url == "redis://localhost:1/2?socket_keepalive=true"  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
         ("mysql://localhost/0", "unknown store mysql://"),
         ("postgresql://db/x?pool_size=0", "pool_size= in the PostgreSQL URL"),
         ("postgresql://db/x?pool_size=many", "pool_size= in the PostgreSQL URL"),
+        ("redis://localhost/0?linger=soon", "linger= in the Redis URL"),
+        ("redis://localhost/0?linger=-1", "linger= in the Redis URL"),
+        ("redis://localhost/0?linger=inf", "linger= in the Redis URL"),
+        ("redis://localhost/0?prefix=", "prefix= must not be empty"),
         ("notices.sqlite3", "must look like scheme://"),
         ("sqlite:", "must look like scheme://"),
         ("sqlite://", "names no file"),

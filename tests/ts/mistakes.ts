@@ -12,3 +12,5 @@ inbox.on("status", (status: number) => status);
 void inbox.setCategory("promo", false, "sms");
 // @ts-expect-error: a notice id is a number
 void inbox.markRead("7");
+// @ts-expect-error: topics are a list of names
+connect({ user: "carol", topics: "match-42" });

@@ -12,6 +12,8 @@ off();
 inbox.on("notice", (notice) => console.log(notice.id, notice.user_id ?? "everyone", notice.read));
 inbox.on("error", (err) => console.log(err.during, err.status));
 inbox.on("reset", (reset) => console.log(reset.reason, reset.last_event_id));
+const board: Inbox = connect({ user: "viewer-1", topics: ["match-42"], getToken: () => "token" });
+board.on("topic", (notice) => console.log(notice.topic ?? "", notice.data["home"], notice.id));
 
 async function use(): Promise<void> {
   const marked = await inbox.markRead(7);
