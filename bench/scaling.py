@@ -7,7 +7,8 @@ POST at ``--rate`` per second, each to one of those users. Measured over the pub
 notice:
 
 - **Redis output bytes** (``total_net_output_bytes`` of ``INFO stats``, reset before);
-- **Redis commands** (``total_commands_processed``);
+- **Redis commands** (``total_commands_processed``) and **Redis CPU** (``used_cpu_sys`` +
+  ``used_cpu_user`` of ``INFO cpu``);
 - **worker CPU** (``utime + stime`` of every worker, from /proc), less what the workers spend at
   rest over as long (heartbeats, presence, the scheduler's polls: measured just before, and
   reported on its own);
@@ -46,7 +47,7 @@ WORKERS = (1, 2, 4, 8)
 #: publishes POSTed to the workers, a bare Flask endpoint's for the same POSTs (the stack's own),
 #: and sse_notify's with the notices stored from outside (delivery alone); and the workers' CPU
 #: at rest (% of one core), which the CPU per notice leaves out.
-FIGURES = ("bytes", "commands", "cpu_us", "stack_cpu_us", "feed_cpu_us", "idle_cpu_pct")
+FIGURES = ("bytes", "commands", "redis_cpu_us", "cpu_us", "stack_cpu_us", "feed_cpu_us", "idle_cpu_pct")
 
 
 def _publish(url: str, key: str, users: int, notices: int, rate: float) -> None:
@@ -98,6 +99,7 @@ def _one(workers: int, streams: int, notices: int, rate: float, tmp: str) -> dic
             time.sleep(notices / rate)
             idle = sum(cpu_seconds(pid) for pid in pids) - idle
             client.config_resetstat()
+            redis_cpu = _redis_cpu(client)
             began, cpu = time.monotonic(), sum(cpu_seconds(pid) for pid in pids)
             _publish(server.url, key, streams, notices, rate)
             got = load.wait_events(before_events + notices, 30) - before_events
@@ -106,6 +108,7 @@ def _one(workers: int, streams: int, notices: int, rate: float, tmp: str) -> dic
             cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
             busy = time.monotonic() - began
             stats = client.info("stats")
+            redis_cpu = _redis_cpu(client) - redis_cpu
             client.close()
             # Then the same notices stored by a publisher outside the workers (a backend's own
             # process, with the Python API): what the workers spend is delivery alone.
@@ -125,10 +128,17 @@ def _one(workers: int, streams: int, notices: int, rate: float, tmp: str) -> dic
     return {
         "bytes": stats["total_net_output_bytes"] / notices,
         "commands": stats["total_commands_processed"] / notices,
+        "redis_cpu_us": redis_cpu * 1e6 / notices,
         "cpu_us": max(0.0, cpu - at_rest * busy) * 1e6 / notices,
         "feed_cpu_us": max(0.0, feed_cpu - at_rest * feed_busy) * 1e6 / notices,
         "idle_cpu_pct": at_rest * 100,
     }
+
+
+def _redis_cpu(client: t.Any) -> float:
+    """Seconds of CPU the Redis server has used (its main thread and the others), from ``INFO cpu``."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
 
 
 def _stack(workers: int, streams: int, notices: int, rate: float) -> float:
@@ -219,15 +229,17 @@ def _commit() -> str:
 def render_scaling(result: dict[str, t.Any]) -> str:
     """The Markdown table of a ``scaling`` run."""
     lines = [
-        "| workers | Redis output [bytes/notice] | Redis commands [/notice] | worker CPU, POSTed [µs/notice] "
+        "| workers | Redis output [bytes/notice] | Redis commands [/notice] | Redis CPU [µs/notice] "
+        "| worker CPU, POSTed [µs/notice] "
         "| bare Flask, POSTed [µs/request] | worker CPU, delivery alone [µs/notice] "
         "| workers at rest [% of a core] |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for count, v in result["per_notice"].items():
         lines.append(
-            f"| {count} | {v['bytes']:,.0f} | {v['commands']:.1f} | {v['cpu_us']:,.0f} "
-            f"| {v['stack_cpu_us']:,.0f} | {v['feed_cpu_us']:,.0f} | {v['idle_cpu_pct']:.1f} |"
+            f"| {count} | {v['bytes']:,.0f} | {v['commands']:.1f} | {v['redis_cpu_us']:,.0f} "
+            f"| {v['cpu_us']:,.0f} | {v['stack_cpu_us']:,.0f} | {v['feed_cpu_us']:,.0f} "
+            f"| {v['idle_cpu_pct']:.1f} |"
         )
     counts = list(result["per_notice"])
     growth = [f"{g}x" if g is not None else "n/a" for g in result["growth"].values()]

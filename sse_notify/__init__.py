@@ -15,13 +15,16 @@ from .errors import BrokerUnavailable as BrokerUnavailable
 from .errors import ConfigError as ConfigError
 from .errors import InvalidNotice as InvalidNotice
 from .errors import InvalidRequest as InvalidRequest
+from .errors import InvalidTopic as InvalidTopic
 from .errors import InvalidUserId as InvalidUserId
 from .errors import SSENotifyError as SSENotifyError
 from .extension import SSENotify as SSENotify
 from .extension import broadcast as broadcast
+from .extension import follow_topic as follow_topic
 from .extension import issue_token as issue_token
 from .extension import kick as kick
 from .extension import notify as notify
+from .extension import notify_followers as notify_followers
 from .extension import notify_many as notify_many
 from .extension import notify_topic as notify_topic
 from .extension import presence as presence
@@ -42,6 +45,7 @@ __all__ = [
     "ConfigError",
     "InvalidNotice",
     "InvalidRequest",
+    "InvalidTopic",
     "InvalidUserId",
     "MemoryBroker",
     "Notice",
@@ -52,10 +56,12 @@ __all__ = [
     "__version__",
     "broadcast",
     "create_app",
+    "follow_topic",
     "issue_token",
     "kick",
     "make_broker",
     "notify",
+    "notify_followers",
     "notify_many",
     "notify_topic",
     "presence",

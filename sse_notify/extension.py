@@ -9,6 +9,7 @@ signals are left to ``sse_notify.gunicorn_conf`` (see ``shutdown.py``).
 from __future__ import annotations
 
 import os
+import time
 import typing as t
 from importlib.metadata import version
 
@@ -21,7 +22,7 @@ from .channels import ContactsHook
 from .channels import build as build_fallbacks
 from .cli import register_commands
 from .config import Settings
-from .delivery import DEFAULT_PREFERENCES, Delivery, Preferences, Receipt
+from .delivery import DEFAULT_PREFERENCES, Delivery, Preferences, Receipt, checked_options
 from .handoff import capture_start_response
 from .hub import Hub
 from .node import Node
@@ -37,10 +38,12 @@ __all__ = [
     "SSENotify",
     "State",
     "broadcast",
+    "follow_topic",
     "get_state",
     "issue_token",
     "kick",
     "notify",
+    "notify_followers",
     "notify_many",
     "notify_topic",
     "presence",
@@ -200,6 +203,21 @@ def issue_token(
 ) -> str:
     """A connection token that opens ``user_id``'s stream for ``ttl`` seconds (and may follow ``topics``)."""
     return get_state(app).issue_token(user_id, ttl, topics)
+
+
+def notify_followers(
+    topic: str, data: dict[str, t.Any], *, app: Flask | None = None, **options: Unpack[Delivery]
+) -> list[Receipt]:
+    """Deliver a notice to each follower of ``topic`` as their own: inbox, replay, fallbacks."""
+    state = get_state(app)
+    key = options.pop("idempotency_key", None)
+    checked = checked_options(options, now=time.time())
+    return state.notify_followers(topic, data, checked, idempotency_key=key)[0]
+
+
+def follow_topic(topic: str, user_id: str, *, follows: bool = True, app: Flask | None = None) -> bool:
+    """Make ``user_id`` a follower of ``topic`` (``follows=False``: no longer); whether they were one."""
+    return get_state(app).set_follower(topic, user_id, follows)
 
 
 def notify_topic(

@@ -267,6 +267,8 @@ def _schemas() -> dict[str, Schema]:
     return {
         "UserId": user_id,
         "Topic": topic,
+        "Followers": _obj(topic=topic, followers={"type": "array", "items": user_id}),
+        "Following": _obj(topic=topic, user_id=user_id, following={"const": True}),
         "Notice": notice,
         "InboxNotice": inbox_notice,
         "InboxPage": _obj(
@@ -602,6 +604,13 @@ def _security_schemes(settings: Settings) -> dict[str, Schema]:
 
 
 def _paths(settings: Settings) -> dict[str, Schema]:
+    topic_parameter = {
+        "name": "topic",
+        "in": "path",
+        "required": True,
+        "description": "The topic; one that breaks the rule is answered 400.",
+        "schema": _schema("Topic"),
+    }
     user = {
         "name": "user_id",
         "in": "path",
@@ -926,28 +935,72 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 "publishTopic",
                 "Send a notice to every stream that follows a topic",
                 {
-                    "201": created_or_replayed,
+                    "200": _json(
+                        "`inbox=true`, and nothing stored: no followers, or each muted the category.",
+                        {"type": "array", "items": _schema("Receipt")},
+                    ),
+                    "201": _json(
+                        "Stored and delivered, or kept until due (`status`); with `inbox=true`, a receipt "
+                        "per follower. With `Idempotent-Replayed`, stored earlier.",
+                        {"oneOf": [_schema("Receipt"), {"type": "array", "items": _schema("Receipt")}]},
+                        headers=replayed,
+                    ),
                     **_responses("400", *auth_errors, "413", "415", "422", "500", "503"),
                 },
                 description=(
                     "Stored with history: a stream that follows the topic (`?topics=`) gets it live, or in "
-                    "its replay when it resumes. It is in no inbox. Each follower's mutes apply on their "
-                    "stream; `group` is refused (400)."
+                    "its replay when it resumes. It is in no inbox. Each viewer's mutes apply on their "
+                    "stream; `group` is refused (400). With `inbox=true` it goes instead to each of the "
+                    "topic's followers (`PUT /topics/{topic}/followers/{user_id}`) as their own notice, "
+                    "and the answer is a list of receipts, one per follower (200 with `[]` for none)."
                 ),
                 security=publisher,
                 parameters=[
-                    {
-                        "name": "topic",
-                        "in": "path",
-                        "required": True,
-                        "description": "The topic; one that breaks the rule is answered 400.",
-                        "schema": _schema("Topic"),
-                    },
+                    topic_parameter,
                     idempotency_key,
+                    flag("inbox", "Deliver it to each follower of the topic as their own notice."),
                     *[p for p in options if p["name"] != "group"],
                 ],
                 body=notice_body,
             )
+        },
+        "/topics/{topic}/followers": {
+            "get": _operation(
+                "topicFollowers",
+                "The users who follow a topic",
+                {
+                    "200": _json("The followers.", _schema("Followers")),
+                    **_responses("400", *auth_errors, "500", "503"),
+                },
+                security=publisher,
+                parameters=[topic_parameter],
+                tag="topics",
+            )
+        },
+        "/topics/{topic}/followers/{user_id}": {
+            "put": _operation(
+                "followTopic",
+                "Make a user follow a topic (its `inbox=true` notices reach their inbox)",
+                {
+                    "200": _json("They already did.", _schema("Following")),
+                    "201": _json("They do now.", _schema("Following")),
+                    **_responses("400", *auth_errors, "500", "503"),
+                },
+                security=publisher,
+                parameters=[topic_parameter, user],
+                tag="topics",
+            ),
+            "delete": _operation(
+                "unfollowTopic",
+                "Make a user no longer follow a topic",
+                {
+                    "204": {"description": "They no longer do."},
+                    **_responses("400", *auth_errors, "404", "500", "503"),
+                },
+                security=publisher,
+                parameters=[topic_parameter, user],
+                tag="topics",
+            ),
         },
         "/notices": {
             "post": _operation(
@@ -1236,6 +1289,10 @@ def document(settings: Settings, prefix: str = "") -> dict[str, t.Any]:
             {
                 "name": "channels",
                 "description": "Email, Web Push and webhooks for notices left unread (README: Where else).",
+            },
+            {
+                "name": "topics",
+                "description": "Who follows a topic (publish key); publishing to one is under notices.",
             },
             {"name": "meta", "description": "Health, this document, the demo page."},
         ],

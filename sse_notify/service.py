@@ -114,6 +114,10 @@ class _Plan(t.NamedTuple):
     slots: list[int]
 
 
+#: The record kind of a topic's followers (kept under the topic's key, one record per user).
+FOLLOWERS = "followers"
+
+
 @dataclass
 class State:
     """What one app's sse_notify holds: ``app.extensions["sse_notify"]``."""
@@ -626,6 +630,44 @@ class State:
             ):
                 return notice.id
         return None
+
+    # -- topics' followers (#17) --------------------------------------------------
+
+    def followers(self, topic: str) -> list[str]:
+        """The users who follow ``topic`` (whose inboxes get its ``inbox=true`` notices), sorted."""
+        key = TOPIC_MARK + checked_topic(topic)
+        return sorted(self._store(lambda: self.broker.user_records(FOLLOWERS, key)))
+
+    def set_follower(self, topic: str, user_id: str, follows: bool) -> bool:
+        """Make ``user_id`` follow ``topic`` (or no longer); whether they did before."""
+        key = TOPIC_MARK + checked_topic(topic)
+        checked_user_id(user_id)
+        return bool(
+            self._store(
+                lambda: self.broker.set_user_record(FOLLOWERS, key, user_id, "1" if follows else None)
+            )
+        )
+
+    def notify_followers(
+        self, topic: str, data: t.Any, options: Options = NO_OPTIONS, *, idempotency_key: str | None = None
+    ) -> tuple[list[Receipt], bool]:
+        """Deliver a notice to each follower of ``topic`` as their own (inbox, replay, fallbacks).
+
+        Followers are delivered to ``max_batch`` at a time, each batch one transaction (and, with
+        ``idempotency_key``, once per key and batch). Returns the receipts and whether an
+        earlier publish under the key had stored them.
+        """
+        followers = self.followers(topic)
+        receipts: list[Receipt] = []
+        replayed = False
+        size = self.settings.max_batch
+        for index, start in enumerate(range(0, len(followers), size)):
+            key = None if idempotency_key is None else f"{idempotency_key}#{index}"
+            items = [(user_id, data, options) for user_id in followers[start : start + size]]
+            done, again = self.deliver(items, idempotency_key=key)
+            receipts += done
+            replayed = replayed or again
+        return receipts, replayed
 
     # -- contacts (#15) --------------------------------------------------------
 

@@ -22,7 +22,7 @@ import time
 import typing as t
 
 from . import telemetry
-from .brokers.base import Followed, topic_keys
+from .brokers.base import topic_keys
 from .delivery import DEFAULT_PREFERENCES, Preferences
 from .errors import BrokerError, InvalidTopic
 from .events import comment, encode_event
@@ -34,7 +34,6 @@ from .streams import Stream, closing_frame, encode_notice
 if t.TYPE_CHECKING:
     from werkzeug.wrappers import Request
 
-    from .brokers import Broker
     from .node import Node
     from .service import State
 
@@ -95,15 +94,6 @@ def open_stream(state: State, request: Request, user_id: str, start_response: t.
     return StreamResponse(list(HEADERS), body)
 
 
-def _follow(broker: Broker, user_id: str, topics: tuple[str, ...]) -> Followed | None:
-    """Follow the user and each topic; where a new stream starts if the feed only now follows some."""
-    found = [broker.follow(key) for key in (user_id, *topic_keys(topics))]
-    started = [f for f in found if f is not None]
-    if not started:
-        return None
-    return Followed(min(f.cursor for f in started), any(f.missed for f in started))
-
-
 def stream_topics(value: str | None) -> tuple[str, ...]:
     """The topics of ``?topics=a,b`` (each checked, once each, at most :data:`MAX_TOPICS`).
 
@@ -160,7 +150,7 @@ def event_stream(
         try:
             # From here on the feed brings this user's (and topics') notices (targeted Redis:
             # once it subscribed). ``followed``: where to start, if the feed only now follows.
-            followed = _follow(broker, user_id, topics)
+            followed = broker.follow([user_id, *topic_keys(topics)])
         except BrokerError as exc:
             telemetry.store_failed("follow", exc)
             yield closing_frame("store unavailable", hub.retry)

@@ -13,7 +13,16 @@ from flask import Blueprint, Response, abort, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 from . import telemetry
-from .delivery import NO_OPTIONS, OPTIONS, SUPPRESSED, Options, checked_options, checked_seconds, parse_time
+from .delivery import (
+    NO_OPTIONS,
+    OPTIONS,
+    SUPPRESSED,
+    Options,
+    Receipt,
+    checked_options,
+    checked_seconds,
+    parse_time,
+)
 from .errors import (
     BrokerError,
     InvalidField,
@@ -140,16 +149,18 @@ def _options(values: t.Mapping[str, t.Any], where: str = "") -> Options:
     return checked_options(values, now=time.time(), where=where)
 
 
-def _query_options() -> Options:
-    """The delivery options of a single publish or a broadcast: its query parameters (no others)."""
+def _query_options(ignore: t.Sequence[str] = ()) -> Options:
+    """The delivery options of a single publish: its query parameters (no others but ``ignore``)."""
     if not request.environ.get("QUERY_STRING") or not request.args:  # (most publishes: no query to parse)
         return NO_OPTIONS
     for name in request.args:
+        if name in ignore:
+            continue
         if name not in OPTIONS:
             raise InvalidOption(f"unknown option {name!r} (options: {', '.join(OPTIONS)})", name)
         if len(request.args.getlist(name)) > 1:
             raise InvalidOption(f"{name} is given more than once", name)
-    return _options(request.args)
+    return _options({k: v for k, v in request.args.items() if k not in ignore})
 
 
 def _publish(state: State, items: list[tuple[str | None, t.Any, Options]], single: bool) -> Response:
@@ -160,6 +171,11 @@ def _publish(state: State, items: list[tuple[str | None, t.Any, Options]], singl
     """
     key = request.headers.get("Idempotency-Key")
     receipts, replayed = state.deliver(items, idempotency_key=key)
+    return _answer(receipts, replayed, single)
+
+
+def _answer(receipts: list[Receipt], replayed: bool, single: bool) -> Response:
+    """201 with the receipts (one, or a list), or 200 when nothing was stored."""
     body = orjson.dumps(receipts[0].fields() if single else [r.fields() for r in receipts])
     stored = any(r.status != SUPPRESSED for r in receipts)
     response = Response(body, status=201 if stored else 200, content_type="application/json")
@@ -262,8 +278,45 @@ def publish_broadcast() -> Response:
 @bp.post("/topics/<topic>/notices")
 @publisher
 def publish_topic(topic: str) -> Response:
-    """Store a notice for the streams that follow a topic, deliver it, answer 201 with it."""
-    return _publish_one(TOPIC_MARK + checked_topic(topic))
+    """Store a notice for the streams that follow a topic, deliver it, answer 201 with it.
+
+    With ``?inbox=true``: deliver it to each follower of the topic as their own notice instead.
+    """
+    checked_topic(topic)
+    inbox = request.args.get("inbox")
+    if inbox is None:
+        return _publish_one(TOPIC_MARK + topic)
+    flag = parse_flag(inbox)
+    if flag is None:
+        raise InvalidOption(f"inbox must be true or false, got {inbox!r}", "inbox")
+    state = get_state()
+    options = _query_options(ignore=("inbox",))
+    body = _json_body(state.settings.max_body)
+    if not flag:
+        return _publish(state, [(TOPIC_MARK + topic, body, options)], single=True)
+    key = request.headers.get("Idempotency-Key")
+    receipts, replayed = state.notify_followers(topic, body, options, idempotency_key=key)
+    return _answer(receipts, replayed, single=False)
+
+
+@bp.route("/topics/<topic>/followers", methods=["GET"])
+@publisher
+def followers(topic: str) -> Response:
+    """The users who follow a topic (each gets its ``inbox=true`` notices in their inbox)."""
+    return jsonify(topic=topic, followers=get_state().followers(topic))
+
+
+@bp.route("/topics/<topic>/followers/<user_id>", methods=["PUT", "DELETE"])
+@publisher
+def follower(topic: str, user_id: str) -> tuple[Response, int]:
+    """Make a user follow a topic (``PUT``: 201, or 200 if they did), or no longer (``DELETE``: 204, 404)."""
+    state = get_state()
+    if request.method == "PUT":
+        existed = state.set_follower(topic, user_id, True)
+        return jsonify(topic=topic, user_id=user_id, following=True), 200 if existed else 201
+    if not state.set_follower(topic, user_id, False):
+        raise NoticeNotFound(f"{user_id!r} does not follow the topic {topic!r}")
+    return Response(status=204), 204
 
 
 def _publish_one(recipient: str | None) -> Response:

@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from sse_notify import SSENotify, issue_token, notify_topic
+from sse_notify import SSENotify, follow_topic, issue_token, notify_followers, notify_topic
 from sse_notify.auth import verify_token
 from sse_notify.errors import InvalidTopic
 from sse_notify.service import get_state
@@ -220,3 +220,83 @@ def test_a_stream_without_a_grant_gets_403_from_a_real_server(live_server: Serve
     assert response.status_code == 403
     assert response.json()["error"] == "forbidden"
     assert "match-42" in response.json()["detail"]
+
+
+# -- followers: inbox=true ------------------------------------------------------
+
+
+def test_followers_are_set_listed_and_removed(client: FlaskClient) -> None:
+    """PUT makes a follower (201, then 200), GET lists them, DELETE removes one (204, then 404)."""
+    assert client.put("/topics/match-42/followers/alice").status_code == 201
+    again = client.put("/topics/match-42/followers/alice")
+    assert (again.status_code, again.get_json()) == (
+        200,
+        {"topic": "match-42", "user_id": "alice", "following": True},
+    )
+    assert client.put("/topics/match-42/followers/bob").status_code == 201
+    assert client.get("/topics/match-42/followers").get_json() == {
+        "topic": "match-42",
+        "followers": ["alice", "bob"],
+    }
+    assert client.delete("/topics/match-42/followers/alice").status_code == 204
+    gone = client.delete("/topics/match-42/followers/alice")
+    assert (gone.status_code, gone.get_json()["error"]) == (404, "not_found")
+    assert client.get("/topics/match-42/followers").get_json()["followers"] == ["bob"]
+    bad = client.put("/topics/match%2042/followers/alice")
+    assert (bad.status_code, bad.get_json()["error"]) == (400, "invalid_topic")
+    assert client.put("/topics/match-42/followers/al%20ice").get_json()["error"] == "invalid_user_id"
+
+
+def test_inbox_true_delivers_to_each_follower_as_their_own(client: FlaskClient) -> None:
+    """inbox=true: each follower gets the notice in their inbox (their own id); no one else does."""
+    for user in ("alice", "bob"):
+        client.put(f"/topics/match-42/followers/{user}")
+    receipts = delivered(
+        client.post("/topics/match-42/notices?inbox=true&category=score", json={"final": "2-1"})
+    )
+    assert [(r["user_id"], r.get("topic"), r["category"]) for r in receipts] == [
+        ("alice", None, "score"),
+        ("bob", None, "score"),
+    ]
+    for user, receipt in zip(("alice", "bob"), receipts, strict=True):
+        listed = client.get(f"/users/{user}/notices").get_json()
+        assert [n["id"] for n in listed["notices"]] == [receipt["id"]]
+        assert listed["unread"] == 1
+    assert client.get("/users/carol/notices").get_json()["notices"] == []
+    nobody = client.post("/topics/match-7/notices?inbox=true", json={"n": 1})
+    assert (nobody.status_code, nobody.get_json()) == (200, [])
+    plain = delivered(client.post("/topics/match-42/notices?inbox=false", json={"n": 2}))
+    assert plain["topic"] == "match-42"
+    bad = client.post("/topics/match-42/notices?inbox=maybe", json={"n": 3})
+    assert (bad.status_code, bad.get_json()["error"]) == (400, "invalid_option")
+
+
+def test_inbox_true_goes_out_in_batches_and_once_per_key(tmp_path: Path) -> None:
+    """More followers than a batch holds: every one gets it; the same Idempotency-Key stores nothing more."""
+    from .support import PUBLISH_KEY, standalone_app
+
+    app = standalone_app(f"sqlite:///{tmp_path}/notices.sqlite3", SSE_NOTIFY_MAX_BATCH=2)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {PUBLISH_KEY}"
+    users = [f"u{i}" for i in range(5)]
+    for user in users:
+        client.put(f"/topics/match-42/followers/{user}")
+    headers = {"Idempotency-Key": "final-whistle"}
+    first = client.post("/topics/match-42/notices?inbox=true", json={"final": True}, headers=headers)
+    again = client.post("/topics/match-42/notices?inbox=true", json={"final": True}, headers=headers)
+    assert [r["user_id"] for r in delivered(first)] == users
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert [r["id"] for r in again.get_json()] == [r["id"] for r in first.get_json()]
+    for user in users:
+        assert len(client.get(f"/users/{user}/notices").get_json()["notices"]) == 1
+
+
+def test_follow_topic_and_notify_followers_from_python(app: Flask) -> None:
+    """follow_topic() and notify_followers(): the Python forms of the followers' API."""
+    with app.app_context():
+        assert follow_topic("match-42", "alice") is False
+        assert follow_topic("match-42", "alice") is True
+        receipts = notify_followers("match-42", {"final": True}, category="score")
+        assert [(r.user_id, r.status) for r in receipts] == [("alice", "delivered")]
+        assert follow_topic("match-42", "alice", follows=False) is True
+        assert notify_followers("match-42", {"n": 2}) == []

@@ -255,16 +255,17 @@ class Broker(InboxStore, PresenceStore, SchedulerStore, PreferenceStore, RecordS
         """
         ...
 
-    def follow(self, key: str) -> Followed | None:
-        """Make this process's feed bring the notices of ``key`` (a user id, or ``#<topic>``) from now on.
+    def follow(self, keys: t.Sequence[str]) -> Followed | None:
+        """Make this process's feed bring the notices of ``keys`` (user ids, ``#<topic>``) from now on.
 
-        A stream calls it after joining the hub and before it reads the store. A store
-        whose feed brings everything returns ``None`` at once. One that routes notices
-        to the processes that follow their user or topic (targeted Redis) returns ``None``
-        when this process already followed it, else, once the feed is sure to bring every
-        later notice, a :class:`Followed`: the cursor it read before, and whether a notice
-        of ``key`` came after that cursor meanwhile (it may have been published before the
-        feed followed, so a new stream reads what the store holds after the cursor).
+        A stream calls it with its user and topics after joining the hub and before it reads
+        the store. A store whose feed brings everything returns ``None`` at once. One that
+        routes notices to the processes that follow their user or topic (targeted Redis)
+        returns ``None`` when this process already followed each, else, once the feed is sure
+        to bring every later notice, a :class:`Followed`: the cursor it read before, and
+        whether a notice of one of ``keys`` came after that cursor meanwhile (it may have been
+        published before the feed followed, so a new stream reads what the store holds after
+        the cursor).
 
         :raises BrokerError: if the feed cannot follow (the store is down).
         """
@@ -472,7 +473,7 @@ class StoreBase(t.Generic[C]):
                 self._feed_pid, self._handler = -1, None  # a later call tries again
             raise
 
-    def follow(self, key: str) -> Followed | None:
+    def follow(self, keys: t.Sequence[str]) -> Followed | None:
         """This feed brings every notice (each store but targeted Redis): nothing to do."""
         return None
 

@@ -520,7 +520,7 @@ class RedisBroker(StoreBase[t.Any]):
         #: Followed users that have no stream here any more, oldest first, with when they left.
         self._leaving: dict[str, float] = {}
         self._follow_lock = threading.Lock()
-        self._follows: Batcher[str, base.Followed] = Batcher(self._follow_round)
+        self._follows: Batcher[tuple[str, ...], base.Followed] = Batcher(self._follow_round)
 
     def _forked(self) -> None:
         super()._forked()
@@ -912,10 +912,10 @@ class RedisBroker(StoreBase[t.Any]):
         route = record.user_id if record.kind in _USER_CONTROLS and record.user_id else ""
         self._publish([(CONTROL_KEY + route, record.to_json())], None)
 
-    def follow(self, key: str) -> base.Followed | None:
-        """Subscribe this process's feed to the channel of ``key`` (once), and wait until Redis confirmed it.
+    def follow(self, keys: t.Sequence[str]) -> base.Followed | None:
+        """Subscribe this process's feed to the channels of ``keys`` (once); wait until Redis confirmed it.
 
-        ``None`` when it already was; else the head read before subscribing, and whether the
+        ``None`` when each already was; else the head read before subscribing, and whether a
         key got a notice after it meanwhile (see :meth:`Broker.follow`). The first streams of
         several users that open together share one round of commands. While Redis is down
         this waits for the feed to be back, up to 5 s, then raises
@@ -924,19 +924,24 @@ class RedisBroker(StoreBase[t.Any]):
         if not self._feeding:
             return None
         with self._follow_lock:
-            if key in self._followed:
-                self._leaving.pop(key, None)
-                if self._followed[key].ready.is_set():
-                    return None
-        return self._follows.submit(key)
+            new = False
+            for key in keys:
+                if key in self._followed:
+                    self._leaving.pop(key, None)
+                    new = new or not self._followed[key].ready.is_set()
+                else:
+                    new = True
+        return self._follows.submit(tuple(keys)) if new else None
 
-    def _follow_round(self, keys: list[str]) -> list[base.Followed | BaseException]:
-        """Follow ``keys``: read the head, SUBSCRIBE those not followed, wait, read their newest cursors."""
+    def _follow_round(self, requests: list[tuple[str, ...]]) -> list[base.Followed | BaseException]:
+        """Follow the keys of ``requests`` together: read the head, SUBSCRIBE those not followed, wait,
+        read their newest cursors. One answer per request."""
+        keys = list(dict.fromkeys(key for request in requests for key in request))
         try:
             # Read before the subscriptions are confirmed: later notices come live, or are read from here.
             since = self.head()
         except BrokerError as exc:
-            return [exc] * len(keys)
+            return [exc] * len(requests)
         entries = []
         with self._follow_lock:
             channels = []
@@ -957,12 +962,13 @@ class RedisBroker(StoreBase[t.Any]):
         for key, entry in zip(keys, entries, strict=True):
             if not entry.ready.wait(max(0.0, deadline - time.monotonic())):
                 error = BrokerUnavailable(f"{self.describe()}: the feed could not follow {key!r} (no Redis?)")
-                return [error] * len(keys)
+                return [error] * len(requests)
         try:
             newest = self._run(lambda client: client.hmget(f"{self.prefix}last", keys))
         except BrokerError as exc:
-            return [exc] * len(keys)
-        return [base.Followed(since, int(found or 0) > since) for found in newest]
+            return [exc] * len(requests)
+        missed = {key for key, found in zip(keys, newest, strict=True) if int(found or 0) > since}
+        return [base.Followed(since, any(key in missed for key in request)) for request in requests]
 
     def unfollow(self, user_id: str) -> None:
         """The user's last stream here closed: unsubscribe after :attr:`linger` seconds without one."""

@@ -79,8 +79,7 @@ FOLLOWED = ("alice", "bob", "carol", *(f"user{i}" for i in range(4)))
 def listen(broker: Broker, feed: Feed, users: Sequence[str] = FOLLOWED) -> None:
     """Make ``feed`` the store's feed of this process, following ``users`` (as their first streams would)."""
     broker.subscribe(feed)
-    for user_id in users:
-        broker.follow(user_id)
+    broker.follow(list(users))
 
 
 class Feed:

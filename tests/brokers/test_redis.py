@@ -93,8 +93,8 @@ class TestTargetedDelivery:
         listen(broker, Feed(), [])
         publisher.publish("alice", payload(1))
         head = publisher.head()
-        assert broker.follow("alice") == Followed(head, missed=False)
-        assert broker.follow("alice") is None
+        assert broker.follow(["alice"]) == Followed(head, missed=False)
+        assert broker.follow(["alice"]) is None
 
     def test_a_notice_published_while_following_is_reported_missed(
         self, make: t.Callable[..., RedisBroker], monkeypatch: pytest.MonkeyPatch
@@ -112,12 +112,35 @@ class TestTargetedDelivery:
             return head
 
         monkeypatch.setattr(broker, "head", head_then_publish)
-        followed = broker.follow("alice")
+        followed = broker.follow(["alice"])
         assert followed is not None
         assert followed.missed
         assert broker.replay("alice", str(followed.cursor)).notices == early
         later = publisher.publish("alice", payload(2))
         assert feed.wait_through(later) == [later]
+
+    def test_a_stream_follows_its_user_and_topics_in_one_round(
+        self, make: t.Callable[..., RedisBroker], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """follow([user, *topics]) reads the head once; a notice of any one of them meanwhile is missed."""
+        broker, publisher = make(), make()
+        feed = Feed()
+        listen(broker, feed, [])
+        heads: list[int] = []
+        read_head = broker.head
+
+        def counted() -> int:
+            heads.append(read_head())
+            if len(heads) == 1:
+                publisher.publish("#team-7", payload(1))  # before the subscriptions: missed
+            return heads[-1]
+
+        monkeypatch.setattr(broker, "head", counted)
+        followed = broker.follow(["alice", "#match-42", "#team-7"])
+        assert followed == Followed(heads[0], missed=True)
+        assert len(heads) == 1
+        assert broker.follow(["alice", "#team-7"]) is None  # both followed already: no round
+        assert len(heads) == 1
 
     def test_a_notice_published_right_after_follow_returns_arrives(
         self, make: t.Callable[..., RedisBroker]
@@ -128,7 +151,7 @@ class TestTargetedDelivery:
         listen(broker, feed, [])
         sent = []
         for n in range(40):
-            broker.follow(f"new{n}")
+            broker.follow([f"new{n}"])
             sent.append(publisher.publish(f"new{n}", payload(n)))
         assert feed.wait_through(sent[-1]) == sent
 
@@ -139,13 +162,13 @@ class TestTargetedDelivery:
         listen(broker, feed, ["alice", "bob"])
         broker.unfollow("alice")
         broker.unfollow("bob")
-        assert broker.follow("bob") is None  # back at once: still subscribed
+        assert broker.follow(["bob"]) is None  # back at once: still subscribed
         time.sleep(1.0)
         gone = publisher.publish("alice", payload(1))
         kept = publisher.publish("bob", payload(2))
         feed.wait_through(kept)
         assert gone not in feed.notices
-        assert broker.follow("alice") is not None  # subscribed again
+        assert broker.follow(["alice"]) is not None  # subscribed again
         again = publisher.publish("alice", payload(3))
         assert feed.wait_through(again) == [kept, again]
 
