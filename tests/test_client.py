@@ -154,6 +154,10 @@ class Proxy:
                 if not data:
                     break
                 answer += data
+        # shutdown first: the other direction's pump is blocked in recv() on this socket, and a
+        # plain close() would then send nothing until it returns (the client waited for its timeout).
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
         client.close()
         upstream.close()
 

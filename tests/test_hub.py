@@ -226,17 +226,18 @@ node = Node(MemoryBroker(), Hub())
 {before}
 node.ensure_started(); stream = node.hub.connect("alice")
 os.kill(os.getpid(), signal.SIGTERM)
-deadline = time.monotonic() + 5
+deadline = time.monotonic() + {wait}
 while not stream.closed and time.monotonic() < deadline: time.sleep(0.01)
 {after}
 """
 
 
-def run_signal_script(before: str, after: str) -> t.Any:
+def run_signal_script(before: str, after: str, wait: float = 5) -> t.Any:
+    """Run SIGNAL_SCRIPT in a fresh interpreter; it waits up to ``wait`` s for the stream to close."""
     import subprocess
     import sys
 
-    code = SIGNAL_SCRIPT.format(before=before, after=after)
+    code = SIGNAL_SCRIPT.format(before=before, after=after, wait=wait)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
 
 
@@ -262,6 +263,7 @@ def test_a_node_alone_touches_no_signal() -> None:
     done = run_signal_script(
         "handler = lambda s, f: print('server handler')\nsignal.signal(signal.SIGTERM, handler)",
         "print(stream.closed, signal.getsignal(signal.SIGTERM) is handler)",
+        wait=0.5,  # the signal is handled at once: the stream would be closed by then
     )
     assert done.stdout.split() == ["server", "handler", "False", "True"], done.stdout + done.stderr
 
