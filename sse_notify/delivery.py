@@ -38,6 +38,7 @@ from .notices import (
     loads,
     parse_flag,
     stored_text,
+    topic_of,
     utc_iso,
 )
 
@@ -547,8 +548,9 @@ class Receipt:
         if self.notice is not None:
             return {**self.notice.fields(), "status": self.status}
         fields: dict[str, t.Any] = {"status": self.status, "user_id": self.user_id}
-        if self.user_id is not None and self.user_id[:1] == TOPIC_MARK:
-            fields.update(user_id=None, topic=self.user_id[1:])
+        topic = topic_of(self.user_id)
+        if topic is not None:
+            fields.update(user_id=None, topic=topic)
         if self.scheduled_id is not None:
             fields["scheduled_id"] = self.scheduled_id
         if self.due is not None:

@@ -40,10 +40,12 @@ __all__ = [
     "checked_user_id",
     "dumps",
     "embedded_fields",
+    "is_user",
     "is_valid_user_id",
     "loads",
     "parse_flag",
     "stored_text",
+    "topic_of",
     "utc_iso",
     "utc_iso_ago",
     "utc_now_iso",
@@ -95,6 +97,16 @@ def checked_user_id(user_id: object, where: str = "") -> str:
     if not is_valid_user_id(user_id):
         raise InvalidUserId(f"{where}user_id must be {USER_ID_RULE}, got {user_id!r}", user_id)
     return t.cast(str, user_id)
+
+
+def topic_of(recipient: str | None) -> str | None:
+    """The topic a recipient key names (``#match-42``: ``match-42``), else ``None`` (a user, everyone)."""
+    return recipient[1:] if recipient is not None and recipient[:1] == TOPIC_MARK else None
+
+
+def is_user(recipient: str | None) -> t.TypeGuard[str]:
+    """Whether a recipient key is one user (not ``None``, everyone; not ``#<topic>``)."""
+    return recipient is not None and recipient[:1] != TOPIC_MARK
 
 
 def checked_topic(topic: object, where: str = "") -> str:
@@ -227,9 +239,9 @@ class Notice:
 
         ``key``: the user id, ``#<topic>`` for a topic's notice, or ``None`` for a broadcast.
         """
-        topic = None
-        if key is not None and key[:1] == TOPIC_MARK:
-            topic, key = key[1:], None
+        topic = topic_of(key)
+        if topic is not None:
+            key = None
         if type(text) is not str or text[:1] != HEADER_MARK:  # (a store refuses what is not text)
             return cls(id, key, created_at, text, "", topic)
         end = text.index(HEADER_MARK, 1)

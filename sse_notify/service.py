@@ -69,7 +69,9 @@ from .notices import (
     checked_topic,
     checked_user_id,
     dumps,
+    is_user,
     stored_text,
+    topic_of,
     utc_iso,
 )
 from .presence import Presence
@@ -172,7 +174,7 @@ class State:
             checked_idempotency_key(idempotency_key)
         metas: list[str] = []
         for index, ((user_id, text), (_, _, options)) in enumerate(zip(checked, items, strict=True)):
-            if options.group is not None and (user_id is None or user_id[:1] == TOPIC_MARK):
+            if options.group is not None and not is_user(user_id):
                 where = f"notice {index}: " if len(items) > 1 else ""
                 raise InvalidOption(
                     f"{where}group needs a user_id (a broadcast or a topic's notice is not grouped)", "group"
@@ -215,7 +217,7 @@ class State:
                 u
                 for r in requests
                 for (u, _, o) in r.items
-                if u is not None and u[:1] != TOPIC_MARK and o.due is None and not o.critical
+                if is_user(u) and o.due is None and not o.critical
             )
         )
         try:
@@ -358,7 +360,7 @@ class State:
     def _before_store(self, user_ids: t.Iterable[str | None]) -> None:
         """Before user notices are stored: their fallback windows are kept (``fallback.py``)."""
         if self.fallbacks is not None:
-            self.fallbacks.before_publish(u for u in user_ids if u is not None and u[:1] != TOPIC_MARK)
+            self.fallbacks.before_publish(u for u in user_ids if is_user(u))
 
     def _after_store(self, notices: t.Sequence[Notice]) -> None:
         if self.fallbacks is not None and notices:
@@ -398,8 +400,9 @@ class State:
         limit = self.settings.max_body
         for index, (user_id, data) in enumerate(items):
             where = f"notice {index}: " if len(items) > 1 else ""
-            if user_id is not None and user_id[:1] == TOPIC_MARK:
-                checked_topic(user_id[1:], where)
+            topic = topic_of(user_id)
+            if topic is not None:
+                checked_topic(topic, where)
             elif user_id is not None:
                 checked_user_id(user_id, where)
             if not isinstance(data, dict):
