@@ -23,7 +23,8 @@ from .control import Control, Kind
 from .delivery import Preferences
 from .events import encode_event
 from .notices import TOPIC_MARK, Notice, dumps
-from .streams import QueuedStream, SocketStream, Stream, encode_notice
+from .positions import BROADCAST_KEY
+from .streams import QueuedStream, SocketStream, Stream, encode_notice, encode_notice_body
 
 if t.TYPE_CHECKING:
     from .handoff import Framing
@@ -59,6 +60,9 @@ class Hub:
         self.stopping = False
         self.evicted = 0
         self.refused = 0
+        #: Whether the store's audiences are ordered apart (Redis Cluster): each stream then has
+        #: its own ``id`` line, from its :attr:`~sse_notify.streams.Stream.positions`.
+        self.positional = False
         #: The newest notice id the feed handed to :meth:`handle_notices` (``None``: none yet).
         #: A stream registered now gets every later one live, so a new client starts here.
         self.cursor: int | None = None
@@ -248,8 +252,15 @@ class Hub:
                 if not found:
                     continue
                 targets = list(found)
-            frame = encode_notice(notice)
             handed += len(targets)
+            if self.positional:
+                frame = encode_notice_body(notice)
+                key = notice.key or BROADCAST_KEY
+                for stream in targets:
+                    if not stream.put(notice.id, frame, round_, key):
+                        self.evict(stream, "slow consumer")
+                continue
+            frame = encode_notice(notice)
             for stream in targets:
                 if not stream.put(notice.id, frame, round_):
                     self.evict(stream, "slow consumer")

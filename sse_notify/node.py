@@ -98,6 +98,7 @@ class Node:
             if self._pid == pid():
                 return
             self.hub.reset(_descriptors_for_streams())
+            self.hub.positional = self.broker.positional
             telemetry.prepare()
             if self.stopping:  # told to stop before its first stream: refuse them all
                 self.hub.stopping = True

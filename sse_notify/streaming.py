@@ -22,14 +22,15 @@ import time
 import typing as t
 
 from . import telemetry
-from .brokers.base import topic_keys
+from .brokers.base import Followed, topic_keys
 from .delivery import DEFAULT_PREFERENCES, Preferences
 from .errors import BrokerError, InvalidTopic
 from .events import comment, encode_event
 from .handoff import START_RESPONSE_KEY, SocketHandoff
 from .inbox import snapshot as inbox_snapshot
 from .notices import checked_topic, checked_user_id, dumps
-from .streams import Stream, closing_frame, encode_notice
+from .positions import BROADCAST_KEY, Positions
+from .streams import QueuedStream, Stream, closing_frame, encode_notice, encode_notice_body
 
 if t.TYPE_CHECKING:
     from werkzeug.wrappers import Request
@@ -107,6 +108,19 @@ def stream_topics(value: str | None) -> tuple[str, ...]:
     return topics
 
 
+def _start(stream: Stream, user_id: str, topics: tuple[str, ...], followed: Followed | None) -> Positions:
+    """Where a new stream starts on a store whose audiences are ordered apart: per audience, where the
+    feed stands, or before the oldest of the audience's notices already waiting in the stream's queue."""
+    keys = [user_id, BROADCAST_KEY, *topic_keys(topics)]
+    feed = (followed.positions if followed is not None else None) or {}
+    values = []
+    for key in keys:
+        position = feed.get(key, 0)
+        oldest = stream.oldest_queued(key) if isinstance(stream, QueuedStream) else None
+        values.append(position if oldest is None else min(position, oldest - 1))
+    return Positions(keys, values)
+
+
 def event_stream(
     node: Node,
     user_id: str,
@@ -155,7 +169,13 @@ def event_stream(
             telemetry.store_failed("follow", exc)
             yield closing_frame("store unavailable", hub.retry)
             return
-        if last_event_id is None and followed is not None:
+        positions = None
+        if broker.positional and last_event_id is None:
+            # Each audience is in id order on its own: start each where the feed stands (before
+            # what of it already waits in the queue).
+            stream.positions = positions = _start(stream, user_id, topics, followed)
+            preamble = comment("connected") + encode_event(id=positions.encode(), retry=hub.retry)
+        elif last_event_id is None and followed is not None:
             # A notice after this cursor that the feed may not bring is read below. One the
             # feed brought since the stream joined the hub waits in its queue: start before it.
             oldest = stream.oldest_queued()
@@ -214,19 +234,27 @@ def event_stream(
                 yield closing_frame("store unavailable", hub.retry)
                 return
             stream.cursor = replay.cursor
+            stream.positions = positions = replay.positions
             if replay.reset is not None and last_event_id is not None:
                 info = {"reason": replay.reset, "last_event_id": last_event_id, "id": replay.cursor}
-                yield encode_event(dumps(info), event="reset", id=replay.cursor)
+                shown = replay.cursor if positions is None else positions.encode()
+                yield encode_event(dumps(info), event="reset", id=shown)
             chunk: list[bytes] = []
             size = sent = 0
             for notice in replay.notices:
-                if notice.id <= stream.cursor:
+                if positions is not None:
+                    if not positions.advance(notice.key or BROADCAST_KEY, notice.id):
+                        continue
+                elif notice.id <= stream.cursor:
                     continue
                 if notice.meta_json and not hub.wants(user_id, notice):
                     stream.cursor = notice.id
                     continue
                 sent += 1
-                frame = encode_notice(notice)
+                if positions is None:
+                    frame = encode_notice(notice)
+                else:
+                    frame = positions.id_line() + encode_notice_body(notice)
                 chunk.append(frame)
                 size += len(frame)
                 stream.cursor = notice.id

@@ -33,6 +33,9 @@ from .events import comment, encode_event
 from .notices import Notice, dumps
 
 if t.TYPE_CHECKING:
+    from .positions import Positions
+
+if t.TYPE_CHECKING:
     from .handoff import Framing
     from .hub import Hub
 
@@ -70,6 +73,11 @@ def encode_notice(notice: Notice) -> bytes:
     return encode_event(notice.to_json(), event="notice", id=notice.id)
 
 
+def encode_notice_body(notice: Notice) -> bytes:
+    """The SSE frame of a notice without its ``id`` line (a stream with :class:`Positions` adds its own)."""
+    return encode_event(notice.to_json(), event="notice")
+
+
 def jittered_retry(retry: int, minimum: int = 0) -> int:
     """A reconnection time spread over 0.5-1.5x ``max(retry, minimum)`` (avoids a reconnect storm)."""
     return int(max(retry, minimum) * random.uniform(0.5, 1.5))
@@ -97,6 +105,7 @@ class Stream:
         "max_pending",
         "opened",
         "pending",
+        "positions",
         "quiet",
         "round",
         "topics",
@@ -115,6 +124,9 @@ class Stream:
         self.round = 0
         #: The newest notice id this stream has (frames at or below it are dropped).
         self.cursor = 0
+        #: On a store whose audiences are ordered apart: the newest id per audience, which
+        #: takes :attr:`cursor`'s place (each frame then gets the stream's own ``id`` line).
+        self.positions: Positions | None = None
         self.closed = False
         self.close_reason = ""
         #: When a write that has not finished started (``0.0``: none in progress).
@@ -135,11 +147,13 @@ class Stream:
         if expires_at is not None:
             self.expiry = call_later(expires_at - time.time(), self.expire)
 
-    def put(self, seq: int, frame: bytes, round_: int) -> bool:
+    def put(self, seq: int, frame: bytes, round_: int, key: str | None = None) -> bool:
         """Send or queue the frame of notice ``seq`` in dispatch round ``round_``; ``False``: it fell behind.
 
         A frame of a notice at or below :attr:`cursor` is dropped (a replay sent it);
-        ``seq=0`` is a frame that is no notice (an inbox change), always sent.
+        ``seq=0`` is a frame that is no notice (an inbox change), always sent. With ``key``
+        (the notice's audience, on a store whose audiences are ordered apart), ``frame`` has
+        no ``id`` line: it is sent after the stream's :attr:`positions`, if it moves them.
 
         Behind means: at the first frame of a new round, more than
         :attr:`max_pending` bytes of earlier rounds are still unsent. A single
@@ -151,7 +165,7 @@ class Stream:
             if self.pending > self.max_pending:
                 return False
             self.round = round_
-        self._write(seq, frame)
+        self._write(seq, frame, key)
         return True
 
     def expire(self) -> None:
@@ -172,7 +186,7 @@ class Stream:
 
     # -- what each way of writing does ----------------------------------------
 
-    def _write(self, seq: int, frame: bytes) -> None:
+    def _write(self, seq: int, frame: bytes, key: str | None) -> None:
         raise NotImplementedError
 
     def _end(self) -> None:
@@ -196,7 +210,7 @@ class QueuedStream(Stream):
         super().__init__(user_id, max_pending, topics)
         # Made by the first take() that waits: a stream handed over at once never needs one.
         self._event: Event | None = None
-        self._frames: list[tuple[int, bytes]] = []
+        self._frames: list[tuple[int, bytes, str | None]] = []
         self._beat = False
         self._greenlet: t.Any = None
         if gevent_active():
@@ -204,9 +218,9 @@ class QueuedStream(Stream):
 
             self._greenlet = gevent.getcurrent()
 
-    def _write(self, seq: int, frame: bytes) -> None:
+    def _write(self, seq: int, frame: bytes, key: str | None) -> None:
         self.pending += len(frame)
-        self._frames.append((seq, frame))
+        self._frames.append((seq, frame, key))
         if self._event is not None:
             self._event.set()
 
@@ -220,9 +234,9 @@ class QueuedStream(Stream):
             if self._event is not None:
                 self._event.set()
 
-    def oldest_queued(self) -> int | None:
-        """The id of the oldest notice waiting to be sent (``None``: none waits)."""
-        return min((seq for seq, _ in self._frames if seq), default=None)
+    def oldest_queued(self, key: str | None = None) -> int | None:
+        """The id of the oldest notice waiting to be sent (of audience ``key``, if given), else ``None``."""
+        return min((seq for seq, _, k in self._frames if seq and (key is None or k == key)), default=None)
 
     def take(self, timeout: float | None = None) -> bytes | None:
         """Wait up to ``timeout`` (``None``: for ever) for frames; return them, ``None`` once closed.
@@ -243,10 +257,20 @@ class QueuedStream(Stream):
         if event is not None:
             event.clear()
         frames, self._frames, self.pending = self._frames, [], 0
-        cursor = self.cursor
-        data = b"".join([frame for seq, frame in frames if seq > cursor or not seq])
-        if frames:
-            self.cursor = max(cursor, *(seq for seq, _ in frames))
+        positions = self.positions
+        if positions is not None:
+            data = b"".join(
+                [
+                    frame if not seq else positions.id_line() + frame
+                    for seq, frame, key in frames
+                    if not seq or positions.advance(key, seq)  # type: ignore[arg-type]
+                ]
+            )
+        else:
+            cursor = self.cursor
+            data = b"".join([frame for seq, frame, _ in frames if seq > cursor or not seq])
+            if frames:
+                self.cursor = max(cursor, *(seq for seq, _, _ in frames))
         if data:
             self.quiet = False
         elif self._beat:
@@ -274,7 +298,7 @@ class SocketStream(Stream):
 
     def __init__(self, queued: Stream, fd: int, framing: Framing, hub: Hub) -> None:
         super().__init__(queued.user_id, queued.max_pending, queued.topics)
-        for name in ("cursor", "round", "quiet", "opened"):
+        for name in ("cursor", "positions", "round", "quiet", "opened"):
             setattr(self, name, getattr(queued, name))
         self.fd = fd
         self.framing = framing
@@ -284,8 +308,12 @@ class SocketStream(Stream):
         self._writing: Handle | None = None
         self._reading: Handle | None = watch_fd(fd, write=False, func=self._on_readable)
 
-    def _write(self, seq: int, frame: bytes) -> None:
-        if seq > self.cursor:
+    def _write(self, seq: int, frame: bytes, key: str | None) -> None:
+        if key is not None:
+            positions = self.positions
+            if positions is not None and positions.advance(key, seq):
+                self._send(positions.id_line() + frame)
+        elif seq > self.cursor:
             self.cursor = seq
             self._send(frame)
         elif not seq:

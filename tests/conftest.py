@@ -14,7 +14,7 @@ from sse_notify.service import get_state
 
 from .browser import VIEWPORT, launch_chromium
 from .receivers import WEBHOOK_SECRET, SMTPServer, WebhookReceiver
-from .support import PUBLISH_KEY, PostgresServer, RedisServer, Server, standalone_app
+from .support import PUBLISH_KEY, PostgresServer, RedisCluster, RedisServer, Server, standalone_app
 
 
 @pytest.fixture(name="app")
@@ -78,6 +78,22 @@ def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisS
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(name="redis_cluster", scope="session")
+def _redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisCluster]:
+    """One Redis Cluster (three primaries, three replicas) for the session (tests keep apart by prefix)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(name="own_cluster")
+def _own_cluster(tmp_path: Path) -> t.Iterator[RedisCluster]:
+    """A Redis Cluster of this test's own, whose nodes it may kill and whose slots it may move."""
+    cluster = RedisCluster(tmp_path / "cluster").start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(name="postgres_server", scope="session")

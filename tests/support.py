@@ -280,6 +280,8 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = None
     #: ``always`` for the tests (nothing acknowledged is lost to a kill); the benchmark uses ``everysec``.
     appendfsync: str = "always"
+    #: More options for ``redis-server`` (a cluster node's).
+    extra: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -292,6 +294,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
         cmd += ["--appendfsync", self.appendfsync, "--dir", str(self.directory), "--logfile", "redis.log"]
+        cmd += self.extra
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for(self._answers, 10, f"redis-server on port {self.port}")
         return self
@@ -325,6 +328,151 @@ class RedisServer:
             return [c for c in client.client_list() if int(c["id"]) != me]
         finally:
             client.close()
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (``+10000``) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+@dataclass
+class RedisCluster:
+    """A real Redis Cluster of the tests' own: three primaries and three replicas, on free ports.
+
+    Each node is a :class:`RedisServer` with ``--cluster-enabled yes``; ``redis-cli --cluster
+    create`` joins them. A short node timeout makes a killed primary's replica take over in
+    about two seconds.
+    """
+
+    directory: Path
+    primaries: int = 3
+    replicas: int = 1
+    node_timeout: int = 1000
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:<port>,...`` (every node, as a user would list seeds)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self) -> RedisCluster:
+        """Start the nodes, create the cluster and wait until every slot is served."""
+        cli = require_binary("redis-cli", "the Redis Cluster tests create their cluster with redis-cli")
+        count = self.primaries * (1 + self.replicas)
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        extra += ["--cluster-node-timeout", str(self.node_timeout)]
+        extra += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once (the default waits 5 s)
+        for index in range(count):
+            node = RedisServer(self.directory / f"node{index}", port=cluster_port(), extra=extra)
+            self.nodes.append(node.start())
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        wait_for(self.healthy, 30, "the cluster to serve every slot")
+        return self
+
+    def healthy(self) -> bool:
+        """Whether every live node says the cluster is ``ok`` and has :attr:`primaries` primaries."""
+        import redis
+
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            try:
+                info = redis.Redis(port=node.port, socket_timeout=2).cluster("info")
+            except redis.RedisError:
+                return False
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_size", 0)) != self.primaries:
+                return False
+            replication = redis.Redis(port=node.port, socket_timeout=2).info("replication")
+            if replication["role"] == "master" and int(replication.get("connected_slaves", 0)) > 0:
+                online = [v for k, v in replication.items() if k.startswith("slave") and isinstance(v, dict)]
+                if any(slave.get("state") != "online" for slave in online):
+                    return False
+        primaries = [n for n in self.nodes if n.proc is not None and self.role(n) == "master"]
+        if len(primaries) != self.primaries:
+            return False  # a node back from the dead says "master" until it learns it is a replica now
+        live_replicas = sum(1 for n in self.nodes if n.proc is not None) - len(primaries)
+        attached = sum(
+            int(redis.Redis(port=n.port, socket_timeout=2).info("replication").get("connected_slaves", 0))
+            for n in primaries
+        )
+        return attached >= live_replicas
+
+    def role(self, node: RedisServer) -> str:
+        """``master`` or ``slave``, as the node says."""
+        import redis
+
+        return str(redis.Redis(port=node.port, socket_timeout=2).role()[0], "ascii")
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The live node that serves ``key``'s slot now."""
+        import redis
+
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            client = redis.Redis(port=node.port, socket_timeout=2)
+            slot = int(client.cluster("keyslot", key))
+            for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    port = int(primary[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"no live node serves {key!r}")
+
+    def node_id(self, node: RedisServer) -> str:
+        """The node's cluster id."""
+        import redis
+
+        return str(redis.Redis(port=node.port, socket_timeout=2).execute_command("CLUSTER", "MYID"), "ascii")
+
+    def move_slot(self, key: str, to: RedisServer) -> int:
+        """Move ``key``'s slot to primary ``to`` as ``redis-cli --cluster reshard`` does (IMPORTING,
+        MIGRATING, MIGRATE of each key, SETSLOT NODE on every primary); returns the slot."""
+        import redis
+
+        source = self.primary_of(key)
+        src = redis.Redis(port=source.port, socket_timeout=10)
+        dst = redis.Redis(port=to.port, socket_timeout=10)
+        slot = int(src.cluster("keyslot", key))
+        src_id, dst_id = self.node_id(source), self.node_id(to)
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10):
+            src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+            time.sleep(0.05)  # traffic meets the slot half moved (ASK, TRYAGAIN)
+        for node in (to, source, *self.nodes):
+            if node.proc is not None and self.role(node) == "master":
+                redis.Redis(port=node.port, socket_timeout=5).execute_command(
+                    "CLUSTER", "SETSLOT", slot, "NODE", dst_id
+                )
+        return slot
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
 
 
 # -- request-level checks (the test client) ------------------------------------

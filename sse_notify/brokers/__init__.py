@@ -8,6 +8,9 @@
 ``redis://host:6379/0``     Redis (``rediss://`` for TLS; ``?prefix=app1:`` to
                             share a server), for several hosts; needs the
                             ``[redis]`` extra
+``redis+cluster://h:p,h:p``  Redis Cluster (``rediss+cluster://`` for TLS;
+                            ``?replicas=1`` to wait for before answering), its
+                            shards sharing storage and delivery; ``[redis]`` extra
 ``postgresql://u@host/db``  PostgreSQL (``?pool_size=4``; every libpq option),
                             for several hosts; needs the ``[postgres]`` extra
 ==========================  ==================================================
@@ -79,16 +82,35 @@ def make_broker(
         prefix = ours.get("prefix", "sse_notify:")
         if not prefix:
             raise ConfigError("the Redis URL option prefix= must not be empty")
-        try:
-            linger = float(ours.get("linger", "10"))
-        except ValueError:
-            linger = -1.0
-        if not 0 <= linger < float("inf"):
-            raise ConfigError(f"linger= in the Redis URL must be a number of seconds, got {ours['linger']!r}")
         return RedisBroker(
             rest,
             prefix=prefix,
-            linger=linger,
+            linger=_linger(ours),
+            retention_count=retention_count,
+            retention_age=retention_age,
+            poll_interval=poll_interval,
+        )
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from .cluster import RedisClusterBroker, parse_cluster_url
+
+        _, _, query = parse_cluster_url(url)
+        unknown = set(query) - {"prefix", "linger", "replicas", "wait_ms"}
+        if unknown:
+            raise ConfigError(f"unknown Redis Cluster URL option(s): {', '.join(sorted(unknown))}")
+        prefix = query.get("prefix", "sse_notify:")
+        if not prefix:
+            raise ConfigError("the Redis Cluster URL option prefix= must not be empty")
+        for name in ("replicas", "wait_ms"):
+            if not query.get(name, "0").isdigit():
+                raise ConfigError(
+                    f"{name}= in the Redis Cluster URL must be a whole number, got {query[name]!r}"
+                )
+        return RedisClusterBroker(
+            url,
+            prefix=prefix,
+            linger=_linger(query),
+            replicas=int(query.get("replicas", "1")),
+            wait_ms=int(query.get("wait_ms", "1000")) or 1,
             retention_count=retention_count,
             retention_age=retention_age,
             poll_interval=poll_interval,
@@ -110,8 +132,19 @@ def make_broker(
         )
     raise ConfigError(
         f"unknown store {scheme}:// in SSE_NOTIFY_BROKER_URL; this version supports sqlite://, memory://, "
-        "redis:// (rediss://) and postgresql://"
+        "redis:// (rediss://), redis+cluster:// and postgresql://"
     )
+
+
+def _linger(options: dict[str, str]) -> float:
+    """The ``linger=`` of a Redis URL: seconds a worker stays subscribed after its last stream of a user."""
+    try:
+        linger = float(options.get("linger", "10"))
+    except ValueError:
+        linger = -1.0
+    if not 0 <= linger < float("inf"):
+        raise ConfigError(f"linger= in the Redis URL must be a number of seconds, got {options['linger']!r}")
+    return linger
 
 
 def _own_options(url: str, names: set[str]) -> tuple[str, dict[str, str]]:

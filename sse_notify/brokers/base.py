@@ -44,7 +44,7 @@ import os
 import threading
 import typing as t
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..concurrency import gevent_active, pid, thread_lock
 from ..control import Control
@@ -53,6 +53,7 @@ from ..errors import BrokerClosed, BrokerError, BrokerUnavailable, IdempotencyKe
 from ..fallback import RecordStore
 from ..inbox import InboxState, InboxStore
 from ..notices import TOPIC_MARK, Notice
+from ..positions import BROADCAST_KEY, Positions
 from ..presence import PresenceStore
 from ..schedule import SchedulerStore
 
@@ -72,8 +73,6 @@ __all__ = [
 
 log = logging.getLogger("sse_notify.brokers")
 
-#: Key under which broadcasts are stored (not a valid user id).
-BROADCAST_KEY = "*"
 #: Key under which control records are stored (not a valid user id, so never replayed).
 CONTROL_KEY = "!"
 
@@ -112,6 +111,8 @@ class Replay:
     notices: list[Notice]
     cursor: int
     reset: str | None = None
+    #: On a store whose audiences are ordered apart: where replay starts per audience.
+    positions: Positions | None = field(default=None, compare=False)
 
 
 class Followed(t.NamedTuple):
@@ -121,6 +122,9 @@ class Followed(t.NamedTuple):
     cursor: int
     #: Whether a notice came after :attr:`cursor` that the feed may not bring (read it from the store).
     missed: bool
+    #: On a store whose audiences are ordered apart (:attr:`Broker.positional`): the newest id the
+    #: feed handed over per key. A new stream starts there (before what waits in its queue).
+    positions: dict[str, int] | None = None
 
 
 class Published(t.NamedTuple):
@@ -141,11 +145,16 @@ def replay_publish(
     """
     earlier, first, created_at = stored
     if earlier != fingerprint:
-        raise IdempotencyKeyReused(
-            f"Idempotency-Key {key!r} was already used for a different request; use a new key for new notices"
-        )
+        raise key_reused(key)
     return Published(
         [Notice.stored(first + i, user_id, created_at, data) for i, (user_id, data) in enumerate(items)], True
+    )
+
+
+def key_reused(key: str) -> IdempotencyKeyReused:
+    """The error for an ``Idempotency-Key`` sent again with another request."""
+    return IdempotencyKeyReused(
+        f"Idempotency-Key {key!r} was already used for a different request; use a new key for new notices"
     )
 
 
@@ -198,6 +207,9 @@ class Broker(InboxStore, PresenceStore, SchedulerStore, PreferenceStore, RecordS
 
     #: Whether notices survive a restart of every process.
     durable: bool
+    #: Whether audiences are stored out of id order relative to each other (Redis Cluster):
+    #: then a stream resumes from a position per audience (:mod:`sse_notify.positions`).
+    positional: bool
 
     def publish(self, user_id: str | None, data_json: str) -> Notice:
         """Store one notice (``user_id=None``: a broadcast), then announce it.
@@ -301,6 +313,8 @@ class StoreBase(t.Generic[C]):
     failure_errors: t.ClassVar[tuple[type[BaseException], ...]] = ()
     #: Whether calls must not overlap on one connection (they hold :attr:`_lock`).
     serialized: t.ClassVar[bool] = True
+    #: Whether audiences are stored out of id order relative to each other (see :class:`Broker`).
+    positional = False
 
     def __init__(self) -> None:
         self._lock = threading.RLock()

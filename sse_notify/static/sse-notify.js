@@ -66,15 +66,18 @@
       this.keep = keep;
       this.notices = [];      // not archived, newest first
       this.unread = 0;        // the server's count (the list may hold only part of the inbox)
-      this.lastId = null;     // the newest event id seen: where a new connection resumes
+      this.lastId = null;     // the newest notice id seen
+      // The id of the newest event seen, where a new connection resumes: the notice id, or on
+      // Redis Cluster a position per audience ("1052.1040": user, broadcasts, then topics).
+      this.position = null;
       this.covered = -Infinity;  // notice ids up to this existed when the last snapshot was taken
       this.preferences = null;   // the user's preferences, from the snapshot and `preferences` events
     }
 
     save() {
       return {
-        notices: this.notices, unread: this.unread, lastId: this.lastId, covered: this.covered,
-        preferences: this.preferences,
+        notices: this.notices, unread: this.unread, lastId: this.lastId, position: this.position,
+        covered: this.covered, preferences: this.preferences,
       };
     }
 
@@ -88,17 +91,27 @@
       return this.notices.find((n) => n.id === id);
     }
 
+    // Whether a notice event (its id, and the event's SSE id) is one this tab never saw; if so it
+    // moves the resume point. Events come in id order, so a higher id is a new one; on Redis
+    // Cluster (an SSE id of positions, "12.9") a broadcast may come after a user's later notice,
+    // and there each new position is a new event (the server never sends one twice).
+    advance(id, eventId) {
+      const positional = typeof eventId === "string" && eventId.indexOf(".") >= 0;
+      const fresh = positional ? eventId !== this.position : this.lastId === null || id > this.lastId;
+      if (fresh) {
+        if (this.lastId === null || id > this.lastId) this.lastId = id;
+        if (eventId) this.position = eventId;
+      }
+      return fresh;
+    }
+
     // Returns what the caller must do: emit `change`, emit a fresh `notice`, reload the list.
     apply(name, data, eventId) {
       const out = { changed: true, fresh: null, refetch: false, topic: null };
       if (name === "notice" && data.topic != null) {
         // A topic's notice: no inbox item, but its id moves the resume point like any other.
         out.changed = false;
-        const id = Number(data.id);
-        if (this.lastId === null || id > this.lastId) {
-          this.lastId = id;
-          out.topic = data;
-        }
+        if (this.advance(Number(data.id), eventId)) out.topic = data;
         return out;
       }
       if (name === "notice" && data.returned) {
@@ -126,6 +139,7 @@
         const bounds = [data.cursor, eventId ? Number(eventId) : NaN].filter(Number.isFinite);
         this.covered = Math.max(-Infinity, ...bounds, ...this.notices.map((n) => n.id));
         if (this.lastId === null && this.covered > -Infinity) this.lastId = this.covered;
+        if (this.position === null && eventId) this.position = eventId;
       } else if (name === "notice") {
         const id = Number(data.id);
         let item = this.find(id);
@@ -144,10 +158,7 @@
           // than the snapshot's window. The snapshot's count already includes it.
           out.changed = false;
         }
-        if (this.lastId === null || id > this.lastId) {
-          this.lastId = id;  // events come in id order: a higher id is one this tab never saw
-          if (item && !item.read) out.fresh = item;
-        }
+        if (this.advance(id, eventId) && item && !item.read) out.fresh = item;
       } else if (name === "read") {
         const ids = new Set(data.ids);
         const hit = data.all ? (n) => n.id <= data.through : (n) => ids.has(n.id);
@@ -172,6 +183,7 @@
         // The server could not resume from lastId (expired, or unknown to the store: even a
         // higher one). Its new cursor is where to resume from now; the list is reloaded.
         this.lastId = Number(data.id);
+        this.position = eventId || String(this.lastId);
         out.refetch = true;
       } else if (name === "list") {
         // A reloaded first page, kept with whatever arrived live while it was being fetched
@@ -238,7 +250,10 @@
     get notices() { return this._model.notices.slice(); }
     get isLeader() { return this._isLeader; }
     get closeReason() { return this._reason; }
-    get lastEventId() { return this._model.lastId === null ? null : String(this._model.lastId); }
+    get lastEventId() {
+      const model = this._model;
+      return model.position !== null ? model.position : model.lastId === null ? null : String(model.lastId);
+    }
     get preferences() { return this._model.preferences; }
     get state() {
       return {
@@ -511,7 +526,7 @@
       const query = new URLSearchParams();
       if (token) query.set("token", token);
       if (this.topics.length) query.set("topics", this.topics.join(","));
-      if (this._model.lastId !== null) query.set("last_event_id", String(this._model.lastId));
+      if (this.lastEventId !== null) query.set("last_event_id", this.lastEventId);
       const source = new EventSource(this._url(this._path("/connection/"), query),
                                      { withCredentials: this._withCredentials });
       this._source = source;
