@@ -3,6 +3,7 @@ notices flow, a slot moved during traffic. Every acknowledged notice must reach 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import threading
@@ -106,50 +107,46 @@ def all_delivered(subs: dict[str, Subscriber], acked: dict[str, list[int]]) -> N
         assert got == sorted(got), f"{user}'s notices out of order"
 
 
-def test_a_primary_killed_while_notices_flow_loses_nothing(
-    make_server: t.Callable[..., Server], own_cluster: RedisCluster, tmp_path: Path
-) -> None:
-    """A primary killed under traffic: its replica takes over; each acknowledged notice reaches its stream."""
-    store = cluster_store(own_cluster, tmp_path)
+@contextlib.contextmanager
+def under_traffic(
+    make_server: t.Callable[..., Server], cluster: RedisCluster, tmp_path: Path, users: int
+) -> t.Iterator[str]:
+    """A server (2 workers) on ``cluster``, a stream per user and notices POSTed round the users meanwhile;
+    yields the key of the first user's log. At the end, each stream got its user's acknowledged notices."""
+    store = cluster_store(cluster, tmp_path)
     server = make_server(workers=2, store=store)
-    users = [f"user{i}" for i in range(6)]
-    subs = {user: subscribe(server.stream_url(user), reconnect=True) for user in users}
-    prefix = store.rsplit("prefix=", 1)[1]
-    victim = own_cluster.primary_of(f"{prefix}{{user0}}:log")
-    traffic = Traffic(server, users)
+    names = [f"user{i}" for i in range(users)]
+    subs = {user: subscribe(server.stream_url(user), reconnect=True) for user in names}
+    traffic = Traffic(server, names)
     time.sleep(0.5)
-    victim.stop(signal.SIGKILL)
-    wait_for(own_cluster.healthy, 30, "a replica to take over")
-    time.sleep(0.5)
-    victim.start()  # back as a replica of its old shard: writes are acknowledged by a replica again
-    wait_for(own_cluster.healthy, 30, "the old primary back as a replica")
-    time.sleep(1.5)
-    acked = traffic.stop()
-    assert all(len(ids) > 5 for ids in acked.values()), acked
-    all_delivered(subs, acked)
-    for sub in subs.values():
-        sub.close()
-
-
-def test_a_slot_moved_during_traffic_loses_nothing(
-    make_server: t.Callable[..., Server], own_cluster: RedisCluster, tmp_path: Path
-) -> None:
-    """A user's slot moved to another primary under traffic (a resharding): nothing acknowledged is lost."""
-    store = cluster_store(own_cluster, tmp_path)
-    server = make_server(workers=2, store=store)
-    users = [f"user{i}" for i in range(4)]
-    subs = {user: subscribe(server.stream_url(user), reconnect=True) for user in users}
-    prefix = store.rsplit("prefix=", 1)[1]
-    key = f"{prefix}{{user0}}:log"
-    traffic = Traffic(server, users)
-    time.sleep(0.5)
-    source = own_cluster.primary_of(key)
-    target = next(n for n in own_cluster.nodes if n is not source and own_cluster.role(n) == "master")
-    own_cluster.move_slot(key, target)
-    assert own_cluster.primary_of(key) is target
+    yield f"{store.rsplit('prefix=', 1)[1]}{{user0}}:log"
     time.sleep(1.0)
     acked = traffic.stop()
     assert all(len(ids) > 5 for ids in acked.values()), acked
     all_delivered(subs, acked)
     for sub in subs.values():
         sub.close()
+
+
+def test_a_primary_killed_while_notices_flow_loses_nothing(
+    make_server: t.Callable[..., Server], own_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """A primary killed under traffic: its replica takes over; each acknowledged notice reaches its stream."""
+    with under_traffic(make_server, own_cluster, tmp_path, users=6) as key:
+        victim = own_cluster.primary_of(key)
+        victim.stop(signal.SIGKILL)
+        wait_for(own_cluster.healthy, 30, "a replica to take over")
+        time.sleep(0.5)
+        victim.start()  # back as a replica of its old shard: writes are acknowledged by a replica again
+        wait_for(own_cluster.healthy, 30, "the old primary back as a replica")
+
+
+def test_a_slot_moved_during_traffic_loses_nothing(
+    make_server: t.Callable[..., Server], own_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """A user's slot moved to another primary under traffic (a resharding): nothing acknowledged is lost."""
+    with under_traffic(make_server, own_cluster, tmp_path, users=4) as key:
+        source = own_cluster.primary_of(key)
+        target = next(n for n in own_cluster.nodes if n is not source and own_cluster.role(n) == "master")
+        own_cluster.move_slot(key, target)
+        assert own_cluster.primary_of(key) is target

@@ -74,23 +74,17 @@ from ..concurrency import Batcher, Task, spawn
 from ..control import Control
 from ..delivery import group_key
 from ..errors import BrokerError, BrokerUnavailable, ConfigError, IdempotencyKeyReused
-from ..inbox import InboxState
 from ..notices import Notice, topic_of, utc_iso_ago, utc_now_iso
 from ..schedule import Due, checked_kind
 from . import base
-from .base import BROADCAST_KEY, CONTROL_KEY, Published, Replay, StoreBase
+from .base import BROADCAST_KEY, CONTROL_KEY, Published, Replay
 from .redis import (
-    _DELETE,
-    _MARK,
-    _READ_THROUGH,
-    _SET_RECORD,
-    _SNOOZE,
     _USER_CONTROLS,
-    _WAKE,
     RESYNC,
+    USER_SCRIPTS,
+    RedisStore,
     _entry_fields,
     _entry_notice,
-    _flags,
     _seq,
     _text,
 )
@@ -257,9 +251,6 @@ return before - redis.call('XLEN', KEYS[1])
 """
 )
 
-#: KEYS: meta, marks. The read-all cursor and the marks.
-_STATE = "return {redis.call('HGET', KEYS[1], 'through') or '', redis.call('HGETALL', KEYS[2])}"
-
 #: KEYS: idem. ARGV: fingerprint, created, ids (comma-separated), ttl ms, lease ms.
 _CLAIM = """
 local t = redis.call('TIME')
@@ -388,17 +379,11 @@ _SCRIPTS = {
     "catch_up": _CATCH_UP,
     "control": _CONTROL,
     "sweep": _SWEEP,
-    "state": _STATE,
     "claim": _CLAIM,
     "claimed": _CLAIMED,
     "claim_ids": _CLAIM_IDS,
     "release": _RELEASE,
-    "mark": _MARK,
-    "read_through": _READ_THROUGH,
-    "delete": _DELETE,
-    "snooze": _SNOOZE,
-    "wake": _WAKE,
-    "set_record": _SET_RECORD,
+    **USER_SCRIPTS,
     "presence_renew": _PRESENCE_RENEW,
     "presence_set": _PRESENCE_SET,
     "presence_live": _PRESENCE_LIVE,
@@ -460,11 +445,9 @@ class _Shard:
         self.task: Task | None = None
 
 
-class RedisClusterBroker(StoreBase[t.Any]):
+class RedisClusterBroker(RedisStore):
     """Notices in a Redis Cluster: storage and delivery spread over its shards."""
 
-    durable = True
-    serialized = False  # redis-py's cluster client is thread-safe
     positional = True  # audiences are stored out of id order relative to each other
     unavailable_errors = (
         (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError)
@@ -527,6 +510,21 @@ class RedisClusterBroker(StoreBase[t.Any]):
     def _audience(self, key: str) -> list[str]:
         """The keys a publish to audience ``key`` touches: log, meta, marks, groups."""
         return [self._key(key, name) for name in ("log", "meta", "marks", "groups")]
+
+    def _log(self, user_id: str) -> str:
+        return self._key(user_id, "log")
+
+    def _marks(self, user_id: str) -> str:
+        return self._key(user_id, "marks")
+
+    def _groups(self, user_id: str) -> str:
+        return self._key(user_id, "groups")
+
+    def _through(self, user_id: str) -> tuple[str, str]:
+        return self._key(user_id, "meta"), "through"
+
+    def _records(self, kind: str, user_id: str) -> str:
+        return self._key(user_id, f"rec:{kind}")
 
     def _channel(self, key: str) -> str:
         return self._key(key, "ev")
@@ -714,26 +712,6 @@ class RedisClusterBroker(StoreBase[t.Any]):
                     ids[index] = seq
         raise BrokerError(f"{self.describe()}: grouped notices kept changing under {_GROUP_TRIES} tries")
 
-    def _fold_read(self, client: t.Any, user_id: str, key: str, text: str, created_at: str) -> list[t.Any]:
-        """Read a group's entry and fold ``text`` into it: what the publish script checks, then the text."""
-        prev = _text(client.hget(self._key(user_id, "groups"), key) or b"")
-        mark = through = ""
-        previous = state = None
-        if prev:
-            mark = _text(client.hget(self._key(user_id, "marks"), prev) or b"")
-            through = _text(client.hget(self._key(user_id, "meta"), "through") or b"")
-            found = client.xrange(self._key(user_id, "log"), min=f"{prev}-0", max=f"{prev}-0")
-            if found:
-                previous = _entry_notice(found[0], user_id)
-                read, archived, _ = _flags(mark)
-                state = InboxState(
-                    int(through or 0),
-                    {} if read is None else {previous.id: read},
-                    frozenset([previous.id] if archived else []),
-                )
-        folded, replaced = self._folded(text, created_at, previous, state)
-        return [prev, mark, through, "" if replaced is None else str(replaced), folded]
-
     def _idem(self, key: str) -> str:
         return self._key("~i:" + hashlib.sha1(key.encode()).hexdigest(), "idem")
 
@@ -895,10 +873,6 @@ class RedisClusterBroker(StoreBase[t.Any]):
 
     # -- inboxes ----------------------------------------------------------
 
-    def _ttl_ms(self) -> int:
-        # A user's logs (and marks) expire whole well after the retention age.
-        return int((self.retention_age * 2 + 60) * 1000)
-
     def inbox_ids(self, user_id: str) -> list[int]:
         """Ids of the user's notices and the broadcasts, newest first."""
 
@@ -930,67 +904,6 @@ class RedisClusterBroker(StoreBase[t.Any]):
         notices: list[Notice] = self._run(work)
         return notices
 
-    def inbox_state(self, user_id: str) -> InboxState:
-        """The user's marks (one script in the user's slot)."""
-        keys = [self._key(user_id, "meta"), self._key(user_id, "marks")]
-
-        def work(client: t.Any) -> InboxState:
-            through, flat = self._scripts["state"](keys=keys)
-            read: dict[int, bool] = {}
-            archived = set()
-            snoozed: dict[int, float] = {}
-            for field, value in zip(flat[::2], flat[1::2], strict=True):
-                seq = int(field)
-                is_read, is_archived, until = _flags(_text(value))
-                if is_read is not None:
-                    read[seq] = is_read
-                if is_archived:
-                    archived.add(seq)
-                if until is not None:
-                    snoozed[seq] = until
-            return InboxState(int(through or 0), read, frozenset(archived), snoozed)
-
-        state: InboxState = self._run(work)
-        return state
-
-    def mark(
-        self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None
-    ) -> None:
-        """Set read and/or archived on these notices of the user (one script)."""
-        args = [
-            self._ttl_ms(),
-            "" if read is None else ("r" if read else "u"),
-            "" if archived is None else str(int(archived)),
-            *ids,
-        ]
-        self._run(lambda client: self._scripts["mark"](keys=[self._key(user_id, "marks")], args=args))
-
-    def mark_read_through(self, user_id: str, through: int) -> None:
-        """Everything up to ``through`` is read (one script)."""
-        keys = [self._key(user_id, "marks"), self._key(user_id, "meta")]
-        self._run(lambda client: self._scripts["read_through"](keys=keys, args=["through", through]))
-
-    def delete_notices(self, user_id: str, ids: t.Sequence[int]) -> list[int]:
-        """Remove these notices of the user's own (not broadcasts), with their marks (one script)."""
-        if not ids:
-            return []
-        keys = [self._key(user_id, "log"), self._key(user_id, "marks")]
-        removed = self._run(lambda client: self._scripts["delete"](keys=keys, args=[int(i) for i in ids]))
-        return sorted(int(seq) for seq in removed)
-
-    def snooze(self, user_id: str, seq: int, until: float) -> None:
-        """Snooze the notice until ``until`` (one script)."""
-        keys = [self._key(user_id, "marks")]
-        args = [self._ttl_ms(), seq, repr(float(until))]
-        self._run(lambda client: self._scripts["snooze"](keys=keys, args=args))
-
-    def wake(self, user_id: str, seq: int, until: float) -> bool:
-        """End the snooze if it is still this one, and mark the notice unread (one script)."""
-        keys = [self._key(user_id, "marks")]
-        return bool(
-            self._run(lambda client: self._scripts["wake"](keys=keys, args=[seq, repr(float(until))]))
-        )
-
     # -- preferences --------------------------------------------------------
 
     def preferences(self, user_ids: t.Sequence[str]) -> dict[str, str]:
@@ -1013,19 +926,6 @@ class RedisClusterBroker(StoreBase[t.Any]):
             client.set(self._key("~prefs", "any"), 1)
 
         self._run(work)
-
-    # -- users' records (contacts, push subscriptions) -----------------------
-
-    def user_records(self, kind: str, user_id: str) -> dict[str, str]:
-        """The user's records of ``kind``, by name (one HGETALL)."""
-        found = self._run(lambda client: client.hgetall(self._key(user_id, f"rec:{kind}")))
-        return {_text(name): _text(text) for name, text in found.items()}
-
-    def set_user_record(self, kind: str, user_id: str, name: str, text: str | None) -> bool:
-        """Keep (or, with ``None``, forget) one record; whether it existed before (one script)."""
-        key = self._key(user_id, f"rec:{kind}")
-        args = [name] if text is None else [name, text]
-        return bool(self._run(lambda client: self._scripts["set_record"](keys=[key], args=args)))
 
     # -- presence -----------------------------------------------------------
 

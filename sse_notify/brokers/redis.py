@@ -85,7 +85,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     redis = None  # type: ignore[assignment]
 
-__all__ = ["RedisBroker"]
+__all__ = ["RedisBroker", "RedisStore"]
 
 log = logging.getLogger("sse_notify.brokers.redis")
 
@@ -479,11 +479,157 @@ if redis is not None:
             super().on_connect(connection)
 
 
-class RedisBroker(StoreBase[t.Any]):
-    """Notices in Redis: any worker on any host can publish, replay, and listen."""
+#: KEYS: the hash of the read-all cursor, the marks. ARGV: the cursor's field. The cursor and the marks.
+_STATE = "return {redis.call('HGET', KEYS[1], ARGV[1]) or '', redis.call('HGETALL', KEYS[2])}"
+
+#: The scripts of a user's inbox and records: the same on one Redis and on a cluster (each
+#: touches one user's keys, named by the store's layout).
+USER_SCRIPTS = {
+    "state": _STATE,
+    "mark": _MARK,
+    "read_through": _READ_THROUGH,
+    "delete": _DELETE,
+    "snooze": _SNOOZE,
+    "wake": _WAKE,
+    "set_record": _SET_RECORD,
+}
+
+
+class RedisStore(StoreBase[t.Any]):
+    """What the Redis stores share: a user's inbox marks, read-all cursor, groups and records, each
+    behind the store's key layout (:meth:`_log`, :meth:`_marks`, :meth:`_groups`, :meth:`_through`,
+    :meth:`_records`)."""
 
     durable = True
-    serialized = False  # redis-py's client is thread-safe, with a pool of connections
+    serialized = False  # redis-py's clients are thread-safe, with pools of connections
+    retention_age: float
+    _scripts: dict[str, t.Any]
+
+    # -- the layout (each store's own) ----------------------------------------
+
+    def _log(self, user_id: str) -> str:
+        """The user's stream of notices."""
+        raise NotImplementedError
+
+    def _marks(self, user_id: str) -> str:
+        """The hash of the user's inbox marks."""
+        raise NotImplementedError
+
+    def _groups(self, user_id: str) -> str:
+        """The hash of the user's group keys."""
+        raise NotImplementedError
+
+    def _through(self, user_id: str) -> tuple[str, str]:
+        """The hash and field of the user's read-all cursor."""
+        raise NotImplementedError
+
+    def _records(self, kind: str, user_id: str) -> str:
+        """The hash of the user's records of ``kind``."""
+        raise NotImplementedError
+
+    # -- what they share ------------------------------------------------------
+
+    def _ttl_ms(self) -> int:
+        # A user's streams (and marks) expire whole well after the retention age.
+        return int((self.retention_age * 2 + 60) * 1000)
+
+    def _fold_read(self, client: t.Any, user_id: str, key: str, text: str, created_at: str) -> list[t.Any]:
+        """Read a group's entry and fold ``text`` into it: what the publish script checks, then the text."""
+        prev = _text(client.hget(self._groups(user_id), key) or b"")
+        mark = through = ""
+        previous = state = None
+        if prev:
+            mark = _text(client.hget(self._marks(user_id), prev) or b"")
+            through = _text(client.hget(*self._through(user_id)) or b"")
+            found = client.xrange(self._log(user_id), min=f"{prev}-0", max=f"{prev}-0")
+            if found:
+                previous = _entry_notice(found[0], user_id)
+                read, archived, _ = _flags(mark)
+                state = InboxState(
+                    int(through or 0),
+                    {} if read is None else {previous.id: read},
+                    frozenset([previous.id] if archived else []),
+                )
+        folded, replaced = self._folded(text, created_at, previous, state)
+        return [prev, mark, through, "" if replaced is None else str(replaced), folded]
+
+    def inbox_state(self, user_id: str) -> InboxState:
+        """The user's marks (one script)."""
+        hash_, field = self._through(user_id)
+
+        def work(client: t.Any) -> InboxState:
+            through, flat = self._scripts["state"](keys=[hash_, self._marks(user_id)], args=[field])
+            read: dict[int, bool] = {}
+            archived = set()
+            snoozed: dict[int, float] = {}
+            for name, value in zip(flat[::2], flat[1::2], strict=True):
+                seq = int(name)
+                is_read, is_archived, until = _flags(_text(value))
+                if is_read is not None:
+                    read[seq] = is_read
+                if is_archived:
+                    archived.add(seq)
+                if until is not None:
+                    snoozed[seq] = until
+            return InboxState(int(through or 0), read, frozenset(archived), snoozed)
+
+        state: InboxState = self._run(work)
+        return state
+
+    def mark(
+        self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None
+    ) -> None:
+        """Set read and/or archived on these notices of the user (one script)."""
+        args = [
+            self._ttl_ms(),
+            "" if read is None else ("r" if read else "u"),
+            "" if archived is None else str(int(archived)),
+            *ids,
+        ]
+        self._run(lambda client: self._scripts["mark"](keys=[self._marks(user_id)], args=args))
+
+    def mark_read_through(self, user_id: str, through: int) -> None:
+        """Everything up to ``through`` is read (one script)."""
+        hash_, field = self._through(user_id)
+        keys = [self._marks(user_id), hash_]
+        self._run(lambda client: self._scripts["read_through"](keys=keys, args=[field, through]))
+
+    def delete_notices(self, user_id: str, ids: t.Sequence[int]) -> list[int]:
+        """Remove these notices of the user's own (not broadcasts), with their marks (one script)."""
+        if not ids:
+            return []
+        keys = [self._log(user_id), self._marks(user_id)]
+        removed = self._run(lambda client: self._scripts["delete"](keys=keys, args=[int(i) for i in ids]))
+        return sorted(int(seq) for seq in removed)
+
+    def snooze(self, user_id: str, seq: int, until: float) -> None:
+        """Snooze the notice until ``until`` (one script)."""
+        keys = [self._marks(user_id)]
+        args = [self._ttl_ms(), seq, repr(float(until))]
+        self._run(lambda client: self._scripts["snooze"](keys=keys, args=args))
+
+    def wake(self, user_id: str, seq: int, until: float) -> bool:
+        """End the snooze if it is still this one, and mark the notice unread (one script)."""
+        keys = [self._marks(user_id)]
+        return bool(
+            self._run(lambda client: self._scripts["wake"](keys=keys, args=[seq, repr(float(until))]))
+        )
+
+    def user_records(self, kind: str, user_id: str) -> dict[str, str]:
+        """The user's records of ``kind``, by name (one HGETALL)."""
+        found = self._run(lambda client: client.hgetall(self._records(kind, user_id)))
+        return {_text(name): _text(text) for name, text in found.items()}
+
+    def set_user_record(self, kind: str, user_id: str, name: str, text: str | None) -> bool:
+        """Keep (or, with ``None``, forget) one record; whether it existed before (one script)."""
+        key = self._records(kind, user_id)
+        args = [name] if text is None else [name, text]
+        return bool(self._run(lambda client: self._scripts["set_record"](keys=[key], args=args)))
+
+
+class RedisBroker(RedisStore):
+    """Notices in Redis: any worker on any host can publish, replay, and listen."""
+
     unavailable_errors = (redis.ConnectionError, redis.TimeoutError) if redis is not None else ()
     failure_errors = (redis.RedisError,) if redis is not None else ()
 
@@ -534,6 +680,23 @@ class RedisBroker(StoreBase[t.Any]):
         parts = urlsplit(self.url)
         return f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
 
+    # -- the layout -------------------------------------------------------
+
+    def _log(self, user_id: str) -> str:
+        return f"{self.prefix}log:{user_id}"
+
+    def _marks(self, user_id: str) -> str:
+        return f"{self.prefix}marks:{user_id}"
+
+    def _groups(self, user_id: str) -> str:
+        return f"{self.prefix}groups:{user_id}"
+
+    def _through(self, user_id: str) -> tuple[str, str]:
+        return f"{self.prefix}through", user_id
+
+    def _records(self, kind: str, user_id: str) -> str:
+        return f"{self.prefix}rec:{kind}:{user_id}"
+
     # -- connection -------------------------------------------------------
 
     def _connect(self) -> t.Any:
@@ -551,18 +714,13 @@ class RedisBroker(StoreBase[t.Any]):
             "replay": client.register_script(_REPLAY),
             "catch_up": client.register_script(_CATCH_UP),
             "sweep": client.register_script(_SWEEP),
-            "mark": client.register_script(_MARK),
-            "read_through": client.register_script(_READ_THROUGH),
-            "delete": client.register_script(_DELETE),
-            "snooze": client.register_script(_SNOOZE),
-            "wake": client.register_script(_WAKE),
             "presence_update": client.register_script(_PRESENCE_UPDATE),
             "presence_counts": client.register_script(_PRESENCE_COUNTS),
             "schedule": client.register_script(_SCHEDULE),
             "unschedule": client.register_script(_UNSCHEDULE),
-            "set_record": client.register_script(_SET_RECORD),
             "claim_due": client.register_script(_CLAIM_DUE),
             "finish": client.register_script(_FINISH),
+            **{name: client.register_script(text) for name, text in USER_SCRIPTS.items()},
         }
         return client
 
@@ -625,27 +783,6 @@ class RedisBroker(StoreBase[t.Any]):
         ]
         return Published(notices, False)
 
-    def _fold_read(self, client: t.Any, user_id: str, key: str, text: str, created_at: str) -> list[t.Any]:
-        """Read a group's entry and fold ``text`` into it: what the publish script checks, then the text."""
-        prefix = self.prefix
-        prev = _text(client.hget(f"{prefix}groups:{user_id}", key) or b"")
-        mark = through = ""
-        previous = state = None
-        if prev:
-            mark = _text(client.hget(f"{prefix}marks:{user_id}", prev) or b"")
-            through = _text(client.hget(f"{prefix}through", user_id) or b"")
-            found = client.xrange(f"{prefix}log:{user_id}", min=f"{prev}-0", max=f"{prev}-0")
-            if found:
-                previous = _entry_notice(found[0], user_id)
-                read, archived, _ = _flags(mark)
-                state = InboxState(
-                    int(through or 0),
-                    {} if read is None else {previous.id: read},
-                    frozenset([previous.id] if archived else []),
-                )
-        folded, replaced = self._folded(text, created_at, previous, state)
-        return [prev, mark, through, "" if replaced is None else str(replaced), folded]
-
     def trim_expired(self) -> int:
         """Drop notices older than the retention age from every stream (a SCAN over the logs)."""
         pattern = f"{self.prefix}log:*"
@@ -687,10 +824,6 @@ class RedisBroker(StoreBase[t.Any]):
 
     # -- inboxes ----------------------------------------------------------
 
-    def _ttl_ms(self) -> int:
-        # A user's streams (and marks) expire whole well after the retention age.
-        return int((self.retention_age * 2 + 60) * 1000)
-
     def inbox_ids(self, user_id: str) -> list[int]:
         """Cursors of the user's notices and the broadcasts, newest first."""
 
@@ -726,70 +859,6 @@ class RedisBroker(StoreBase[t.Any]):
         notices: list[Notice] = self._run(work)
         return notices
 
-    def inbox_state(self, user_id: str) -> InboxState:
-        """The user's marks."""
-
-        def work(client: t.Any) -> InboxState:
-            pipe = client.pipeline(transaction=True)
-            pipe.hget(f"{self.prefix}through", user_id)
-            pipe.hgetall(f"{self.prefix}marks:{user_id}")
-            through, marks = pipe.execute()
-            read: dict[int, bool] = {}
-            archived = set()
-            snoozed: dict[int, float] = {}
-            for field, value in marks.items():
-                seq = int(field)
-                is_read, is_archived, until = _flags(_text(value))
-                if is_read is not None:
-                    read[seq] = is_read
-                if is_archived:
-                    archived.add(seq)
-                if until is not None:
-                    snoozed[seq] = until
-            return InboxState(int(through or 0), read, frozenset(archived), snoozed)
-
-        state: InboxState = self._run(work)
-        return state
-
-    def mark(
-        self, user_id: str, ids: t.Sequence[int], *, read: bool | None = None, archived: bool | None = None
-    ) -> None:
-        """Set read and/or archived on these notices of the user (one script)."""
-        args = [
-            self._ttl_ms(),
-            "" if read is None else ("r" if read else "u"),
-            "" if archived is None else str(int(archived)),
-            *ids,
-        ]
-        self._run(lambda client: self._scripts["mark"](keys=[f"{self.prefix}marks:{user_id}"], args=args))
-
-    def mark_read_through(self, user_id: str, through: int) -> None:
-        """Everything up to ``through`` is read (one script)."""
-        keys = [f"{self.prefix}marks:{user_id}", f"{self.prefix}through"]
-        self._run(lambda client: self._scripts["read_through"](keys=keys, args=[user_id, through]))
-
-    def delete_notices(self, user_id: str, ids: t.Sequence[int]) -> list[int]:
-        """Remove these notices of the user's own (not broadcasts), with their marks (one script)."""
-        if not ids:
-            return []
-        keys = [f"{self.prefix}log:{user_id}", f"{self.prefix}marks:{user_id}"]
-        removed = self._run(lambda client: self._scripts["delete"](keys=keys, args=[int(i) for i in ids]))
-        return sorted(int(seq) for seq in removed)
-
-    def snooze(self, user_id: str, seq: int, until: float) -> None:
-        """Snooze the notice until ``until`` (one script)."""
-        keys = [f"{self.prefix}marks:{user_id}"]
-        self._run(
-            lambda client: self._scripts["snooze"](keys=keys, args=[self._ttl_ms(), seq, repr(float(until))])
-        )
-
-    def wake(self, user_id: str, seq: int, until: float) -> bool:
-        """End the snooze if it is still this one, and mark the notice unread (one script)."""
-        keys = [f"{self.prefix}marks:{user_id}"]
-        return bool(
-            self._run(lambda client: self._scripts["wake"](keys=keys, args=[seq, repr(float(until))]))
-        )
-
     # -- preferences --------------------------------------------------------
 
     def preferences(self, user_ids: t.Sequence[str]) -> dict[str, str]:
@@ -807,19 +876,6 @@ class RedisBroker(StoreBase[t.Any]):
     def set_preferences(self, user_id: str, text: str) -> None:
         """Replace the user's preferences."""
         self._run(lambda client: client.hset(f"{self.prefix}prefs", user_id, text))
-
-    # -- users' records (contacts, push subscriptions) -----------------------
-
-    def user_records(self, kind: str, user_id: str) -> dict[str, str]:
-        """The user's records of ``kind``, by name (one HGETALL)."""
-        found = self._run(lambda client: client.hgetall(f"{self.prefix}rec:{kind}:{user_id}"))
-        return {_text(name): _text(text) for name, text in found.items()}
-
-    def set_user_record(self, kind: str, user_id: str, name: str, text: str | None) -> bool:
-        """Keep (or, with ``None``, forget) one record; whether it existed before (one script)."""
-        key = f"{self.prefix}rec:{kind}:{user_id}"
-        args = [name] if text is None else [name, text]
-        return bool(self._run(lambda client: self._scripts["set_record"](keys=[key], args=args)))
 
     # -- presence -----------------------------------------------------------
 
