@@ -340,13 +340,15 @@ def _stores(runs: int, requests: int, streams: int) -> bool:
     return _report("stores", lambda: stores(runs, requests, streams), render_stores)
 
 
-def _scaling(runs: int, streams: int, notices: int, rate: float, workers: t.Sequence[int]) -> bool:
+def _scaling(
+    runs: int, streams: int, notices: int, rate: float, workers: t.Sequence[int], store: str = "redis"
+) -> bool:
     """Run the scaling scenario, print its JSON line and table; True when it failed."""
     import shutil
 
     if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
         return _unavailable("scaling", "redis-server is not installed (apt-get install redis-server)")
-    return _report("scaling", lambda: scaling(runs, streams, notices, rate, workers), render_scaling)
+    return _report("scaling", lambda: scaling(runs, streams, notices, rate, workers, store), render_scaling)
 
 
 def _instructions(small: int, large: int) -> bool:
@@ -384,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         help="pending: scheduled notices waiting in the store (100,000)",
     )
     parser.add_argument("--runs", type=int, default=3, help="repeat and report the median of each figure")
+    parser.add_argument(
+        "--store", choices=("redis", "cluster"), default="redis", help="scaling: a Redis, or a Redis Cluster"
+    )
     parser.add_argument(
         "--peers",
         default=",".join(PEER_NAMES),
@@ -438,9 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         failed |= _stores(1, 500, streams) if args.smoke else _stores(args.runs, args.requests, streams)
     if "scaling" in chosen:
         if args.smoke:
-            failed |= _scaling(1, 20, 40, 100.0, (1, 2))
+            failed |= _scaling(1, 20, 40, 100.0, (1, 2), args.store)
         else:
-            failed |= _scaling(args.runs, args.streams or 400, args.notices * 4, args.rate * 4, (1, 2, 4, 8))
+            notices, rate = args.notices * 4, args.rate * 4
+            failed |= _scaling(args.runs, args.streams or 400, notices, rate, (1, 2, 4, 8), args.store)
     if "instructions" in chosen:
         large = 60 if args.smoke else (args.streams or 1200)
         failed |= _instructions(max(1, large // 6), large)

@@ -13,7 +13,7 @@ import time
 import typing as t
 from pathlib import Path
 
-__all__ = ["Sample", "cpu_seconds", "delta", "fd_count", "rss_kib", "sample"]
+__all__ = ["Sample", "cpu_seconds", "delta", "fd_count", "rss_kib", "sample", "wakeups"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -39,6 +39,17 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def wakeups(pid: int) -> int:
+    """Times ``pid`` went to sleep and woke so far: its voluntary context switches (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def fd_count(pid: int) -> int:

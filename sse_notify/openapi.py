@@ -232,7 +232,13 @@ def _schemas() -> dict[str, Schema]:
     )
     event: dict[str, Schema] = {
         "data": {"type": "string", "description": "One line of JSON."},
-        "id": {"type": "string", "description": "The cursor to resume from (`Last-Event-ID`)."},
+        "id": {
+            "type": "string",
+            "description": (
+                "Where to resume from (`Last-Event-ID`): a notice id, or on Redis Cluster a position per "
+                "audience (`1052.1040`: the user's, the broadcasts', then each topic's). Send it back as is."
+            ),
+        },
         "retry": {"type": "integer", "minimum": 0, "description": "Reconnection time, in ms."},
     }
 

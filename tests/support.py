@@ -357,6 +357,8 @@ class RedisCluster:
     primaries: int = 3
     replicas: int = 1
     node_timeout: int = 1000
+    #: Each node's ``appendfsync`` (``always`` for the tests, as :class:`RedisServer`).
+    appendfsync: str = "always"
     nodes: list[RedisServer] = field(default_factory=list)
 
     @property
@@ -372,7 +374,8 @@ class RedisCluster:
         extra += ["--cluster-node-timeout", str(self.node_timeout)]
         extra += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once (the default waits 5 s)
         for index in range(count):
-            node = RedisServer(self.directory / f"node{index}", port=cluster_port(), extra=extra)
+            directory = self.directory / f"node{index}"
+            node = RedisServer(directory, port=cluster_port(), extra=extra, appendfsync=self.appendfsync)
             self.nodes.append(node.start())
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(

@@ -10,12 +10,15 @@ import threading
 import time
 import typing as t
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
+from playwright.sync_api import BrowserContext, expect
 
+from .browser import TIMEOUT, query_of, stream_requests, streams_of
 from .sse_client import Subscriber, subscribe
-from .support import AUTH, RedisCluster, Server, wait_for
+from .support import AUTH, PUBLISH_KEY, RedisCluster, Server, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -150,3 +153,61 @@ def test_a_slot_moved_during_traffic_loses_nothing(
         target = next(n for n in own_cluster.nodes if n is not source and own_cluster.role(n) == "master")
         own_cluster.move_slot(key, target)
         assert own_cluster.primary_of(key) is target
+
+
+@pytest.mark.browser
+def test_the_browser_client_resumes_from_its_position_on_the_cluster(
+    make_server: t.Callable[..., Server], redis_cluster: RedisCluster, tmp_path: Path, context: BrowserContext
+) -> None:
+    """sse-notify.js in Chromium: a new leader tab resumes from the position the stream sent, once each."""
+    server = make_server(workers=2, store=cluster_store(redis_cluster, tmp_path))
+    errors: list[str] = []
+    for _ in range(2):
+        tab = context.new_page()
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        tab.goto(f"{server.url}/#key={quote(PUBLISH_KEY, safe='')}")
+        tab.evaluate(
+            "() => { window.arrived = []; demo.inbox.on('notice', (n) => arrived.push(n.data.title)); }"
+        )
+        expect(tab.locator("#status")).to_have_text("live", timeout=TIMEOUT)
+    server.publish("alice", {"title": "mine"})
+    server.broadcast({"title": "everyone's"})
+    pages = context.pages
+    for tab in pages:
+        expect(tab.locator("#notices .title")).to_have_count(2, timeout=TIMEOUT)
+    [leader] = [tab for tab in pages if tab.evaluate("demo.inbox.isLeader")]
+    [other] = [tab for tab in pages if tab is not leader]
+    position = leader.evaluate("demo.inbox.lastEventId")
+    assert len(position.split(".")) == 2, position  # alice's position, then the broadcasts'
+    requests = stream_requests(context)
+
+    leader.close()
+    server.broadcast({"title": "while moving"})
+    server.publish("alice", {"title": "also while moving"})
+    expect(other.locator("#status")).to_have_text("live", timeout=TIMEOUT)
+    expect(other.locator("#notices .title")).to_have_count(4, timeout=TIMEOUT)
+    assert sorted(other.evaluate("arrived")) == sorted(
+        ["mine", "everyone's", "while moving", "also while moving"]
+    )
+    [stream] = streams_of(requests)
+    assert query_of(stream)["last_event_id"] == position, stream
+    assert not errors, errors
+
+
+def test_a_worker_holds_one_pubsub_connection_per_primary(
+    make_server: t.Callable[..., Server], redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """30 users' streams on one worker: one sharded pub/sub connection per primary, and a small pool."""
+    server = make_server(workers=1, store=cluster_store(redis_cluster, tmp_path))
+    subs = [subscribe(server.stream_url(f"user{i}")) for i in range(30)]
+    primaries = [node for node in redis_cluster.nodes if redis_cluster.role(node) == "master"]
+    followed = 0
+    for node in primaries:
+        clients = node.clients()
+        pubsub = [c for c in clients if int(c.get("ssub", 0)) > 0]
+        assert len(pubsub) == 1, pubsub
+        followed += int(pubsub[0]["ssub"])
+        assert len(clients) <= 1 + 16, clients  # the pub/sub connection and at most the pool
+    assert followed == 30 + 2  # every user, the broadcasts and the control records
+    for sub in subs:
+        sub.close()

@@ -196,8 +196,6 @@ return 'ok'
 """
 )
 
-_INCRBY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
-
 _FLOOR = """
 local function floor_of(log, meta)
   local f = tonumber(redis.call('HGET', meta, 'floor') or '0')
@@ -374,7 +372,6 @@ end
 
 _SCRIPTS = {
     "publish": _PUBLISH,
-    "incrby": _INCRBY,
     "replay": _REPLAY,
     "catch_up": _CATCH_UP,
     "control": _CONTROL,
@@ -544,7 +541,10 @@ class RedisClusterBroker(RedisStore):
             startup_nodes=[_node_at(host, port) for host, port in self.nodes],
             socket_timeout=5,
             socket_connect_timeout=2,
-            max_connections=64,
+            # Per primary: at most this many, and a caller waits for a free one (as on one Redis).
+            connection_pool_class=redis.BlockingConnectionPool,
+            max_connections=16,
+            timeout=5,
             **self._options,
         )
         self._scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
@@ -564,8 +564,13 @@ class RedisClusterBroker(RedisStore):
         On that primary's own connection (``WAIT`` counts the writes of its connection),
         following ``MOVED``/``ASK`` redirects and waiting out a failover. ``wait=False``: no
         ``WAIT`` (a write whose loss in a failover only repeats some work, as a claim's lease).
+        The name ``INCRBY`` runs that command itself (it needs no script).
         """
         replicas = self.replicas if wait else 0
+        if name == "INCRBY":
+            command: tuple[t.Any, ...] = ("INCRBY", *keys, *args)
+        else:
+            command = ("EVALSHA", _SHAS[name], len(keys), *keys, *args)
         deadline = time.monotonic() + _FAILOVER
         asking: t.Any = None
         while True:
@@ -574,7 +579,7 @@ class RedisClusterBroker(RedisStore):
                 pipe = client.get_redis_connection(node).pipeline(transaction=False)
                 if asking is not None:
                     pipe.execute_command("ASKING")
-                pipe.evalsha(_SHAS[name], len(keys), *keys, *args)
+                pipe.execute_command(*command)
                 if replicas:
                     pipe.execute_command("WAIT", replicas, self.wait_ms)
                 out = pipe.execute(raise_on_error=False)
@@ -631,12 +636,16 @@ class RedisClusterBroker(RedisStore):
     # -- writing ----------------------------------------------------------
 
     def _ids(self, client: t.Any, count: int) -> list[int]:
-        last = int(self._write(client, "~seq", "incrby", [self._key("~seq", "n")], [count]))
+        last = int(self._write(client, "~seq", "INCRBY", [self._key("~seq", "n")], [count]))
         return list(range(last - count + 1, last + 1))
 
     def _publish(
-        self, items: t.Sequence[tuple[str | None, str]], once: tuple[str, str, float] | None
+        self,
+        items: t.Sequence[tuple[str | None, str]],
+        once: tuple[str, str, float] | None,
+        taken: list[int] | None = None,
     ) -> Published:
+        """Store ``items``: with ``taken``, under those ids (taken together for a round of publishes)."""
         if not items:
             return Published([], False)
         self._check_items(items)
@@ -645,7 +654,7 @@ class RedisClusterBroker(RedisStore):
         def work(client: t.Any) -> Published:
             created = created_at
             if once is None:
-                ids = self._ids(client, len(items))
+                ids = list(taken) if taken is not None else self._ids(client, len(items))
             else:
                 claimed = self._claim(client, once, created, len(items))
                 if isinstance(claimed, Published):
@@ -771,13 +780,26 @@ class RedisClusterBroker(RedisStore):
         return published
 
     def publish_requests(self, requests: t.Sequence[base.Request]) -> list[Published | BaseException]:
-        """Several publishes, one after another (each audience's part is one script)."""
+        """Several publishes (a round of concurrent ones), one after another.
+
+        Those without an idempotency key take their ids with one ``INCRBY`` for the round:
+        every publish visits the counter's primary, which binds a cluster's publish rate.
+        """
+        plain = sum(len(items) for items, once in requests if once is None)
+        try:
+            ids = self._run(lambda client: self._ids(client, plain)) if plain > 1 else None
+        except BrokerError as exc:
+            return [exc] * len(requests)
         results: list[Published | BaseException] = []
         for items, once in requests:
             try:
-                results.append(
-                    self._publish(items, None) if once is None else self.publish_once(items, *once)
-                )
+                if once is not None:
+                    results.append(self.publish_once(items, *once))
+                elif ids is None:
+                    results.append(self._publish(items, None))
+                else:
+                    mine, ids = ids[: len(items)], ids[len(items) :]
+                    results.append(self._publish(items, None, mine))
             except (BrokerError, IdempotencyKeyReused) as exc:
                 results.append(exc)
         return results
@@ -1086,7 +1108,8 @@ class RedisClusterBroker(RedisStore):
                 new = new or found is None or not found.ready.is_set()
         if new:
             self._follows.submit(tuple(keys))
-        with self._feed_lock:
+        # Under the delivery lock: each position is read with everything up to it handed to the hub.
+        with self._deliver_lock:
             positions = {key: self._followed[key].pos for key in (BROADCAST_KEY, *keys)}
         return base.Followed(min(positions.values()), False, positions)
 

@@ -147,6 +147,7 @@ export interface Inbox {
   readonly notices: InboxItem[];
   readonly isLeader: boolean;
   readonly closeReason: "kicked" | "replaced" | null;
+  /** Where a new connection resumes: a notice id, or on Redis Cluster a position per audience ("1052.1040"). */
   readonly lastEventId: string | null;
   readonly preferences: Preferences | null;
   readonly state: State;
