@@ -351,11 +351,11 @@ def _scaling(
     return _report("scaling", lambda: scaling(runs, streams, notices, rate, workers, store), render_scaling)
 
 
-def _instructions(small: int, large: int) -> bool:
+def _instructions(small: int, large: int, together: int = 1) -> bool:
     """Run the instructions scenario, print its JSON line and table; True when it failed."""
     if valgrind_binary() is None:
         return _unavailable("instructions", "valgrind is not installed (apt-get install valgrind)")
-    return _report("instructions", lambda: instructions(small, large), render_instructions)
+    return _report("instructions", lambda: instructions(small, large, together=together), render_instructions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             failed |= _scaling(args.runs, args.streams or 400, notices, rate, (1, 2, 4, 8), args.store)
     if "instructions" in chosen:
         large = 60 if args.smoke else (args.streams or 1200)
-        failed |= _instructions(max(1, large // 6), large)
+        failed |= _instructions(max(1, large // 6), large, together=2 if args.smoke else 1)
     scenarios = [s for s in PEER_SCENARIOS if s in chosen]
     if scenarios:
         if args.smoke:

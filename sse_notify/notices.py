@@ -133,8 +133,10 @@ def checked_idempotency_key(key: object) -> str:
 _ORJSON_OPTIONS = (
     orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
-_LONG_NUMBER_BYTES = re.compile(rb"[0-9]{20}")
-_LONG_NUMBER_TEXT = re.compile(r"[0-9]{20}")
+# orjson keeps integers from -2**63 to 2**64 - 1 exact and makes the others floats: text with a
+# number of 20 digits, or of 19 after a minus (below -2**63 for some), is left to the stdlib.
+_LONG_NUMBER_BYTES = re.compile(rb"-[0-9]{19}|[0-9]{20}")
+_LONG_NUMBER_TEXT = re.compile(r"-[0-9]{19}|[0-9]{20}")
 
 
 def _stdlib_dumps(value: object, sort_keys: bool = False) -> str:

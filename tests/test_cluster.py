@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import typing as t
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -209,5 +210,5 @@ def test_a_worker_holds_one_pubsub_connection_per_primary(
         followed += int(pubsub[0]["ssub"])
         assert len(clients) <= 1 + 16, clients  # the pub/sub connection and at most the pool
     assert followed == 30 + 2  # every user, the broadcasts and the control records
-    for sub in subs:
-        sub.close()
+    with ThreadPoolExecutor(len(subs)) as pool:  # each close waits for its reader's next heartbeat
+        list(pool.map(Subscriber.close, subs))

@@ -606,9 +606,10 @@ def test_dumps_and_loads_agree_with_the_standard_library(value: object) -> None:
     ],
 )
 def test_dumps_falls_back_where_orjson_differs(value: object, text: str) -> None:
-    """Where orjson refuses or would change a value, dumps writes what the standard library writes."""
+    """Where orjson refuses or would change a value, dumps and loads do what the standard library does."""
     assert dumps(value) == text
     assert dumps(value) == json.dumps(value, separators=(",", ":"))
+    assert loads(text) == json.loads(text)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import typing as t
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sse_notify.brokers import Broker
 from sse_notify.brokers.cluster import RedisClusterBroker
 from sse_notify.errors import BrokerUnavailable
 
-from ..support import RedisCluster
+from ..support import RedisCluster, wait_for
 from .contract import Feed, InboxDurableContract, listen, payload
 
 
@@ -79,3 +80,24 @@ def _replica_of(node: t.Any) -> int:
     import redis
 
     return int(redis.Redis(port=node.port, socket_timeout=2).info("replication")["master_port"])
+
+
+def test_a_feed_unsubscribes_a_user_after_the_linger(redis_cluster: RedisCluster) -> None:
+    """The last stream of a user closed: after ``linger`` the worker's feed stops getting its notices."""
+    broker = RedisClusterBroker(redis_cluster.url, prefix="lg:", linger=0.2)
+    publisher = RedisClusterBroker(redis_cluster.url, prefix="lg:")
+    feed = Feed()
+    listen(broker, feed, ["alice", "bob"])
+    try:
+        first = publisher.publish("alice", payload(1))
+        feed.wait_count(1)
+        broker.unfollow("alice")
+        wait_for(lambda: "alice" not in broker._followed, 5, "the feed to leave alice")
+        publisher.publish("alice", payload(2))
+        last = publisher.publish("bob", payload(3))
+        assert feed.wait_count(2) == [first, last]
+        time.sleep(0.2)
+        assert feed.notices == [first, last]  # alice's second notice never came
+    finally:
+        publisher.close()
+        broker.close()
