@@ -49,8 +49,11 @@ def create_app(instance_path: str | None = None) -> Flask:
     db.init_app(app)
     notifications.init_app(app)
     with app.app_context(), db.engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # workers starting together: one creates the table
+        # Workers starting together: one creates the table, the others then find it.
+        if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('examples.orders'))"))
+        elif conn.dialect.name == "sqlite":  # the check and the CREATE under SQLite's write lock
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         db.metadata.create_all(conn)
 
     @app.post("/orders")
