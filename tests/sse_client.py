@@ -11,7 +11,9 @@ Nothing here parses the event stream itself.
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import socket
 import threading
 import time
 import typing as t
@@ -122,6 +124,8 @@ class Subscriber:
         self.ended = threading.Event()
         self.response_headers: httpx.Headers | None = None
         self._stop = threading.Event()
+        #: The stream's socket, shut down by :meth:`close` so that a blocked read returns at once.
+        self._socket: socket.socket | None = None
         self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=30.0))
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -141,6 +145,8 @@ class Subscriber:
             try:
                 with connect_sse(self._client, "GET", self.url, headers=headers) as source:
                     source.response.raise_for_status()
+                    stream = source.response.extensions.get("network_stream")
+                    self._socket = stream.get_extra_info("socket") if stream is not None else None
                     self.connections += 1
                     self.response_headers = source.response.headers
                     self.opened.set()
@@ -200,8 +206,12 @@ class Subscriber:
         return self.response_headers["X-Worker-Pid"]
 
     def close(self) -> None:
-        """Stop reading and close the connection."""
+        """Stop reading and close the connection (at once: a read waiting for data is woken)."""
         self._stop.set()
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._client.close()
         self._thread.join(5)
 
