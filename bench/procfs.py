@@ -21,15 +21,20 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 Sample = dict[str, t.Any]
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (0 if it is gone)."""
+def _status(pid: int, field: str) -> int:
+    """The number of ``field`` in /proc/<pid>/status (0 if the process is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (0 if it is gone)."""
+    return _status(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -43,13 +48,7 @@ def cpu_seconds(pid: int) -> float:
 
 def wakeups(pid: int) -> int:
     """Times ``pid`` went to sleep and woke so far: its voluntary context switches (0 if it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _status(pid, "voluntary_ctxt_switches")
 
 
 def fd_count(pid: int) -> int:
