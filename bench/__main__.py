@@ -45,6 +45,12 @@ serving worker, counted by callgrind (the same whatever the machine is doing), f
 and the bare streaming app. Without valgrind it is skipped (a failure when
 ``SSE_NOTIFY_REQUIRE_ALL=1``).
 
+Scenario ``c100k`` (:mod:`bench.c100k`): 100,000 streams (``--streams``) on ``--workers`` (6)
+workers beside Nchan with as many nginx workers, each run on fresh servers: streams opened and
+refused, memory per stream (RSS and PSS summed over the server's processes), broadcast to the
+last client, publish round trip, and a reconnect storm after every worker is killed. On demand
+only: ``python -m bench c100k --runs 3``; the smoke run does it at 300 streams.
+
 Load is bounded (``--streams``, ``--notices``, ``--rate``), loopback only, and
 every server started here is stopped by PID.
 """
@@ -72,6 +78,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from bench import compare
+from bench.c100k import c100k, render_c100k
 from bench.compare import PEER_NAMES
 from bench.fallback import fallback, render_fallback
 from bench.instructions import instructions, render_instructions, valgrind_binary
@@ -219,6 +226,7 @@ EVERY = (
     "stores",
     "scaling",
     "instructions",
+    "c100k",
     *PEER_SCENARIOS,
 )
 
@@ -358,13 +366,31 @@ def _instructions(small: int, large: int, together: int = 1) -> bool:
     return _report("instructions", lambda: instructions(small, large, together=together), render_instructions)
 
 
+def _c100k(streams: int, workers: int, runs: int, broadcasts: int) -> bool:
+    peers = ["sse_notify"]
+    why = compare.missing("nchan")
+    if why:
+        if _unavailable("c100k (nchan)", why):
+            return True
+    else:
+        peers.append("nchan")
+
+    def run() -> dict[str, t.Any]:
+        report = c100k(streams, workers, runs, peers, broadcasts)
+        if report["problems"]:
+            raise RuntimeError("; ".join(report["problems"]) + "\n" + render_c100k(report))
+        return report
+
+    return _report("c100k", run, render_c100k)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "scenarios",
         nargs="*",
         help="crossworker (the default), proxy, limit, pending, fallback, stores, scaling, instructions, "
-        "idle, connect, fanout, unicast, churn; 'scenarios' for the last five, 'all' for every one",
+        "c100k, idle, connect, fanout, unicast, churn; 'scenarios' for the last five, 'all' for every one",
     )
     parser.add_argument(
         "--smoke",
@@ -398,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-seconds", type=float, help="unicast: seconds per rate step (3)")
     parser.add_argument("--idle-seconds", type=float, help="idle: the quiet window (10)")
     parser.add_argument("--processes", type=int, help="load-generator processes (2, more when N needs)")
+    parser.add_argument("--workers", type=int, default=6, help="c100k: gunicorn workers, and nginx's (6)")
     args = parser.parse_args(argv)
     chosen: list[str] = []
     for name in args.scenarios:
@@ -450,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     if "instructions" in chosen:
         large = 60 if args.smoke else (args.streams or 1200)
         failed |= _instructions(max(1, large // 6), large, together=2 if args.smoke else 1)
+    if "c100k" in chosen:
+        if args.smoke:
+            failed |= _c100k(300, 2, 1, 1)
+        else:
+            failed |= _c100k(args.streams or 100_000, args.workers, args.runs, 3)
     scenarios = [s for s in PEER_SCENARIOS if s in chosen]
     if scenarios:
         if args.smoke:

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import json
 import math
 import multiprocessing as mp
@@ -108,8 +109,10 @@ _MAX_ERROR_KINDS = 50
     C_STATE,  # 0 starting, 1 dialling, 2 every connection settled, 3 exited
     C_HELD,  # connections whose request went out and that are still open (answered or not)
     C_REDIALED,  # streams closed on purpose by redial() (not counted in C_CLOSED)
+    C_RECONNECTS,  # dials again after a stream ended or a dial failed (``reconnect=True``)
+    C_DUPLICATES,  # events whose id was not above the newest id the stream had (``reconnect=True``)
     N_COUNTERS,
-) = range(13)
+) = range(15)
 
 # Connection phases.
 _CONNECTING, _HEAD, _BODY, _DONE = range(4)
@@ -181,6 +184,11 @@ class LoadGen:
     :param max_runtime: seconds after :meth:`start` at which workers close
         everything and exit, whatever happens.
     :param max_samples: latency samples kept overall (split between workers).
+    :param reconnect: EventSource's reconnection: a stream that ends or breaks, or a dial
+        that fails before its answer, is dialled again after the last ``retry:`` the server
+        sent (3 s before any, as browsers), with ``Last-Event-ID``; a status other than 200
+        fails for good, as EventSource does. Each event's numeric ``id`` must be above the
+        newest the stream had (else it counts in ``duplicates``). ``retries`` is not used.
     :param early_headers: the server answers a stream at once (True), so a
         connection is in flight until its response headers; False for servers
         that answer only with the first event (in flight until the request is
@@ -203,6 +211,7 @@ class LoadGen:
         max_runtime: float = 600.0,
         max_samples: int = 2_000_000,
         early_headers: bool = True,
+        reconnect: bool = False,
         start_method: str = "spawn",
     ) -> None:
         if processes < 1:
@@ -234,6 +243,7 @@ class LoadGen:
             "max_runtime": max_runtime,
             "max_samples": max(1, max_samples // processes),
             "early_headers": early_headers,
+            "reconnect": reconnect,
         }
         self._ctx: t.Any = mp.get_context(start_method)
         self._counters = self._ctx.RawArray("q", processes * N_COUNTERS)
@@ -293,7 +303,8 @@ class LoadGen:
     # -- live progress (shared memory, never blocks a worker) -------------
 
     def counters(self) -> dict[str, int]:
-        """Live totals: open, connected, failed, closed, events, timed, bytes, dialed, held, redialed."""
+        """Live totals: open, connected, failed, closed, events, timed, bytes, dialed, held, redialed,
+        reconnects, duplicates."""
         c = self._counters
         names = {
             "open": C_OPEN,
@@ -306,6 +317,8 @@ class LoadGen:
             "dialed": C_DIALED,
             "held": C_HELD,
             "redialed": C_REDIALED,
+            "reconnects": C_RECONNECTS,
+            "duplicates": C_DUPLICATES,
         }
         return {name: sum(c[p * N_COUNTERS + k] for p in range(self.processes)) for name, k in names.items()}
 
@@ -450,7 +463,19 @@ class LoadGen:
         return _merge(parts)
 
 
-_TOTALS = ("open", "connected", "failed", "closed", "events", "timed", "bytes", "held", "redialed")
+_TOTALS = (
+    "open",
+    "connected",
+    "failed",
+    "closed",
+    "events",
+    "timed",
+    "bytes",
+    "held",
+    "redialed",
+    "reconnects",
+    "duplicates",
+)
 
 
 def _merge(parts: list[dict[str, t.Any]]) -> dict[str, t.Any]:
@@ -502,11 +527,15 @@ class _Conn:
         "data",
         "dialed_at",
         "event",
+        "id_buf",
         "index",
+        "last_id",
         "line",
+        "newest",
         "path",
         "phase",
         "remaining",
+        "retry",
         "sent",
         "skip_lf",
         "sock",
@@ -514,10 +543,15 @@ class _Conn:
         "tosend",
     )
 
-    def __init__(self, index: int, path: str, attempts: int) -> None:
+    def __init__(self, index: int, path: str, attempts: int, before: _Conn | None = None) -> None:
         self.index = index
         self.path = path
         self.attempts = attempts
+        # EventSource's state, kept across reconnections (``before``: the last connection).
+        self.last_id: bytes = before.last_id if before else b""  # sent as Last-Event-ID
+        self.id_buf = self.last_id  # the id field read so far (set as last_id at a blank line)
+        self.retry: int = before.retry if before else 3000  # ms before dialling again
+        self.newest: int = before.newest if before else 0  # the newest numeric event id seen
         self.sock: socket.socket | None = None
         self.phase = _CONNECTING
         self.dialed_at = 0.0
@@ -552,6 +586,10 @@ class _Worker:
         self.retries: int = config["retries"]
         self.max_samples: int = config["max_samples"]
         self.early_headers: bool = config.get("early_headers", True)
+        self.reconnect: bool = config.get("reconnect", False)
+        #: Connections waiting for their reconnection time: ``(due, n, conn)``, a heap.
+        self.later: list[tuple[float, int, _Conn]] = []
+        self.later_n = 0
         extra = "".join(f"{k}: {v}\r\n" for k, v in config["headers"].items())
         self.request_head = f"Host: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n"
         self.request_head += f"Cache-Control: no-cache\r\n{extra}\r\n"
@@ -589,6 +627,8 @@ class _Worker:
         c[b + C_DIALED] = self.dialed
         c[b + C_HELD] = s["held"]
         c[b + C_REDIALED] = s["redialed"]
+        c[b + C_RECONNECTS] = s["reconnects"]
+        c[b + C_DUPLICATES] = s["duplicates"]
         if state is not None:
             c[b + C_STATE] = state
 
@@ -667,11 +707,21 @@ class _Worker:
             conn.sent = False
             self.stats["held"] -= 1
 
+    def again(self, conn: _Conn) -> None:
+        """Dial ``conn``'s stream again after its ``retry`` (EventSource's reconnection)."""
+        self.later_n += 1
+        heapq.heappush(
+            self.later, (self.now + conn.retry / 1000, self.later_n, _Conn(conn.index, conn.path, 0, conn))
+        )
+        self.stats["reconnects"] += 1
+
     def fail(self, conn: _Conn, kind: str, *, retry: bool = True) -> None:
         """A connection that never got its 200."""
         self.drop(conn)
         self.error(kind)
-        if retry and conn.attempts < self.retries:
+        if self.reconnect and retry:
+            self.again(conn)
+        elif retry and conn.attempts < self.retries:
             self.queue.append(_Conn(conn.index, conn.path, conn.attempts + 1))
         else:
             self.stats["failed"] += 1
@@ -686,6 +736,8 @@ class _Worker:
         self.error(kind)
         self.stats["open"] -= 1
         self.stats["closed"] += 1
+        if self.reconnect:
+            self.again(conn)
 
     def on_writable(self, fd: int, conn: _Conn) -> None:
         sock = conn.sock
@@ -696,7 +748,8 @@ class _Worker:
                 self.fail(conn, f"connect: {errno.errorcode.get(err, err)}")
                 return
             conn.phase = _HEAD
-            conn.tosend = f"GET {conn.path} HTTP/1.1\r\n{self.request_head}".encode("latin-1")
+            resume = f"Last-Event-ID: {conn.last_id.decode()}\r\n" if conn.last_id else ""
+            conn.tosend = f"GET {conn.path} HTTP/1.1\r\n{resume}{self.request_head}".encode("latin-1")
         try:
             n = sock.send(conn.tosend)
         except BlockingIOError:
@@ -872,6 +925,7 @@ class _Worker:
         rest = lines.pop()
         for line in lines:
             if not line:
+                conn.last_id = conn.id_buf
                 if conn.data:
                     self.dispatch(conn)
                 conn.event = b""
@@ -890,6 +944,11 @@ class _Worker:
                 conn.data.append(value)
             elif field == b"event":
                 conn.event = value
+            elif field == b"id":
+                if b"\0" not in value:
+                    conn.id_buf = value
+            elif field == b"retry" and value.isdigit():
+                conn.retry = int(value)
         conn.line = rest
 
     def dispatch(self, conn: _Conn) -> None:
@@ -899,6 +958,12 @@ class _Worker:
         if self.event_name is not None and name != self.event_name:
             return
         self.stats["events"] += 1
+        if self.reconnect and conn.last_id.isdigit():
+            seq = int(conn.last_id)
+            if seq <= conn.newest:
+                self.stats["duplicates"] += 1
+            else:
+                conn.newest = seq
         payload = data[0] if len(data) == 1 else b"\n".join(data)
         try:
             obj = json.loads(payload)
@@ -985,9 +1050,13 @@ class _Worker:
         settled = False
         while running:
             self.now = time.time()
+            later = self.later
+            while later and later[0][0] <= self.now:
+                self.queue.append(heapq.heappop(later)[2])
             while self.queue and len(self.pending) < self.max_inflight:
                 self.dial(self.queue.popleft())
-            events = self.ep.poll(0.2, 1024)
+            wait = 0.2 if not later else min(0.2, max(0.0, later[0][0] - self.now))
+            events = self.ep.poll(wait, 1024)
             self.now = time.time()
             for fd, mask in events:
                 if fd == pipe_fd:
@@ -1008,7 +1077,7 @@ class _Worker:
                 next_check = mono + 0.5
                 self.publish_cpu()
                 self.sweep()
-                if not settled and not self.queue and not self.pending:
+                if not settled and not self.queue and not self.pending and not self.later:
                     settled = True
                     self.publish(state=2)
                 if os.getppid() != ppid or mono >= deadline:

@@ -13,7 +13,7 @@ import time
 import typing as t
 from pathlib import Path
 
-__all__ = ["Sample", "cpu_seconds", "delta", "fd_count", "rss_kib", "sample", "wakeups"]
+__all__ = ["Sample", "cpu_seconds", "delta", "fd_count", "pss_kib", "rss_kib", "sample", "wakeups"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -35,6 +35,19 @@ def _status(pid: int, field: str) -> int:
 def rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` in KiB (0 if it is gone)."""
     return _status(pid, "VmRSS")
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of ``pid`` in KiB: its resident pages, each shared one divided by
+    the processes sharing it (0 if it is gone). Summed over a server's processes it is the
+    memory they hold together, pages shared after a fork counted once."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def cpu_seconds(pid: int) -> float:

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_NOTIFY_MAX_STREAMS": 50000,
     "SSE_NOTIFY_HEARTBEAT": 15.0,
     "SSE_NOTIFY_RETRY": 2000,
+    "SSE_NOTIFY_RECONNECT_RATE": 1500,
     "SSE_NOTIFY_RETENTION_COUNT": 1000,
     "SSE_NOTIFY_RETENTION_AGE": 7 * 86400,
     "SSE_NOTIFY_MAX_PENDING": 1 << 20,
@@ -189,6 +190,7 @@ class Settings:
     max_streams: int
     heartbeat: float
     retry: int
+    reconnect_rate: int
     retention_count: int
     retention_age: float
     max_pending: int

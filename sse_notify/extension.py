@@ -114,6 +114,7 @@ class SSENotify:
         hub = Hub(
             max_pending=settings.max_pending,
             retry=settings.retry,
+            reconnect_rate=settings.reconnect_rate,
             max_streams=settings.max_streams,
             max_streams_per_user=settings.max_streams_per_user,
         )

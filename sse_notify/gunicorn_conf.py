@@ -22,11 +22,15 @@ import shutil
 import tempfile
 import typing as t
 
+from .admission import Table
+
 __all__ = [
+    "backlog",
     "child_exit",
     "graceful_timeout",
     "on_exit",
     "post_worker_init",
+    "pre_fork",
     "timeout",
     "worker_class",
     "worker_connections",
@@ -63,8 +67,15 @@ def _open_files() -> int:
 
 _made_metrics_dir = _metrics_dir()
 _files = _open_files()
+#: The workers' shared rows (streams, capacity): a full worker leaves new connections to
+#: the others (``sse_notify.admission``). Made once per master (a reload keeps this module).
+_table = Table()
 
 worker_class = "gevent"
+# The kernel's queue of connections not accepted yet (gunicorn's default is 2048): a
+# reconnect storm after a restart arrives faster than the workers accept. The kernel caps
+# it at net.core.somaxconn (4096 by default on Linux 5.4 and later).
+backlog = 4096
 # Requests in progress per worker (gunicorn's default is 1000). Live streams are
 # handed over to sse_notify's hub and no longer count here (the hub caps them
 # below the open-files limit), but a burst of new streams, each replaying,
@@ -81,25 +92,37 @@ timeout = 30
 def post_worker_init(worker: t.Any) -> None:
     """In each worker, once its app is loaded: SIGTERM closes every stream, tokens stay out of logs.
 
-    The metrics are imported here too (this worker's multiprocess files), not inside its
-    first request, and every app's scheduler starts (what falls due is done even while no
-    stream is open). A config of your own that defines ``post_worker_init`` too should call
-    this one.
+    A full worker stops accepting while another has room (``sse_notify.admission``). The
+    metrics are imported here too (this worker's multiprocess files), not inside its first
+    request, and every app's scheduler starts (what falls due is done even while no stream
+    is open). A config of your own that defines ``post_worker_init``, ``pre_fork`` or
+    ``child_exit`` too should call this module's.
     """
-    from . import redact, shutdown, telemetry
+    from . import admission, redact, shutdown, telemetry
 
     redact.install()
     shutdown.install()
     telemetry.prepare()
+    accepting = admission.install(_table, worker)
     for node in shutdown.nodes():
+        if accepting is not None:
+            accepting.add(node.hub)
         node.start_due_work()
 
 
+def pre_fork(server: t.Any, worker: t.Any) -> None:
+    """Give the worker about to be forked its row of the shared table (``sse_notify.admission``)."""
+    worker.sse_notify_row = _table.claim()
+
+
 def child_exit(server: t.Any, worker: t.Any) -> None:
-    """Drop the live gauges (open streams) of a worker that exited."""
+    """Drop the live gauges (open streams) and the admission row of a worker that exited."""
     from .metrics import worker_exited
 
     worker_exited(worker.pid)
+    row = getattr(worker, "sse_notify_row", None)
+    if row is not None:
+        _table.release(row)
 
 
 def on_exit(server: t.Any) -> None:

@@ -21,7 +21,7 @@ import socket
 import threading
 import typing as t
 
-from . import shutdown, telemetry
+from . import admission, shutdown, telemetry
 from .concurrency import pid
 from .errors import BrokerError
 from .loops import DueWork, Heartbeats, Housekeeping, Loop, PresenceWriter
@@ -99,6 +99,8 @@ class Node:
                 return
             self.hub.reset(_descriptors_for_streams())
             self.hub.positional = self.broker.positional
+            if admission.current is not None:  # a gunicorn worker: its accept follows this hub
+                admission.current.add(self.hub)
             telemetry.prepare()
             if self.stopping:  # told to stop before its first stream: refuse them all
                 self.hub.stopping = True

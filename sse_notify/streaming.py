@@ -159,7 +159,7 @@ def event_stream(
             # Stopping, or full: send the client elsewhere or later, without
             # the "connected" preamble. The status is 200 on purpose: any other
             # makes EventSource give up for good.
-            yield closing_frame(stream.close_reason, hub.retry)
+            yield closing_frame(stream.close_reason, hub.retry, hub.reconnect_window())
             return
         try:
             # From here on the feed brings this user's (and topics') notices (targeted Redis:
@@ -174,13 +174,13 @@ def event_stream(
             # Each audience is in id order on its own: start each where the feed stands (before
             # what of it already waits in the queue).
             stream.positions = positions = _start(stream, user_id, topics, followed)
-            preamble = comment("connected") + encode_event(id=positions.encode(), retry=hub.retry)
+            preamble = comment("connected") + encode_event(id=positions.encode(), retry=hub.first_retry())
         elif last_event_id is None and followed is not None:
             # A notice after this cursor that the feed may not bring is read below. One the
             # feed brought since the stream joined the hub waits in its queue: start before it.
             oldest = stream.oldest_queued()
             stream.cursor = followed.cursor if oldest is None else min(followed.cursor, oldest - 1)
-            preamble = comment("connected") + encode_event(id=stream.cursor, retry=hub.retry)
+            preamble = comment("connected") + encode_event(id=stream.cursor, retry=hub.first_retry())
         elif last_event_id is None:
             # A fresh client starts from the store's head. Its first frame
             # carries that id (an id without data sets the browser's
@@ -196,9 +196,9 @@ def event_stream(
                 telemetry.store_failed("head", exc)
                 yield closing_frame("store unavailable", hub.retry)
                 return
-            preamble = comment("connected") + encode_event(id=stream.cursor, retry=hub.retry)
+            preamble = comment("connected") + encode_event(id=stream.cursor, retry=hub.first_retry())
         else:
-            preamble = comment("connected") + encode_event(retry=hub.retry)
+            preamble = comment("connected") + encode_event(retry=hub.first_retry())
         try:
             # Read after the stream joined the hub, so a change of preferences meanwhile
             # comes live and is not overwritten by this read (see Hub.preferences).
@@ -277,13 +277,13 @@ def event_stream(
             if not stream.closed:
                 handed = hub.hand_over(stream, handoff.detach(), handoff.framing)
                 return
-        stream.expire_at(expires_at)
+        hub.expire_at(stream, expires_at)
         while True:
             data = stream.take()
             if data is None:
                 if stream.close_reason != "disconnected":
                     stream.writing_since = time.monotonic()
-                    yield closing_frame(stream.close_reason, hub.retry)
+                    yield closing_frame(stream.close_reason, hub.retry, hub.reconnect_window())
                 return
             if not data:
                 continue

@@ -13,7 +13,7 @@ import os
 from flask import Response, jsonify
 from greenlet import greenlet
 
-from sse_notify import create_app
+from sse_notify import admission, create_app
 from sse_notify.service import get_state
 from sse_notify.streams import Stream
 
@@ -39,4 +39,12 @@ def _objects() -> Response:
         hub_users=len(hub.users),
         pending_bytes=sum(s.pending for s in hub.streams),
         evicted=hub.evicted,
+        admission=None
+        if admission.current is None
+        else {
+            "row": admission.current.row,
+            "paused": admission.current.paused,
+            "pauses": admission.current.pauses,
+            "peers": admission.current.table.peers(admission.current.row),
+        },
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import statistics
 import threading
 import time
 import typing as t
@@ -15,7 +17,7 @@ from sse_notify.control import Control, Kind
 from sse_notify.hub import Hub
 from sse_notify.node import Node
 from sse_notify.notices import dumps
-from sse_notify.streams import QueuedStream
+from sse_notify.streams import QueuedStream, closing_frame
 
 from .support import wait_for
 
@@ -288,3 +290,68 @@ def test_sigterm_before_the_first_stream_is_not_missed() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["True", "shutdown"], done.stdout + done.stderr
+
+
+def test_first_retry_is_spread_over_what_the_host_needs_to_take_its_streams_again() -> None:
+    """first_retry: 0.5-1.5x retry on a quiet host; on a full one, spread from 0.5x over streams / rate."""
+    hub = Hub(retry=2000, reconnect_rate=1000)
+    quiet = [hub.first_retry() for _ in range(2000)]
+    assert 1000 <= min(quiet) < 1100
+    assert 2900 < max(quiet) <= 3000
+    cores = os.cpu_count() or 1
+    hub.host_streams = 100_000  # what the admission counted over the host's workers
+    window_ms = 100_000 / (1000 * cores) * 1000
+    busy = [hub.first_retry() for _ in range(2000)]
+    assert 1000 <= min(busy) < 1000 + window_ms * 0.05
+    assert 1000 + window_ms * 0.95 < max(busy) <= 1000 + window_ms
+    assert statistics.median(busy) == pytest.approx(1000 + window_ms / 2, rel=0.1)
+
+
+def test_expiries_close_each_stream_at_its_time_on_one_timer() -> None:
+    """Expiries: each stream closes with 'token expired' at its own time; closed or moved ones are skipped."""
+    hub = Hub()
+    now = time.time()
+    early, late, gone, moved = (hub.connect(user) for user in ("early", "late", "gone", "moved"))
+    hub.expire_at(late, now + 0.6)
+    hub.expire_at(early, now + 0.2)
+    hub.expire_at(gone, now + 0.2)
+    hub.expire_at(moved, now + 0.2)
+    hub.disconnect(gone)  # the client left first
+    hub.expire_at(moved, now + 5)  # a new token: the later time holds
+    wait_for(lambda: early.closed, 2, "the early stream to expire")
+    assert early.close_reason == "token expired"
+    assert not late.closed
+    assert gone.close_reason == "disconnected"
+    wait_for(lambda: late.closed, 2, "the late stream to expire")
+    assert late.close_reason == "token expired"
+    assert not moved.closed
+    hub.expiries.close()
+
+
+def test_expiries_drop_the_entries_of_closed_streams() -> None:
+    """Expiries: entries of closed streams neither pile up nor hold the streams."""
+    hub = Hub(max_streams_per_user=1_000_000)
+    far = time.time() + 3600
+    stays = hub.connect("stays")
+    hub.expire_at(stays, far + 1)
+    for _ in range(5000):
+        stream = hub.connect("churn")
+        hub.expire_at(stream, far)
+        hub.disconnect(stream)
+    assert len(hub.expiries) <= 130, len(hub.expiries)
+    hub.disconnect(stays)
+    assert len(hub.expiries) == 0, "entries of closed streams were kept with no live one left"
+
+
+def test_a_shutdown_spreads_its_retry_like_a_first_frame_and_other_reasons_do_not() -> None:
+    """closing_frame: a shutdown's retry spreads over the host's window; a refusal keeps its 5 s floor."""
+    retries = [_retry(closing_frame("shutdown", 2000, window=40.0)) for _ in range(2000)]
+    assert 1000 <= min(retries) < 3000
+    assert 35_000 < max(retries) <= 41_000
+    refused = [_retry(closing_frame("overloaded", 2000, window=40.0)) for _ in range(500)]
+    assert min(refused) >= 2500
+    assert max(refused) <= 7500, "a refusal's retry followed the window"
+
+
+def _retry(frame: bytes) -> int:
+    return int(frame.split(b"retry: ")[1].split(b"\n")[0])

@@ -391,7 +391,8 @@ class SSENotify(Peer):
 
 
 class Nchan(Peer):
-    """nginx + Nchan in the foreground (``daemon off``), one worker, from ``nchan.conf.template``.
+    """nginx + Nchan in the foreground (``daemon off``), ``workers`` workers (one by default), from
+    ``nchan.conf.template``.
 
     ``/sub/<user>`` subscribes to the channels ``<user>`` and ``all`` (EventSource only: send
     :data:`STREAM_HEADERS`); ``/pub/<channel>`` publishes; ``/status`` is nchan_stub_status.
@@ -405,10 +406,15 @@ class Nchan(Peer):
     multiplexed = True
 
     def __init__(
-        self, nginx: str | None = None, module: str | Path | None = None, ping_interval: int = 0
+        self,
+        nginx: str | None = None,
+        module: str | Path | None = None,
+        ping_interval: int = 0,
+        workers: int = 1,
     ) -> None:
         super().__init__()
         self.ping_interval = ping_interval
+        self.workers = workers
         self.nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
         self.module = Path(module) if module else _find_nchan_module()
 
@@ -417,13 +423,14 @@ class Nchan(Peer):
         template = (HERE / "nchan.conf.template").read_text()
         conf = template.replace("@PREFIX@", str(self.tmp))
         conf = conf.replace("@PORT@", str(self.port)).replace("@MODULE@", str(self.module))
-        conf = conf.replace("@PING@", str(int(self.ping_interval)))
+        conf = conf.replace("@PING@", str(int(self.ping_interval))).replace("@WORKERS@", str(self.workers))
+        conf = conf.replace("@REUSEPORT@", " reuseport" if self.workers > 1 else "")
         (self.tmp / "nginx.conf").write_text(conf)
         cmd = [self.nginx, "-p", f"{self.tmp}/", "-c", str(self.tmp / "nginx.conf")]
         cmd += ["-e", str(self.tmp / "error.log")]
         self._spawn("nginx", cmd)
         self._wait(lambda: self.client.get(self.base_url + "/status").status_code == 200, "/status")
-        self._wait(lambda: len(self.pids()) >= 2, "the worker")
+        self._wait(lambda: len(self.pids()) >= 1 + self.workers, "the workers")
 
     def stream_url(self, user: str) -> str:
         return f"{self.base_url}/sub/{_check_channel(user)}"
