@@ -42,6 +42,9 @@ __all__ = ["Hub"]
 
 #: CPU cores this host has (the reconnect rate is per core).
 _CORES = os.cpu_count() or 1
+#: The longest a reconnection is spread over (seconds), whatever the rate says: a client
+#: should never be sent away for hours by a rate set too low.
+MAX_RECONNECT_WINDOW = 300.0
 
 
 class Hub:
@@ -127,8 +130,12 @@ class Hub:
         self.capacity = min(self.max_streams, capacity)
 
     def reconnect_window(self) -> float:
-        """Seconds this host needs to take all its streams again: streams / (``reconnect_rate`` x cores)."""
-        return max(self.host_streams, len(self.streams)) / (self.reconnect_rate * _CORES)
+        """Seconds this host needs to take all its streams again: streams / (``reconnect_rate`` x cores).
+
+        At most :data:`MAX_RECONNECT_WINDOW`.
+        """
+        streams = max(self.host_streams, len(self.streams))
+        return min(MAX_RECONNECT_WINDOW, streams / (self.reconnect_rate * _CORES))
 
     def first_retry(self) -> int:
         """The ``retry:`` (ms) of a new stream's first frame: spread so a crash is no storm.

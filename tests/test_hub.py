@@ -355,3 +355,11 @@ def test_a_shutdown_spreads_its_retry_like_a_first_frame_and_other_reasons_do_no
 
 def _retry(frame: bytes) -> int:
     return int(frame.split(b"retry: ")[1].split(b"\n")[0])
+
+
+def test_the_reconnect_window_is_capped_whatever_the_rate() -> None:
+    """reconnect_window: a rate set far too low never sends clients away for more than 5 minutes."""
+    hub = Hub(retry=2000, reconnect_rate=1)
+    hub.host_streams = 10_000_000
+    assert hub.reconnect_window() == 300.0
+    assert max(hub.first_retry() for _ in range(1000)) <= 1000 + 300_000
