@@ -157,7 +157,7 @@ class Admission:
         streams = capacity = 0
         for hub in self.hubs:
             streams += len(hub.streams)
-            capacity = max(capacity, hub.capacity)  # one descriptor limit for the process
+            capacity = max(capacity, _room(hub))  # one descriptor limit for the process
         return streams, capacity
 
     def counted(self, streams: int) -> None:
@@ -165,7 +165,7 @@ class Admission:
         if len(self.hubs) != 1:
             streams, capacity = self._load()
         else:
-            capacity = self.hubs[0].capacity
+            capacity = _room(self.hubs[0])
         self.table.write(self.row, streams, capacity)
         if streams >= capacity and not self.paused:
             self.decide(streams, capacity)
@@ -211,6 +211,11 @@ class Admission:
                     if server.started and not server.closed:
                         server.start_accepting()
             gevent.sleep(TICK)
+
+
+def _room(hub: Hub) -> int:
+    """How many streams ``hub`` takes: none once it is stopping (its worker is going away)."""
+    return 0 if hub.stopping else hub.capacity
 
 
 #: This process's admission (a gevent worker of a master with a table), else ``None``.

@@ -14,7 +14,8 @@ import pytest
 
 from bench.loadgen import LoadGen
 from sse_notify import admission
-from sse_notify.admission import Table, should_pause
+from sse_notify.admission import Admission, Table, should_pause
+from sse_notify.hub import Hub
 
 from .sse_client import Subscriber, decode, named, retry_of, subscribe
 from .support import Server, scrape, wait_for
@@ -168,3 +169,20 @@ def _broadcast_when_up(server: Server) -> dict[str, t.Any] | None:
         return server.broadcast({"sent_at": time.time()})
     except (httpx.HTTPError, AssertionError):
         return None
+
+
+def test_a_stopping_worker_offers_no_room() -> None:
+    """A worker whose hub is stopping (a reload's old worker) writes capacity 0: no peer pauses for it."""
+    table = Table(rows=2)
+    mine, other = table.claim(), table.claim()
+    assert mine is not None
+    assert other is not None
+    for row in (mine, other):
+        table.own(row)
+    going = Admission(table, mine)
+    hub = Hub(max_streams=10)
+    going.add(hub)
+    assert table.peers(other) == [(0, 10)]
+    hub.stopping = True
+    going.tick()
+    assert table.peers(other) == [], "a stopping worker still counted as having room"
