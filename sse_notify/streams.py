@@ -50,7 +50,6 @@ __all__ = [
     "Stream",
     "closing_frame",
     "encode_notice",
-    "jittered_retry",
     "spread_retry",
 ]
 
@@ -82,17 +81,13 @@ def encode_notice_body(notice: Notice) -> bytes:
     return encode_event(notice.to_json(), event="notice")
 
 
-def jittered_retry(retry: int, minimum: int = 0) -> int:
-    """A reconnection time spread over 0.5-1.5x ``max(retry, minimum)`` (avoids a reconnect storm)."""
-    return int(max(retry, minimum) * random.uniform(0.5, 1.5))
-
-
 def spread_retry(retry: int, window: float) -> int:
-    """A first ``retry:`` (ms): 0.5-1.5x ``retry``, or from 0.5x over ``window`` seconds when that is longer.
+    """A ``retry:`` (ms): 0.5-1.5x ``retry``, or from 0.5x over ``window`` seconds when that is longer.
 
-    A client comes back after it when its stream breaks with no closing frame (the
-    worker or host crashed): every client of a crashed host then comes back spread over
-    at least ``window``, the time the host needs to take them all again.
+    The one rule for every ``retry:`` the server sends (so clients do not come back in
+    step). A first frame and a shutdown's closing frame pass the host's ``window`` (the
+    time it needs to take all its streams again): every client of a crashed or redeployed
+    host then comes back spread over it.
     """
     low = retry / 2
     return int(low + random.uniform(0, max(retry, window * 1000)))
@@ -191,7 +186,7 @@ def closing_frame(reason: str, retry: int, window: float = 0.0) -> bytes:
     frame = comment(reason)
     if tell:
         frame += encode_event(dumps({"reason": reason.replace(" ", "_")}), event="close")
-    wait = spread_retry(retry, window) if reason == "shutdown" else jittered_retry(retry, minimum)
+    wait = spread_retry(max(retry, minimum), window if reason == "shutdown" else 0.0)
     return frame + encode_event(retry=wait)
 
 
