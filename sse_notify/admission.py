@@ -19,6 +19,13 @@ Only a full worker pauses. Pausing to keep the workers' counts even was tried: a
 burst of new streams the workers ahead stayed paused until the one behind caught up, which
 with no new streams is never, and every publish went to that one worker.
 
+A worker's load is its open streams plus the connections it accepted that have not yet
+opened a stream or finished their first request (``pending``): gevent accepts up to 100
+connections per wakeup, and a stream opens only once its request is parsed and authorized,
+so counting streams alone let a worker one short of full take a burst and refuse most of it
+while its peers had room. A pending connection is counted as it is accepted, and the accept
+loop stops at once when that fills the worker.
+
 A peer whose heartbeat is older than :data:`STALE` seconds (stuck, or dead and not yet
 reaped) does not count: a stuck worker never makes the others stop accepting for long.
 
@@ -138,6 +145,12 @@ class Admission:
         self.hubs: list[Hub] = []
         self.servers: list[t.Any] = []
         self.paused = False
+        #: Connections accepted here that have not yet opened a stream or finished a request.
+        self.pending = 0
+        self._unsettled: set[t.Any] = set()
+        from gevent import getcurrent  # here: importing this module (the master, a client) needs no gevent
+
+        self._current = getcurrent
         #: Streams open on the host (this worker and its live peers), as of the last tick.
         self.host_streams = 0
         #: How many times this worker paused its accept.
@@ -154,7 +167,8 @@ class Admission:
         self.tick()
 
     def _load(self) -> tuple[int, int]:
-        streams = capacity = 0
+        """This worker's load (streams and pending connections) and capacity."""
+        streams, capacity = self.pending, 0
         for hub in self.hubs:
             streams += len(hub.streams)
             capacity = max(capacity, _room(hub))  # one descriptor limit for the process
@@ -162,23 +176,68 @@ class Admission:
 
     def counted(self, streams: int) -> None:
         """A stream opened or closed here: write the row; a worker that just filled up stops at once."""
+        self._settle(self._current())  # a stream opened by a pending connection is counted as a stream now
         if len(self.hubs) != 1:
-            streams, capacity = self._load()
+            load, capacity = self._load()
         else:
-            capacity = _room(self.hubs[0])
-        self.table.write(self.row, streams, capacity)
-        if streams >= capacity and not self.paused:
-            self.decide(streams, capacity)
+            load, capacity = streams + self.pending, _room(self.hubs[0])
+        self._write(load, capacity)
+
+    def _write(self, load: int, capacity: int) -> None:
+        self.table.write(self.row, load, capacity)
+        if load >= capacity and not self.paused:
+            self.decide(load, capacity)
+
+    # -- connections not yet settled --------------------------------------------------
+
+    def accepted(self) -> None:
+        """A connection was accepted: it counts until it opens a stream or ends its first request.
+
+        The row is written only once that fills the worker (the next stream writes it anyway).
+        """
+        self.pending += 1
+        hubs = self.hubs
+        if len(hubs) == 1:
+            hub = hubs[0]
+            load, capacity = len(hub.streams) + self.pending, _room(hub)
+        elif hubs:
+            load, capacity = self._load()
+        else:
+            return
+        if load >= capacity and not self.paused:
+            self._write(load, capacity)
+
+    def settling(self, handle: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+        """``handle`` (a connection's greenlet), settling its connection when its first request is done."""
+
+        def handle_settled(*args: t.Any) -> t.Any:
+            me = self._current()
+            self._unsettled.add(me)
+            try:
+                return handle(*args)
+            finally:
+                self._settle(me)
+
+        return handle_settled
+
+    def settle(self) -> None:
+        """The current connection's request is done: it no longer counts as pending."""
+        self._settle(self._current())
+
+    def _settle(self, connection: t.Any) -> None:
+        if connection in self._unsettled:
+            self._unsettled.discard(connection)
+            self.pending -= 1
 
     # -- accepting ------------------------------------------------------------------
 
-    def decide(self, streams: int, capacity: int) -> None:
+    def decide(self, load: int, capacity: int) -> None:
         """Pause or resume this worker's accept by :func:`should_pause`."""
         if not capacity:
             return
         peers = self.table.peers(self.row)
-        self.host_streams = streams + sum(s for s, _ in peers)
-        pause = should_pause(streams, capacity, peers)
+        self.host_streams = load + sum(s for s, _ in peers)
+        pause = should_pause(load, capacity, peers)
         if pause != self.paused:
             self.paused = pause
             if pause:
@@ -240,6 +299,9 @@ def install(table: Table | None, worker: t.Any) -> Admission | None:
     class _Server(base):  # type: ignore[misc, valid-type]
         """gevent's ``StreamServer``, registered here, that does not accept while paused."""
 
+        def set_handle(self, handle: t.Any) -> None:
+            super().set_handle(None if handle is None else admission.settling(handle))
+
         def start(self) -> None:
             admission.servers.append(self)
             super().start()
@@ -248,7 +310,24 @@ def install(table: Table | None, worker: t.Any) -> Admission | None:
             if not admission.paused:
                 super().start_accepting()
 
+        def do_read(self) -> t.Any:
+            # gevent accepts up to ``max_accept`` connections a wakeup: none once paused.
+            return None if admission.paused else super().do_read()
+
+        def do_handle(self, *args: t.Any) -> None:
+            admission.accepted()
+            super().do_handle(*args)
+
     ggevent.StreamServer = _Server
+    handle_request = worker.handle_request
+
+    def handle_request_settled(*args: t.Any) -> t.Any:
+        try:
+            return handle_request(*args)
+        finally:
+            admission.settle()
+
+    worker.handle_request = handle_request_settled
     import gevent
 
     table.own(row)

@@ -9,6 +9,7 @@ import time
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
 
+import gevent
 import httpx
 import pytest
 
@@ -49,6 +50,67 @@ def test_table_rows_are_claimed_released_and_go_stale() -> None:
     assert table.peers(0) == [], "a worker whose heartbeat is old still counted"
 
 
+class _Server:
+    """What :class:`Admission` asks of a listening server."""
+
+    started, closed, accepting = True, False, True
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    def start_accepting(self) -> None:
+        self.accepting = True
+
+
+def test_accepted_connections_count_until_they_settle() -> None:
+    """A worker one short of full pauses at its next accept, before that connection opens a stream."""
+    table = Table(rows=2)
+    mine, peer = table.claim(), table.claim()
+    assert mine is not None
+    assert peer is not None
+    table.own(peer)
+    table.write(peer, 0, 10, beat=True)  # a live peer with room
+    table.own(mine)
+    hub = Hub(max_streams=3)
+    gate = Admission(table, mine)
+    server = _Server()
+    gate.servers.append(server)
+    gate.add(hub)
+    settled: list[int] = []
+    handle = gate.settling(lambda: settled.append(gate.pending))
+    gate.accepted()
+    gate.accepted()
+    assert (gate.pending, gate.paused) == (2, False)
+    gate.accepted()  # a burst: the third is accepted before any of them opened a stream
+    assert (gate.paused, server.accepting) == (True, False), "filled by accepted ones, it kept accepting"
+    assert table.peers(peer) == [(3, 3)], "the row did not count the pending connections"
+    gevent.spawn(handle).join()  # a connection whose request ended (a publish) settles
+    assert settled == [3]
+    assert gate.pending == 2
+    gate.tick()
+    assert (gate.paused, server.accepting) == (False, True), "a worker with room again stayed paused"
+
+    def open_stream() -> None:  # as a stream opens in its connection's greenlet
+        stream = hub.connect("alice")
+        assert not stream.closed
+        settled.append(gate.pending)
+
+    gevent.spawn(gate.settling(open_stream)).join()
+    assert settled[-1] == 1, "a connection that opened a stream still counted as pending"
+    assert gate.pending == 1
+    assert len(hub.streams) == 1
+
+
+def _wait_until_every_worker_counts(server: Server, workers: int) -> None:
+    """Until a worker sees every other one live: a worker still booting is not counted on for room."""
+
+    def all_live() -> bool:
+        state = httpx.get(server.url + "/_debug/objects", timeout=5).json()
+        return len(state["admission"]["peers"]) == workers - 1
+
+    wait_for(all_live, 20, f"all {workers} workers to write their rows")
+
+
 def _open(server: Server, user: str) -> Subscriber:
     return subscribe(server.stream_url(user))
 
@@ -73,7 +135,9 @@ def _refused(server: Server, user: str) -> int:
 def test_every_worker_fills_before_a_stream_is_refused(make_server: t.Callable[..., Server]) -> None:
     """Three workers of 30 streams take 90 streams with no refusal; the 91st-95th are refused and counted."""
     server = make_server(workers=3, app="tests.instrumented:app", SSE_NOTIFY_MAX_STREAMS="30")
-    with ThreadPoolExecutor(16) as pool:
+    _wait_until_every_worker_counts(server, 3)
+    # In bursts of 30: a worker one short of full accepts several connections at once.
+    with ThreadPoolExecutor(30) as pool:
         subs = list(pool.map(lambda n: _open(server, f"u{n}"), range(90)))
     try:
         ended = [(s.pid, s.rest()) for s in subs if s.ended.is_set()]
