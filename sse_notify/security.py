@@ -13,7 +13,8 @@ Secure by default:
 - ``SSE_NOTIFY_AUTH=none`` turns every check off, and says so loudly at start.
 
 Rate limits use the ``limits`` library (the engine of flask-limiter): one
-fixed window per publish key.
+fixed window per publish key. It is imported only when a rate limit is set: it and what it
+imports (asyncio among them) are about 4 MiB of every worker's memory.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ import typing as t
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from limits import RateLimitItem, parse
-from limits.storage import storage_from_string
-from limits.strategies import FixedWindowRateLimiter
 from werkzeug.wrappers import Request
 
 from .auth import Grant, check_publish_key, issue_token, key_id, verify_token
 from .config import Settings
 from .errors import ConfigError, Forbidden, RateLimited, Unauthenticated
+
+if t.TYPE_CHECKING:
+    from limits import RateLimitItem
+    from limits.strategies import FixedWindowRateLimiter
 
 __all__ = ["AuthorizeHook", "Security", "TopicHook", "announce", "instance_secret"]
 
@@ -115,6 +117,10 @@ class Security:
             origins=settings.cors_origins,
         )
         if settings.rate_limit:
+            from limits import parse
+            from limits.storage import storage_from_string
+            from limits.strategies import FixedWindowRateLimiter
+
             try:
                 security.rate = parse(settings.rate_limit)
                 storage = storage_from_string(settings.rate_limit_storage)
