@@ -45,6 +45,7 @@ def _objects() -> Response:
             "row": admission.current.row,
             "paused": admission.current.paused,
             "pauses": admission.current.pauses,
+            "pending": admission.current.pending,
             "peers": admission.current.table.peers(admission.current.row),
         },
     )
