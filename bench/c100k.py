@@ -50,6 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench import procfs
 from bench.loadgen import MAX_PER_PROCESS, LoadGen
 from bench.peers import Nchan, Peer, SSENotify
+from bench.report import fmt
 
 __all__ = ["c100k", "render_c100k"]
 
@@ -286,14 +287,6 @@ def _problems(medians: dict[str, dict[str, t.Any]], streams: int) -> list[str]:
     return found
 
 
-def _fmt(value: t.Any, digits: int = 1) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
 def render_c100k(report: dict[str, t.Any]) -> str:
     """A Markdown table: each figure per peer, and sse_notify / Nchan."""
     medians = report["medians"]
@@ -326,7 +319,7 @@ def render_c100k(report: dict[str, t.Any]) -> str:
     ]
     for label, key, digits in rows:
         cells = [medians[n].get(key, math.nan) for n in names]
-        line = f"| {label} |" + "".join(f" {_fmt(c, digits)} |" for c in cells)
+        line = f"| {label} |" + "".join(f" {fmt(c, digits=digits)} |" for c in cells)
         if ratio:
             a, b = cells
             line += f" {a / b:.2f}x |" if isinstance(a, (int, float)) and b else " |"
@@ -335,17 +328,21 @@ def render_c100k(report: dict[str, t.Any]) -> str:
         storm = medians.get("sse_notify", {}).get(kind)
         if not storm:
             continue
+        s = {
+            k: fmt(storm[k], digits=1)
+            for k in ("all_back_s", "all_back_worst_s", "back_p50_s", "published_after_s")
+        }
         lines += [
             "",
             f"| Reconnect storm (sse_notify: {title}) | median | worst |",
             "|---|---:|---:|",
-            f"| every client back (s) | {_fmt(storm['all_back_s'])} | {_fmt(storm['all_back_worst_s'])} |",
-            f"| half of them back (s) | {_fmt(storm['back_p50_s'])} | |",
-            f"| broadcast published after the signal (s) | {_fmt(storm['published_after_s'])} | |",
+            f"| every client back (s) | {s['all_back_s']} | {s['all_back_worst_s']} |",
+            f"| half of them back (s) | {s['back_p50_s']} | |",
+            f"| broadcast published after the signal (s) | {s['published_after_s']} | |",
             f"| storm broadcast missed / duplicated (sum) | {storm['storm_missed']:,} / "
             f"{storm['duplicates']:,} | |",
             f"| refused for good / sent back for later | {storm['refused_for_good']:,} / "
-            f"{_fmt(storm['refused_for_later'], 0)} | |",
+            f"{fmt(storm['refused_for_later'], digits=0)} | |",
         ]
     if report["problems"]:
         lines += ["", *(f"- PROBLEM: {p}" for p in report["problems"])]

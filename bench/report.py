@@ -15,7 +15,7 @@ import statistics
 import typing as t
 from dataclasses import dataclass
 
-__all__ = ["ROWS", "Row", "aggregate", "common_unicast_rate", "render", "render_proxy"]
+__all__ = ["ROWS", "Row", "aggregate", "common_unicast_rate", "fmt", "render", "render_proxy"]
 
 BASE = "sse_notify"
 
@@ -176,7 +176,8 @@ def add_common(results: dict[str, dict[str, t.Any]], rate: float | None) -> None
         entry["median"]["common_publish_p99_ms"] = statistics.median(post) if post else None
 
 
-def _fmt(value: t.Any, unit: str = "") -> str:
+def fmt(value: t.Any, unit: str = "", digits: int | None = None) -> str:
+    """A figure for a table: thousands separated, ``n/a`` for none; ``digits`` fixes a float's decimals."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -186,6 +187,8 @@ def _fmt(value: t.Any, unit: str = "") -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "n/a"
+        if digits is not None:
+            return f"{value:,.{digits}f}"
         if unit in ("ms", "%") or abs(value) < 100:
             return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
         return f"{value:,.0f}"
@@ -226,7 +229,7 @@ def _cell(row: Row, figures: t.Mapping[str, t.Any] | None) -> tuple[str, t.Any]:
         before, after = figures.get("fds_before"), figures.get("fds_after")
         return (f"{before:,} -> {after:,}" if before is not None else "n/a"), None
     value = figures.get(row.key)
-    text = _fmt(value, row.unit)
+    text = fmt(value, row.unit)
     flag = figures.get("flags", {}).get(row.key)
     if flag and value is not None:
         text += " \u2020"
@@ -267,7 +270,7 @@ def render(
             continue
         if row.key.startswith("common_") and common is None:
             continue
-        label = row.label.replace("{common}", _fmt(common) if common is not None else "?")
+        label = row.label.replace("{common}", fmt(common) if common is not None else "?")
         if row.unit and row.unit != "%":
             label += f" [{row.unit}]"
         cells: list[str] = []
@@ -360,9 +363,9 @@ def render_proxy(report: t.Mapping[str, t.Any]) -> str:
     for label, key, diff in (("p50", "p50_ms", "difference_p50_ms"), ("p99", "p99_ms", "difference_p99_ms")):
         ratio = _ratio(nginx[key], direct[key])
         lines.append(
-            f"| {label} [ms] | {_fmt(direct[key], 'ms')} | {_fmt(nginx[key], 'ms')} "
-            f"| {_fmt(report[diff], 'ms')} | {ratio} |"
+            f"| {label} [ms] | {fmt(direct[key], 'ms')} | {fmt(nginx[key], 'ms')} "
+            f"| {fmt(report[diff], 'ms')} | {ratio} |"
         )
-    lines.append(f"| max [ms] | {_fmt(direct['max_ms'], 'ms')} | {_fmt(nginx['max_ms'], 'ms')} | | |")
+    lines.append(f"| max [ms] | {fmt(direct['max_ms'], 'ms')} | {fmt(nginx['max_ms'], 'ms')} | | |")
     lines.append(f"| lost | {direct['lost']:,} | {nginx['lost']:,} | | |")
     return "\n".join(lines)
